@@ -1,0 +1,49 @@
+# fraudstack: `make demo` runs the whole job end to end, `make test` runs every test.
+# Both install what is missing first (a virtualenv in .venv; servers and tools into the cache).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install tools test lint demo bench bench-stream devstack-up devstack-down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> installing fraudstack and its dependencies into $(VENV)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# Go tools (helm, vegeta) and the local kube-apiserver, built once into the cache.
+tools: install
+	@if [ -x deploy/tools.sh ]; then deploy/tools.sh; fi
+	@if [ -x deploy/kube-apiserver/build.sh ]; then deploy/kube-apiserver/build.sh; fi
+
+test: install tools
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check services operator tests bench
+	$(BIN)/ruff format --check services operator tests bench
+	$(BIN)/mypy
+
+demo: install
+	$(BIN)/fraudstack demo
+
+bench: install tools
+	$(BIN)/python bench/inference.py
+
+bench-stream: install
+	$(BIN)/python bench/stream.py
+
+devstack-up: install
+	$(BIN)/fraudstack devstack up
+
+devstack-down: install
+	$(BIN)/fraudstack devstack down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Kopf operator that rolls model versions out through the FraudModel custom resource."""

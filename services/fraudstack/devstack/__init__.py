@@ -1,0 +1,139 @@
+"""The local stack: real servers run as local processes on loopback.
+
+``fraudstack devstack up`` starts Redis, a Kafka broker (KRaft) and Prometheus on free ports and
+records their addresses in ``<state dir>/devstack.json`` (see :mod:`fraudstack.paths`). Every
+command and test reads the addresses from there (:func:`addresses`), unless a setting names
+another server. ``up`` is idempotent (servers that answer are kept), ``down`` stops only the
+processes ``up`` recorded, ``status`` asks each server for a real answer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fraudstack.devstack.base import Context, Server, ServerInfo
+from fraudstack.devstack.kafka_server import KafkaServer
+from fraudstack.devstack.process import is_ours, stop
+from fraudstack.devstack.prometheus_server import PrometheusServer
+from fraudstack.devstack.redis_server import RedisServer
+from fraudstack.paths import cache_dir, state_dir
+
+STATE_FILE = "devstack.json"
+
+
+def default_servers() -> list[Server]:
+    return [RedisServer(), KafkaServer(), PrometheusServer()]
+
+
+def optional_servers() -> dict[str, Server]:
+    """Servers started only on request (``up --kube``)."""
+    try:
+        from fraudstack.devstack.kube import KubeServer
+    except ImportError:  # the Kubernetes part is optional
+        return {}
+    return {"kube": KubeServer()}
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    name: str
+    address: str
+    pids: list[int]
+    answering: bool
+
+
+class Devstack:
+    def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
+        self.context = Context(state_dir=state or state_dir(), cache_dir=cache or cache_dir())
+        self.state_path = self.context.state_dir / STATE_FILE
+
+    def servers(self, names: list[str] | None = None) -> list[Server]:
+        everything = default_servers() + list(optional_servers().values())
+        wanted = {server.name for server in default_servers()} | set(names or [])
+        return [server for server in everything if server.name in wanted]
+
+    def up(self, extra: list[str] | None = None, progress: bool = True) -> dict[str, ServerInfo]:
+        """Start every server that does not answer yet; return the recorded state."""
+        with self._locked():
+            state = self.read_state()
+            for server in self.servers(extra):
+                info = state.get(server.name)
+                if info and _alive(info) and server.answers(info):
+                    if progress:
+                        print(f"  {server.name:<11} already up at {info['address']}", flush=True)
+                    continue
+                if info:
+                    _stop_info(info)
+                if progress:
+                    print(f"  {server.name:<11} starting...", flush=True)
+                server.prepare(self.context)
+                state[server.name] = server.start(self.context)
+                self._write_state(state)
+                if progress:
+                    print(f"  {server.name:<11} up at {state[server.name]['address']}", flush=True)
+            return state
+
+    def down(self) -> list[str]:
+        """Stop what ``up`` started (by recorded process id); return the names stopped."""
+        with self._locked():
+            state = self.read_state()
+            for info in reversed(list(state.values())):
+                _stop_info(info)
+            if self.state_path.exists():
+                self.state_path.unlink()
+            return list(state)
+
+    def status(self) -> list[ServerStatus]:
+        state = self.read_state()
+        rows = []
+        for server in self.servers(list(state)):
+            info = state.get(server.name)
+            if info is None:
+                rows.append(ServerStatus(server.name, "-", [], False))
+                continue
+            answering = _alive(info) and server.answers(info)
+            rows.append(ServerStatus(server.name, info["address"], info["pids"], answering))
+        return rows
+
+    def read_state(self) -> dict[str, ServerInfo]:
+        if not self.state_path.exists():
+            return {}
+        data: dict[str, ServerInfo] = json.loads(self.state_path.read_text())
+        return data
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=2))
+        os.replace(temporary, self.state_path)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.context.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.context.state_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def addresses(state: Path | None = None) -> dict[str, ServerInfo]:
+    """The recorded servers of the running devstack (empty when it is not up)."""
+    return Devstack(state=state).read_state()
+
+
+def _alive(info: ServerInfo) -> bool:
+    return all(is_ours(pid, info["marker"]) for pid in info["pids"])
+
+
+def _stop_info(info: ServerInfo) -> None:
+    for pid in info["pids"]:
+        stop(pid, info["marker"])

@@ -1,0 +1,38 @@
+"""``fraudstack devstack up | down | status``."""
+
+from __future__ import annotations
+
+import argparse
+
+from fraudstack.devstack import Devstack
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["up", "down", "status"], help="what to do")
+    parser.add_argument(
+        "--kube",
+        action="store_true",
+        help="also start etcd and a kube-apiserver (for the chart and the operator)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    stack = Devstack()
+    if args.action == "up":
+        print(f"devstack: state in {stack.state_path}")
+        stack.up(extra=["kube"] if args.kube else None)
+        return _print_status(stack)
+    if args.action == "down":
+        stopped = stack.down()
+        print(f"devstack: stopped {', '.join(stopped) if stopped else 'nothing (was not up)'}")
+        return 0
+    return _print_status(stack)
+
+
+def _print_status(stack: Devstack) -> int:
+    rows = stack.status()
+    print(f"{'server':<12}{'address':<36}{'pid':<10}answering")
+    for row in rows:
+        pids = ",".join(str(pid) for pid in row.pids) or "-"
+        print(f"{row.name:<12}{row.address:<36}{pids:<10}{'yes' if row.answering else 'no'}")
+    return 0 if rows and all(row.answering for row in rows) else 1

@@ -1,0 +1,64 @@
+"""The exception tree of fraudstack.
+
+Every error this project raises on purpose derives from one root, so a caller can catch
+``FraudstackError`` and know it is ours. Third-party errors are mapped at the boundary
+(``raise StoreUnavailable(...) from exc``) so the cause survives in the traceback::
+
+    FraudstackError
+    ├── ConfigurationError        a setting is missing or wrong
+    ├── DevstackError             a local server could not be installed, started or reached
+    ├── InvalidEvent              an event failed validation (ingestion answers 422; the stream
+    │                             sends it to the dead-letter topic)
+    ├── StoreError
+    │   ├── StoreUnavailable      Redis or Kafka cannot be reached (HTTP 503)
+    │   └── EntityNotFound        no features stored for a customer (HTTP 404)
+    └── ModelError
+        ├── ModelNotFound         a model version is not in the registry
+        └── ModelIntegrityError   an artifact's sha256 differs from metadata.json
+"""
+
+from __future__ import annotations
+
+
+class FraudstackError(Exception):
+    """Root of every error raised by fraudstack on purpose."""
+
+
+class ConfigurationError(FraudstackError):
+    """A setting is missing or has an unusable value."""
+
+
+class DevstackError(FraudstackError):
+    """A server of the local stack could not be installed, started or reached."""
+
+
+class InvalidEvent(FraudstackError):
+    """An event failed validation; ``reasons`` says why, one line per problem."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("; ".join(reasons))
+        self.reasons = reasons
+
+
+class StoreError(FraudstackError):
+    """A problem with the online or offline store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store (Redis, Kafka) cannot be reached right now; retrying later may work."""
+
+
+class EntityNotFound(StoreError):
+    """No features are stored for this entity."""
+
+
+class ModelError(FraudstackError):
+    """A problem with a model in the registry."""
+
+
+class ModelNotFound(ModelError):
+    """The model version is not in the registry."""
+
+
+class ModelIntegrityError(ModelError):
+    """A model artifact is missing or its sha256 differs from ``metadata.json``."""

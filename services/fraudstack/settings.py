@@ -1,0 +1,85 @@
+"""Settings shared by every role, read from ``FRAUDSTACK_*`` environment variables.
+
+Each role has its own settings class deriving from :class:`CommonSettings`; each is built once
+through a cached ``get_settings()`` so tests and FastAPI dependencies can override it instead of
+patching the environment. Where an address is not set, the running devstack's is used.
+
+=================================  ==========================================================
+variable                           meaning
+=================================  ==========================================================
+``FRAUDSTACK_REDIS_URL``           online store, e.g. ``redis://:secret@redis:6379/0``
+``FRAUDSTACK_KAFKA_BOOTSTRAP``     Kafka bootstrap servers, ``host:port[,host:port]``
+``FRAUDSTACK_OFFLINE_STORE_URI``   root of the Parquet offline store (path or pyarrow URI)
+``FRAUDSTACK_MODEL_REGISTRY_URI``  root of the model registry (``models/<version>/``)
+``FRAUDSTACK_LOG_LEVEL``           ``DEBUG``, ``INFO`` (default), ``WARNING``...
+=================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fraudstack.errors import ConfigurationError
+from fraudstack.paths import state_dir
+
+TOPIC_TRANSACTIONS = "transactions"
+TOPIC_LABELS = "labels"
+TOPIC_DEAD_LETTER = "transactions.dlq"
+TOPIC_BY_TERMINAL = "transactions.by-terminal"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAUDSTACK_", extra="ignore")
+
+    redis_url: str = ""
+    """``FRAUDSTACK_REDIS_URL``; default: the devstack's Redis."""
+    kafka_bootstrap: str = ""
+    """``FRAUDSTACK_KAFKA_BOOTSTRAP``; default: the devstack's broker."""
+    prometheus_url: str = ""
+    """``FRAUDSTACK_PROMETHEUS_URL``; default: the devstack's Prometheus."""
+    offline_store_uri: str = ""
+    """``FRAUDSTACK_OFFLINE_STORE_URI``; default: ``<devstack state>/offline``."""
+    model_registry_uri: str = ""
+    """``FRAUDSTACK_MODEL_REGISTRY_URI``; default: ``<devstack state>/models``."""
+    log_level: str = "INFO"
+    """``FRAUDSTACK_LOG_LEVEL``."""
+
+    @model_validator(mode="after")
+    def _fill_from_devstack(self) -> CommonSettings:
+        missing = [
+            name for name in ("redis_url", "kafka_bootstrap", "prometheus_url")
+            if not getattr(self, name)
+        ]
+        if missing:
+            from fraudstack.devstack import addresses
+
+            servers = addresses()
+            for name, server in (
+                ("redis_url", "redis"), ("kafka_bootstrap", "kafka"),
+                ("prometheus_url", "prometheus"),
+            ):
+                if not getattr(self, name) and server in servers:
+                    setattr(self, name, servers[server]["address"])
+        if not self.offline_store_uri:
+            self.offline_store_uri = str(state_dir() / "offline")
+        if not self.model_registry_uri:
+            self.model_registry_uri = str(state_dir() / "models")
+        return self
+
+    def require(self, name: str) -> str:
+        """The value of an address setting, or a clear error naming its variable."""
+        value: str = getattr(self, name)
+        if not value:
+            raise ConfigurationError(
+                f"FRAUDSTACK_{name.upper()} is not set and no devstack is running "
+                "(start one with `fraudstack devstack up`)"
+            )
+        return value
+
+
+@lru_cache
+def get_settings() -> CommonSettings:
+    return CommonSettings()
