@@ -1,0 +1,346 @@
+"""Per-entity state and feature functions for the stream and the inference service.
+
+A :class:`CustomerHistory` holds one customer's events sorted by ``(ts, txn_id)``; a
+:class:`TerminalHistory` holds one terminal's events sorted the same way plus the fraud labels
+that count. Both are idempotent (adding an event or a label twice changes nothing) and
+independent of arrival order, so an at-least-once stream that replays or reorders events ends
+in the same state. The windows are those of :mod:`fraudstack.features.definitions`.
+
+Bounded state: ``prune(now_ms)`` drops the customer events with ``ts <= now - 30 d - lateness``
+and the terminal events and labels with ``ts <= now - 37 d - lateness``. After a prune, an event
+at or before that cut-off is refused (``add`` returns False): its own windows could no longer be
+computed and it is too old for any window still to come; the stream sends it to the dead-letter
+topic as too late.
+
+Storage layout, one Redis HASH per entity, one field per event (the storage layer owns the
+keys; other fields such as ``_event_ts`` are ignored here):
+
+==================  ========================  ==========================================
+entity              field                     value
+==================  ========================  ==========================================
+customer            ``e:<txn_id>``            ``"<ts_ms>:<amount_cents>"``
+terminal            ``e:<txn_id>``            ``"<ts_ms>"``
+terminal            ``f:<txn_id>``            ``"<ts_ms>:<reported_at_ms>"`` (frauds only)
+==================  ========================  ==========================================
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from fraudstack.features.definitions import (
+    CUSTOMER_HORIZON_MS,
+    DEFAULT_ALLOWED_LATENESS_MS,
+    EPOCH_WEEKDAY,
+    FEATURE_NAMES,
+    MS_PER_DAY,
+    MS_PER_HOUR,
+    NIGHT_LAST_HOUR,
+    TERMINAL_DELAY_MS,
+    TERMINAL_HORIZON_MS,
+    WEEKEND_FIRST_WEEKDAY,
+    label_counts,
+)
+
+EVENT_PREFIX = "e:"
+LABEL_PREFIX = "f:"
+_EVENT_PREFIX_BYTES = EVENT_PREFIX.encode()
+_LABEL_PREFIX_BYTES = LABEL_PREFIX.encode()
+#: A Redis hash as redis-py returns it (bytes) or as text.
+HashFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
+#: Before any prune nothing is refused for being old.
+_NO_HORIZON = -(2**63)
+
+# (count feature, amount feature, window, whether the amount is a mean rather than a sum)
+_CUSTOMER_WINDOWS: tuple[tuple[str, str, int, bool], ...] = (
+    ("customer_nb_tx_1d", "customer_avg_amount_1d", 1 * MS_PER_DAY, True),
+    ("customer_nb_tx_7d", "customer_avg_amount_7d", 7 * MS_PER_DAY, True),
+    ("customer_nb_tx_30d", "customer_avg_amount_30d", 30 * MS_PER_DAY, True),
+    ("customer_nb_tx_10m", "customer_amount_sum_10m", 10 * 60_000, False),
+    ("customer_nb_tx_1h", "customer_amount_sum_1h", 1 * MS_PER_HOUR, False),
+)
+# (count feature, risk feature, start of the window before the transaction)
+_TERMINAL_WINDOWS: tuple[tuple[str, str, int], ...] = (
+    ("terminal_nb_tx_1d", "terminal_risk_1d", TERMINAL_DELAY_MS + 1 * MS_PER_DAY),
+    ("terminal_nb_tx_7d", "terminal_risk_7d", TERMINAL_DELAY_MS + 7 * MS_PER_DAY),
+    ("terminal_nb_tx_30d", "terminal_risk_30d", TERMINAL_DELAY_MS + 30 * MS_PER_DAY),
+)
+
+
+def event_field(txn_id: str) -> str:
+    """The hash field of one transaction (customer or terminal)."""
+    return EVENT_PREFIX + txn_id
+
+
+def label_field(txn_id: str) -> str:
+    """The hash field of one fraud label (terminal only)."""
+    return LABEL_PREFIX + txn_id
+
+
+def customer_event_value(ts_ms: int, amount_cents: int) -> str:
+    return f"{ts_ms}:{amount_cents}"
+
+
+def terminal_event_value(ts_ms: int) -> str:
+    return str(ts_ms)
+
+
+def label_value(ts_ms: int, reported_at_ms: int) -> str:
+    return f"{ts_ms}:{reported_at_ms}"
+
+
+def _insert_position(ts: list[int], txn_ids: list[str], ts_ms: int, txn_id: str) -> int:
+    """Where ``(ts_ms, txn_id)`` goes to keep the lists sorted by ``(ts, txn_id)``."""
+    position = bisect_right(ts, ts_ms)
+    while position and ts[position - 1] == ts_ms and txn_ids[position - 1] > txn_id:
+        position -= 1
+    return position
+
+
+def _parse_fields(
+    fields: HashFields,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Split hash fields into ``(txn_id, value)`` events and labels, decoded to text."""
+    events: list[tuple[str, str]] = []
+    labels: list[tuple[str, str]] = []
+    for key, value in fields.items():
+        text_key = key.decode() if isinstance(key, bytes) else key
+        prefix = text_key[:2]
+        if prefix == EVENT_PREFIX:
+            events.append((text_key[2:], value.decode() if isinstance(value, bytes) else value))
+        elif prefix == LABEL_PREFIX:
+            labels.append((text_key[2:], value.decode() if isinstance(value, bytes) else value))
+    return events, labels
+
+
+@dataclass(slots=True)
+class CustomerHistory:
+    """One customer's events, sorted by ``(ts, txn_id)``, as three parallel lists."""
+
+    ts: list[int] = field(default_factory=list)
+    txn_ids: list[str] = field(default_factory=list)
+    amounts_cents: list[int] = field(default_factory=list)
+    #: Events at or before this time were pruned; older events are refused.
+    horizon_ms: int = _NO_HORIZON
+    _known: set[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._known = set(self.txn_ids)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def __contains__(self, txn_id: object) -> bool:
+        return txn_id in self._known
+
+    def add(self, txn_id: str, ts_ms: int, amount_cents: int) -> bool:
+        """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
+        if txn_id in self._known or ts_ms <= self.horizon_ms:
+            return False
+        position = _insert_position(self.ts, self.txn_ids, ts_ms, txn_id)
+        self.ts.insert(position, ts_ms)
+        self.txn_ids.insert(position, txn_id)
+        self.amounts_cents.insert(position, amount_cents)
+        self._known.add(txn_id)
+        return True
+
+    def prune(self, now_ms: int, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
+        """Drop events no window of a transaction at ``now - lateness`` or later can need."""
+        cutoff = now_ms - CUSTOMER_HORIZON_MS - allowed_lateness_ms
+        if cutoff <= self.horizon_ms:
+            return
+        self.horizon_ms = cutoff
+        count = bisect_right(self.ts, cutoff)
+        if count:
+            self._known.difference_update(self.txn_ids[:count])
+            del self.ts[:count], self.txn_ids[:count], self.amounts_cents[:count]
+
+    def to_fields(self) -> dict[str, str]:
+        """The hash fields of every event (see the module docstring)."""
+        return {
+            EVENT_PREFIX + txn_id: f"{ts_ms}:{cents}"
+            for ts_ms, txn_id, cents in zip(self.ts, self.txn_ids, self.amounts_cents, strict=True)
+        }
+
+    @classmethod
+    def from_fields(
+        cls,
+        fields: HashFields,
+    ) -> CustomerHistory:
+        """Rebuild a history from hash fields (bytes or text); other fields are ignored."""
+        events, _ = _parse_fields(fields)
+        rows = []
+        for txn_id, value in events:
+            ts_text, _, cents_text = value.partition(":")
+            rows.append((int(ts_text), txn_id, int(cents_text)))
+        rows.sort()
+        history = cls()
+        if rows:
+            ts, txn_ids, cents = zip(*rows, strict=True)
+            history.ts, history.txn_ids, history.amounts_cents = list(ts), list(txn_ids), list(cents)
+            history._known = set(txn_ids)
+        return history
+
+
+@dataclass(slots=True)
+class TerminalHistory:
+    """One terminal's events, sorted by ``(ts, txn_id)``, with a fraud flag each, and labels.
+
+    ``labels`` maps a txn_id to ``(ts_ms, reported_at_ms)`` for every fraud label that counts
+    (see :func:`~fraudstack.features.definitions.label_counts`); a label may arrive before its
+    transaction, and ``frauds[i]`` is 1 when ``txn_ids[i]`` has one.
+    """
+
+    ts: list[int] = field(default_factory=list)
+    txn_ids: list[str] = field(default_factory=list)
+    frauds: list[int] = field(default_factory=list)
+    labels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    horizon_ms: int = _NO_HORIZON
+    _known: set[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._known = set(self.txn_ids)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def __contains__(self, txn_id: object) -> bool:
+        return txn_id in self._known
+
+    def add(self, txn_id: str, ts_ms: int) -> bool:
+        """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
+        if txn_id in self._known or ts_ms <= self.horizon_ms:
+            return False
+        position = _insert_position(self.ts, self.txn_ids, ts_ms, txn_id)
+        self.ts.insert(position, ts_ms)
+        self.txn_ids.insert(position, txn_id)
+        self.frauds.insert(position, 1 if txn_id in self.labels else 0)
+        self._known.add(txn_id)
+        return True
+
+    def add_label(self, txn_id: str, is_fraud: bool, reported_at_ms: int, ts_ms: int) -> bool:
+        """Record a chargeback; False (state unchanged) if it does not count or is known."""
+        if (
+            not label_counts(is_fraud, ts_ms, reported_at_ms)
+            or txn_id in self.labels
+            or ts_ms <= self.horizon_ms
+        ):
+            return False
+        self.labels[txn_id] = (ts_ms, reported_at_ms)
+        if txn_id in self._known:
+            self.frauds[self.txn_ids.index(txn_id)] = 1
+        return True
+
+    def prune(self, now_ms: int, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
+        """Drop events and labels no window at ``now - lateness`` or later can need."""
+        cutoff = now_ms - TERMINAL_HORIZON_MS - allowed_lateness_ms
+        if cutoff <= self.horizon_ms:
+            return
+        self.horizon_ms = cutoff
+        count = bisect_right(self.ts, cutoff)
+        if count:
+            self._known.difference_update(self.txn_ids[:count])
+            del self.ts[:count], self.txn_ids[:count], self.frauds[:count]
+        for txn_id in [key for key, (ts_ms, _) in self.labels.items() if ts_ms <= cutoff]:
+            del self.labels[txn_id]
+
+    def to_fields(self) -> dict[str, str]:
+        """The hash fields of every event and fraud label (see the module docstring)."""
+        fields = {EVENT_PREFIX + txn_id: str(ts_ms) for ts_ms, txn_id in zip(self.ts, self.txn_ids)}
+        for txn_id, (ts_ms, reported_at_ms) in self.labels.items():
+            fields[LABEL_PREFIX + txn_id] = f"{ts_ms}:{reported_at_ms}"
+        return fields
+
+    @classmethod
+    def from_fields(
+        cls,
+        fields: HashFields,
+    ) -> TerminalHistory:
+        """Rebuild a history from hash fields (bytes or text); other fields are ignored."""
+        events, label_fields = _parse_fields(fields)
+        history = cls()
+        for txn_id, value in label_fields:
+            ts_text, _, reported_text = value.partition(":")
+            ts_ms, reported_at_ms = int(ts_text), int(reported_text)
+            if label_counts(True, ts_ms, reported_at_ms):
+                history.labels[txn_id] = (ts_ms, reported_at_ms)
+        rows = sorted((int(value), txn_id) for txn_id, value in events)
+        if rows:
+            ts, txn_ids = zip(*rows, strict=True)
+            history.ts, history.txn_ids = list(ts), list(txn_ids)
+            labels = history.labels
+            history.frauds = [1 if txn_id in labels else 0 for txn_id in txn_ids]
+            history._known = set(txn_ids)
+        return history
+
+
+def transaction_features(ts_ms: int, amount_cents: int) -> dict[str, float]:
+    """``amount``, ``tx_during_weekend`` and ``tx_during_night`` (UTC) of one transaction."""
+    day, ms_of_day = divmod(ts_ms, MS_PER_DAY)
+    return {
+        "amount": amount_cents / 100,
+        "tx_during_weekend": 1.0 if (day + EPOCH_WEEKDAY) % 7 >= WEEKEND_FIRST_WEEKDAY else 0.0,
+        "tx_during_night": 1.0 if ms_of_day // MS_PER_HOUR <= NIGHT_LAST_HOUR else 0.0,
+    }
+
+
+def customer_features(
+    history: CustomerHistory, txn_id: str, ts_ms: int, amount_cents: int
+) -> dict[str, float]:
+    """The customer windows of transaction ``txn_id`` at ``ts_ms``.
+
+    The transaction counts once whether or not it is in ``history`` yet (if it is, pass the
+    ``ts_ms`` it was added with). Events of the history after ``(ts_ms, txn_id)`` are ignored,
+    so features of a past transaction can be recomputed from a later state.
+    """
+    ts = history.ts
+    amounts = history.amounts_cents
+    end = _insert_position(ts, history.txn_ids, ts_ms, txn_id)
+    if txn_id in history._known:
+        # already in the history: the slice below ends just past it
+        own_count, own_cents = 0, 0
+    else:
+        own_count, own_cents = 1, amount_cents
+    features: dict[str, float] = {}
+    for count_name, amount_name, window_ms, is_mean in _CUSTOMER_WINDOWS:
+        start = bisect_right(ts, ts_ms - window_ms, 0, end)
+        count = end - start + own_count
+        cents = sum(amounts[start:end]) + own_cents
+        features[count_name] = float(count)
+        features[amount_name] = cents / count / 100 if is_mean else cents / 100
+    return features
+
+
+def terminal_features(history: TerminalHistory, ts_ms: int) -> dict[str, float]:
+    """The terminal windows (delayed by 7 days) of a transaction at ``ts_ms``."""
+    ts = history.ts
+    frauds = history.frauds
+    end = bisect_right(ts, ts_ms - TERMINAL_DELAY_MS)
+    features: dict[str, float] = {}
+    for count_name, risk_name, reach_ms in _TERMINAL_WINDOWS:
+        start = bisect_right(ts, ts_ms - reach_ms, 0, end)
+        count = end - start
+        features[count_name] = float(count)
+        features[risk_name] = sum(frauds[start:end]) / count if count else 0.0
+    return features
+
+
+def all_features(
+    customer: CustomerHistory,
+    terminal: TerminalHistory,
+    txn_id: str,
+    ts_ms: int,
+    amount_cents: int,
+) -> dict[str, float]:
+    """Every feature of one transaction, keys in :data:`FEATURE_NAMES` order."""
+    features = transaction_features(ts_ms, amount_cents)
+    features.update(customer_features(customer, txn_id, ts_ms, amount_cents))
+    features.update(terminal_features(terminal, ts_ms))
+    return features
+
+
+def feature_vector(features: Mapping[str, float]) -> list[float]:
+    """The values in the model's order; a missing feature raises ``KeyError``."""
+    return [features[name] for name in FEATURE_NAMES]
