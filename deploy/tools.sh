@@ -21,8 +21,8 @@ fail() { echo "tools install failed: $*" >&2; exit 1; }
 go_bin="$(command -v go || true)"
 [[ -n "$go_bin" ]] || go_bin=/usr/local/go/bin/go
 
-install_tool() { # name module version
-  local name="$1" module="$2" version="$3"
+install_tool() { # name module version [extra ldflags]
+  local name="$1" module="$2" version="$3" ldflags="-s -w ${4:-}"
   local target="$bin_dir/$name-$version"
   if [[ ! -x "$target" ]]; then
     [[ -x "$go_bin" ]] || fail "no Go toolchain found (looked on PATH and /usr/local/go/bin)"
@@ -31,7 +31,7 @@ install_tool() { # name module version
     log="$bin_dir/$name-$version.install.log"
     echo "installing $name $version (go install $module@$version; log: $log)" >&2
     local start=$(date +%s)
-    GOBIN="$staging" CGO_ENABLED=0 "$go_bin" install -trimpath -ldflags "-s -w" "$module@$version" >"$log" 2>&1 \
+    GOBIN="$staging" CGO_ENABLED=0 "$go_bin" install -trimpath -ldflags "$ldflags" "$module@$version" >"$log" 2>&1 \
       || { rm -rf "$staging"; fail "$name: $(tail -n 3 "$log" | tr '\n' ' ')"; }
     mv "$staging/$name" "$target"
     rm -rf "$staging"
@@ -40,6 +40,27 @@ install_tool() { # name module version
   ln -sfn "$name-$version" "$bin_dir/$name"
 }
 
-install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
-install_tool vegeta github.com/tsenart/vegeta/v12 "$VEGETA_VERSION"
+# helm's release Makefile stamps its version and the Kubernetes version that `helm template`
+# and `helm lint` assume (the minor of the client-go it is built with); `go install` alone
+# leaves "v3.19" and Kubernetes v1.20, which a chart's kubeVersion constraint then refuses.
+helm_ldflags() {
+  local gomod minor
+  gomod="$("$go_bin" mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  minor="$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$gomod" | head -n 1)"
+  [[ -n "$minor" ]] || fail "cannot read helm's client-go version from $gomod"
+  local flags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  flags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$minor"
+  done
+  echo "$flags"
+}
+
+if [[ -x "$bin_dir/helm-$HELM_VERSION" ]]; then
+  install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+else
+  [[ -x "$go_bin" ]] || fail "no Go toolchain found (looked on PATH and /usr/local/go/bin)"
+  install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$(helm_ldflags)"
+fi
+install_tool vegeta github.com/tsenart/vegeta/v12 "$VEGETA_VERSION" "-X main.Version=$VEGETA_VERSION"
 echo "$bin_dir"

@@ -28,7 +28,6 @@ from fraudstack.paths import state_dir
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_LABELS = "labels"
 TOPIC_DEAD_LETTER = "transactions.dlq"
-TOPIC_BY_TERMINAL = "transactions.by-terminal"
 
 
 class CommonSettings(BaseSettings):

@@ -207,7 +207,7 @@ Pod template shared by the fraudstack services. Usage:
 */}}
 {{- define "fraudstack.podTemplate" -}}
 {{- $root := .root }}
-{{- $values := .values }}
+{{- $values := .values -}}
 metadata:
   labels:
     {{- include "fraudstack.componentLabels" (list $root .component) | nindent 4 }}

@@ -84,3 +84,12 @@ def register_target(targets_dir: str | Path, name: str, address: str, **labels: 
     temporary.write_text(json.dumps([{"targets": [address], "labels": {"service": name, **labels}}]))
     temporary.replace(path)
     return path
+
+
+def register_devstack_target(name: str, port: int) -> None:
+    """Join the running devstack's scrape, if there is one (a no-op in a cluster)."""
+    from fraudstack.devstack import addresses
+
+    prometheus = addresses().get("prometheus")
+    if prometheus:
+        register_target(prometheus["targets_dir"], f"{name}-{port}", f"127.0.0.1:{port}")

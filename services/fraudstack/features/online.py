@@ -179,7 +179,8 @@ class CustomerHistory:
         history = cls()
         if rows:
             ts, txn_ids, cents = zip(*rows, strict=True)
-            history.ts, history.txn_ids, history.amounts_cents = list(ts), list(txn_ids), list(cents)
+            history.ts, history.txn_ids = list(ts), list(txn_ids)
+            history.amounts_cents = list(cents)
             history._known = set(txn_ids)
         return history
 
@@ -248,7 +249,10 @@ class TerminalHistory:
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields of every event and fraud label (see the module docstring)."""
-        fields = {EVENT_PREFIX + txn_id: str(ts_ms) for ts_ms, txn_id in zip(self.ts, self.txn_ids)}
+        fields = {
+            EVENT_PREFIX + txn_id: str(ts_ms)
+            for ts_ms, txn_id in zip(self.ts, self.txn_ids, strict=True)
+        }
         for txn_id, (ts_ms, reported_at_ms) in self.labels.items():
             fields[LABEL_PREFIX + txn_id] = f"{ts_ms}:{reported_at_ms}"
         return fields

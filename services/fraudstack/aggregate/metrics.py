@@ -1,0 +1,38 @@
+"""Metrics of the aggregation service (one process; no multiprocess mode needed)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter(
+    "aggregate_events_total",
+    "Events consumed, by topic and outcome (applied, duplicate, dead_letter, ignored).",
+    ["topic", "outcome"],
+)
+BATCH_SIZE = Histogram(
+    "aggregate_batch_size_events",
+    "Events per processed batch.",
+    buckets=(1, 10, 50, 100, 500, 1_000, 2_000, 5_000, 10_000, 20_000),
+)
+WRITE_LATENCY = Histogram(
+    "aggregate_redis_write_seconds",
+    "Time to write one batch's features to Redis (one pipeline).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+EVENT_TO_FEATURE = Histogram(
+    "aggregate_event_to_feature_seconds",
+    "Delay from a transaction's event time to its features being in Redis.",
+    buckets=(
+        0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+    ),
+)
+CONSUMER_LAG = Gauge(
+    "aggregate_consumer_lag",
+    "Records not consumed yet, per topic partition assigned to this instance.",
+    ["topic", "partition"],
+)
+FEATURE_EVENT_TIME = Gauge(
+    "aggregate_newest_event_timestamp_seconds",
+    "Event time of the newest transaction written to the online store (freshness).",
+)

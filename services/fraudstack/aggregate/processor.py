@@ -1,0 +1,270 @@
+"""Turn a batch of Kafka records into one pipelined write to the online store.
+
+Where each entity's state lives, and why:
+
+* **Customers** are partition-local: ``transactions`` is keyed by customer id, so one instance
+  owns all of a customer's events. It keeps the customer's history in memory (hydrated from
+  Redis on first touch, dropped on every rebalance), computes the features of the customer's
+  newest transaction with :mod:`fraudstack.features.online`, and writes them with the new event
+  fields in one ``HSET``.
+* **Terminals** are not: a terminal's transactions come from every customer, hence from every
+  partition. Rather than re-keying them through a repartition topic (one more produce and
+  consume per event), every instance updates terminal hashes *atomically in Redis* with a small
+  Lua script: add the event and label fields, raise ``_event_ts`` to the newest, prune what no
+  window can reach any more. That is enough because terminal windows end 7 days before the
+  transaction: they are finished at read time from the event fields, never precomputed.
+
+Both writes are idempotent (a field per transaction id), so a batch replayed after a crash
+changes nothing. An event more than the allowed lateness behind its partition's newest event,
+an invalid record, and a fraud label reported after the 7-day feature delay go to the dead-letter
+topic with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from fraudstack.adapters.kafka import dead_letter
+from fraudstack.adapters.online_store import (
+    CUSTOMER_TTL_SECONDS,
+    EVENT_TS_FIELD,
+    LAST_TXN_FIELD,
+    TERMINAL_TTL_SECONDS,
+    UPDATED_AT_FIELD,
+    LastTransaction,
+    customer_key,
+    customer_record,
+    terminal_key,
+)
+from fraudstack.errors import InvalidEvent
+from fraudstack.events import Label, Transaction, parse_label, parse_transaction
+from fraudstack.features.definitions import (
+    CUSTOMER_HORIZON_MS,
+    TERMINAL_HORIZON_MS,
+    label_counts,
+)
+from fraudstack.features.online import (
+    CustomerHistory,
+    customer_event_value,
+    customer_features,
+    event_field,
+    label_field,
+    label_value,
+    terminal_event_value,
+    transaction_features,
+)
+from fraudstack.settings import TOPIC_LABELS, TOPIC_TRANSACTIONS
+
+# KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, then field/value pairs.
+# Event fields (e:) carry "<ts>", label fields (f:) "<ts>:<reported_at>".
+_TERMINAL_SCRIPT = """
+local key = KEYS[1]
+local newest = tonumber(redis.call('HGET', key, '_event_ts') or '0')
+for i = 4, #ARGV, 2 do
+  local name, value = ARGV[i], ARGV[i + 1]
+  redis.call('HSET', key, name, value)
+  if string.sub(name, 1, 2) == 'e:' then
+    local ts = tonumber(value)
+    if ts > newest then newest = ts end
+  end
+end
+redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1])
+local cutoff = newest - tonumber(ARGV[2])
+local pruned = tonumber(redis.call('HGET', key, '_pruned_at') or '0')
+if cutoff - pruned > 86400000 then
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local prefix = string.sub(fields[i], 1, 2)
+    if prefix == 'e:' or prefix == 'f:' then
+      local ts = tonumber(string.match(fields[i + 1], '^%d+'))
+      if ts <= cutoff then redis.call('HDEL', key, fields[i]) end
+    end
+  end
+  redis.call('HSET', key, '_pruned_at', cutoff)
+end
+redis.call('EXPIRE', key, ARGV[3])
+return newest
+"""
+
+
+class Record(Protocol):
+    """What the processor needs of a Kafka record (aiokafka's ConsumerRecord has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+@dataclass(slots=True)
+class CustomerState:
+    history: CustomerHistory
+    last: LastTransaction | None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    applied: int = 0
+    duplicates: int = 0
+    labels: int = 0
+    ignored: int = 0
+    dead_letters: list[tuple[bytes, str]] = field(default_factory=list)
+    written_event_ts: list[int] = field(default_factory=list)
+
+
+class Processor:
+    """Applies batches of records to the online store; holds the partition-local state."""
+
+    def __init__(self, client: aioredis.Redis, allowed_lateness_ms: int) -> None:
+        self.client = client
+        self.allowed_lateness_ms = allowed_lateness_ms
+        self.customers: dict[str, CustomerState] = {}
+        self.watermarks: dict[tuple[str, int], int] = {}
+        self._terminal_script = client.register_script(_TERMINAL_SCRIPT)
+
+    def forget(self) -> None:
+        """Drop the in-memory state: partitions moved, another instance may have written since."""
+        self.customers.clear()
+        self.watermarks.clear()
+
+    async def process(self, records: Iterable[Record]) -> BatchResult:
+        result = BatchResult()
+        transactions: list[Transaction] = []
+        labels: list[Label] = []
+        for record in records:
+            self._route(record, transactions, labels, result)
+        await self._hydrate({txn.customer_id for txn in transactions})
+
+        now_ms = int(time.time() * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            self._write_customers(pipe, transactions, now_ms, result)
+            await self._write_terminals(pipe, transactions, labels, now_ms)
+            await pipe.execute()
+        result.written_event_ts = [txn.ts for txn in transactions]
+        return result
+
+    def _route(
+        self,
+        record: Record,
+        transactions: list[Transaction],
+        labels: list[Label],
+        result: BatchResult,
+    ) -> None:
+        raw = record.value or b""
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        try:
+            if record.topic == TOPIC_LABELS:
+                label = parse_label(raw)
+                if not label.is_fraud:
+                    result.ignored += 1  # no label means genuine; a retraction changes nothing
+                elif not label_counts(label.is_fraud, label.ts, label.reported_at):
+                    self._reject(record, "label reported after the 7-day feature delay", result)
+                else:
+                    labels.append(label)
+                    result.labels += 1
+                return
+            txn = parse_transaction(raw)
+        except InvalidEvent as exc:
+            self._reject(record, f"invalid event at {where}: {exc}", result)
+            return
+        partition = (record.topic, record.partition)
+        watermark = self.watermarks.get(partition, txn.ts)
+        if txn.ts < watermark - self.allowed_lateness_ms:
+            late_by = (watermark - txn.ts) / 1000
+            self._reject(record, f"late by {late_by:.0f} s, beyond the allowed lateness", result)
+            return
+        self.watermarks[partition] = max(watermark, txn.ts)
+        transactions.append(txn)
+
+    @staticmethod
+    def _reject(record: Record, reason: str, result: BatchResult) -> None:
+        result.dead_letters.append(
+            (dead_letter(record.value, reason, record.topic, record.partition, record.offset),
+             reason)
+        )
+
+    async def _hydrate(self, customer_ids: set[str]) -> None:
+        missing = [customer for customer in customer_ids if customer not in self.customers]
+        if not missing:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for customer in missing:
+                pipe.hgetall(customer_key(customer))
+            stored: Sequence[dict[bytes, bytes]] = await pipe.execute()
+        for customer, fields in zip(missing, stored, strict=True):
+            record = customer_record(fields)
+            if record is None:
+                self.customers[customer] = CustomerState(CustomerHistory(), None)
+            else:
+                self.customers[customer] = CustomerState(record.history, record.last)
+
+    def _write_customers(
+        self, pipe: Any, transactions: list[Transaction], now_ms: int, result: BatchResult
+    ) -> None:
+        new_fields: dict[str, dict[str, str | int | float]] = {}
+        for txn in transactions:
+            state = self.customers[txn.customer_id]
+            cents = txn.amount_cents
+            if not state.history.add(txn.txn_id, txn.ts, cents):
+                result.duplicates += 1
+                continue
+            result.applied += 1
+            fields = new_fields.setdefault(txn.customer_id, {})
+            fields[event_field(txn.txn_id)] = customer_event_value(txn.ts, cents)
+            if state.last is None or (txn.ts, txn.txn_id) > (state.last.ts_ms, state.last.txn_id):
+                state.last = LastTransaction(txn.txn_id, txn.ts, cents, txn.terminal_id)
+
+        for customer, fields in new_fields.items():
+            state = self.customers[customer]
+            last = state.last
+            assert last is not None  # an event was just applied
+            history = state.history
+            cutoff = last.ts_ms - CUSTOMER_HORIZON_MS - self.allowed_lateness_ms
+            expired = history.txn_ids[: bisect_right(history.ts, cutoff)]
+            history.prune(last.ts_ms, self.allowed_lateness_ms)
+            fields.update(transaction_features(last.ts_ms, last.amount_cents))
+            fields.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
+            fields[LAST_TXN_FIELD] = last.encode()
+            fields[EVENT_TS_FIELD] = last.ts_ms
+            fields[UPDATED_AT_FIELD] = now_ms
+            key = customer_key(customer)
+            pipe.hset(key, mapping=fields)
+            if expired:
+                pipe.hdel(key, *(event_field(txn_id) for txn_id in expired))
+            pipe.expire(key, CUSTOMER_TTL_SECONDS)
+
+    async def _write_terminals(
+        self, pipe: Any, transactions: list[Transaction], labels: list[Label], now_ms: int
+    ) -> None:
+        per_terminal: dict[str, list[str]] = {}
+        for txn in transactions:
+            per_terminal.setdefault(txn.terminal_id, []).extend(
+                (event_field(txn.txn_id), terminal_event_value(txn.ts))
+            )
+        for label in labels:
+            per_terminal.setdefault(label.terminal_id, []).extend(
+                (label_field(label.txn_id), label_value(label.ts, label.reported_at))
+            )
+        horizon = TERMINAL_HORIZON_MS + self.allowed_lateness_ms
+        for terminal, pairs in per_terminal.items():
+            await self._terminal_script(
+                keys=[terminal_key(terminal)],
+                args=[now_ms, horizon, TERMINAL_TTL_SECONDS, *pairs],
+                client=pipe,
+            )
+
+
+def count_by_topic(result: BatchResult) -> dict[tuple[str, str], int]:
+    """The batch's outcome counts, keyed like the ``aggregate_events_total`` labels."""
+    return {
+        (TOPIC_TRANSACTIONS, "applied"): result.applied,
+        (TOPIC_TRANSACTIONS, "duplicate"): result.duplicates,
+        (TOPIC_LABELS, "applied"): result.labels,
+        (TOPIC_LABELS, "ignored"): result.ignored,
+    }

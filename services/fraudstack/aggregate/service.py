@@ -1,0 +1,163 @@
+"""The aggregation loop: consume, apply to Redis, then commit.
+
+Delivery: at-least-once. Offsets are committed only after the batch's Redis pipeline and its
+dead-letter records are acknowledged; a crash between the two replays the batch, and the writes
+are idempotent (see :mod:`fraudstack.aggregate.processor`). A record that cannot be applied is
+logged with topic, partition and offset and sent to the dead-letter topic, never dropped.
+A broker or Redis that stays away longer than the timeout makes the process exit non-zero, so
+Kubernetes restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
+from aiokafka.errors import CommitFailedError, KafkaError
+from redis.exceptions import RedisError
+
+from fraudstack.adapters.kafka import ensure_topics, make_producer
+from fraudstack.aggregate import metrics
+from fraudstack.aggregate.processor import BatchResult, Processor, count_by_topic
+from fraudstack.aggregate.settings import AggregateSettings
+from fraudstack.errors import StoreUnavailable
+from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS
+
+log = logging.getLogger(__name__)
+
+
+class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.processor.forget()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.processor.forget()
+
+
+class Aggregator:
+    def __init__(self, settings: AggregateSettings) -> None:
+        self.settings = settings
+        self.stopping = asyncio.Event()
+        self.processed = 0
+
+    async def run(self, stop_after_idle_s: float | None = None) -> int:
+        """Consume until stopped (or idle for ``stop_after_idle_s``); return events processed."""
+        bootstrap = self.settings.require("kafka_bootstrap")
+        redis_url = self.settings.require("redis_url")
+        await ensure_topics(bootstrap)
+        client = aioredis.Redis.from_url(redis_url)
+        processor = Processor(client, self.settings.aggregate_allowed_lateness_ms)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=self.settings.aggregate_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=50,
+        )
+        consumer.subscribe(
+            [TOPIC_TRANSACTIONS, TOPIC_LABELS], listener=_ForgetOnRebalance(processor)
+        )
+        producer = make_producer(bootstrap)
+        await consumer.start()
+        await producer.start()
+        last_progress = time.monotonic()
+        last_lag = 0.0
+        try:
+            while not self.stopping.is_set():
+                batches = await consumer.getmany(
+                    timeout_ms=100, max_records=self.settings.aggregate_max_batch
+                )
+                now = time.monotonic()
+                if now - last_lag > 1.0:
+                    await _update_lag(consumer)
+                    last_lag = now
+                if not batches:
+                    if stop_after_idle_s is not None and now - last_progress > stop_after_idle_s:
+                        break
+                    continue
+                await self._apply(consumer, producer, processor, batches)
+                last_progress = time.monotonic()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await client.aclose()
+        return self.processed
+
+    async def _apply(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        processor: Processor,
+        batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+    ) -> None:
+        records = [record for partition in batches.values() for record in partition]
+        started = time.perf_counter()
+        result = await self._with_retry(processor, records)
+        metrics.WRITE_LATENCY.observe(time.perf_counter() - started)
+        if result.dead_letters:
+            sends = [
+                await producer.send(TOPIC_DEAD_LETTER, value)
+                for value, _ in result.dead_letters
+            ]
+            await asyncio.gather(*sends)
+            for _, reason in result.dead_letters:
+                log.warning("dead letter: %s", reason)
+        offsets = {tp: partition[-1].offset + 1 for tp, partition in batches.items()}
+        try:
+            await consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced meanwhile; the new owner replays, idempotently.
+            log.info("commit after a rebalance refused; the batch will be replayed")
+        written_at = time.time()
+        for event_ts in result.written_event_ts:
+            metrics.EVENT_TO_FEATURE.observe(max(0.0, written_at - event_ts / 1000))
+        if result.written_event_ts:
+            metrics.FEATURE_EVENT_TIME.set(max(result.written_event_ts) / 1000)
+        for (topic, outcome), count in count_by_topic(result).items():
+            if count:
+                metrics.EVENTS.labels(topic, outcome).inc(count)
+        if result.dead_letters:
+            metrics.EVENTS.labels("any", "dead_letter").inc(len(result.dead_letters))
+        metrics.BATCH_SIZE.observe(len(records))
+        self.processed += len(records)
+
+    async def _with_retry(
+        self, processor: Processor, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> BatchResult:
+        deadline = time.monotonic() + self.settings.aggregate_broker_timeout_s
+        delay = 0.1
+        while True:
+            try:
+                return await processor.process(records)
+            except (RedisError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"Redis unreachable for too long: {exc}") from exc
+                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)
+                processor.forget()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+async def _update_lag(consumer: AIOKafkaConsumer) -> None:
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue  # nothing fetched from this partition yet
+        try:
+            position = await consumer.position(tp)
+        except KafkaError:
+            continue
+        metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - position))

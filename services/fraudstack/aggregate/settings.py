@@ -1,0 +1,28 @@
+"""Settings of ``fraudstack aggregate`` (environment variables ``FRAUDSTACK_AGGREGATE_*``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from fraudstack.settings import CommonSettings
+
+
+class AggregateSettings(CommonSettings):
+    aggregate_group_id: str = "fraudstack-aggregate"
+    """``FRAUDSTACK_AGGREGATE_GROUP_ID``: the consumer group; instances of one group split the
+    partitions."""
+    aggregate_max_batch: int = 5_000
+    """``FRAUDSTACK_AGGREGATE_MAX_BATCH``: most records applied in one Redis pipeline."""
+    aggregate_allowed_lateness_ms: int = 3_600_000
+    """``FRAUDSTACK_AGGREGATE_ALLOWED_LATENESS_MS``: how far an event may trail the newest of its
+    partition and still be applied; later ones go to the dead-letter topic."""
+    aggregate_metrics_port: int = 9100
+    """``FRAUDSTACK_AGGREGATE_METRICS_PORT``: Prometheus metrics (0 = off)."""
+    aggregate_broker_timeout_s: float = 60.0
+    """``FRAUDSTACK_AGGREGATE_BROKER_TIMEOUT_S``: exit (so Kubernetes restarts us) when the
+    broker stays away this long."""
+
+
+@lru_cache
+def get_settings() -> AggregateSettings:
+    return AggregateSettings()

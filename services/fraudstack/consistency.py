@@ -1,0 +1,140 @@
+"""``fraudstack check-consistency``: do the online store and the offline computation agree?
+
+For every customer, the features of its newest transaction are read back from Redis through the
+very code the inference service uses (:class:`~fraudstack.adapters.online_store.OnlineStore`
+and :mod:`fraudstack.features.online`) and compared, feature by feature, with
+:func:`~fraudstack.features.offline.compute_features` over the same events; for every terminal
+likewise for its newest transaction. Equality is to a relative 1e-9.
+
+Customer features are compared at the customer's newest transaction and terminal features at
+the terminal's newest: the store keeps each entity's events only as far back as a window of its
+newest event can reach, which is exactly what scoring a new transaction needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from fraudstack.adapters.online_store import OnlineStore
+from fraudstack.features.definitions import (
+    CUSTOMER_FEATURES,
+    TERMINAL_FEATURES,
+    TRANSACTION_FEATURES,
+    amount_to_cents,
+)
+from fraudstack.features.offline import compute_features
+from fraudstack.features.online import all_features
+
+RELATIVE_TOLERANCE = 1e-9
+
+
+@dataclass
+class Report:
+    customers: int = 0
+    terminals: int = 0
+    compared_values: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches and not self.missing
+
+    def summary(self) -> str:
+        verdict = "EQUAL" if self.ok else "DIFFERENT"
+        lines = [
+            f"online vs offline: {verdict} — {self.customers} customers, {self.terminals} "
+            f"terminals, {self.compared_values} values compared (rel. tolerance "
+            f"{RELATIVE_TOLERANCE:g})"
+        ]
+        lines += [f"  missing  {line}" for line in self.missing[:10]]
+        lines += [f"  mismatch {line}" for line in self.mismatches[:10]]
+        return "\n".join(lines)
+
+
+def _newest_rows(entity: np.ndarray, ts: np.ndarray, txn_ids: np.ndarray) -> np.ndarray:
+    """Index of each entity's newest transaction, by (ts, txn_id) like the windows."""
+    order = np.lexsort((txn_ids, ts, entity))
+    last_of_group = np.r_[entity[order][1:] != entity[order][:-1], True]
+    return order[last_of_group]
+
+
+async def compare(
+    store: OnlineStore,
+    transactions: pa.Table,
+    labels: pa.Table | None = None,
+    concurrency: int = 64,
+) -> Report:
+    offline = compute_features(transactions, labels)
+    txn_ids = np.asarray(transactions["txn_id"].to_pylist(), dtype=object)
+    customers = np.asarray(transactions["customer_id"].to_pylist(), dtype=object)
+    terminals = np.asarray(transactions["terminal_id"].to_pylist(), dtype=object)
+    ts = transactions["ts"].to_numpy().astype(np.int64)
+    amounts = transactions["amount"].to_pylist()
+    expected = {name: offline[name].to_numpy() for name in offline.column_names if name != "txn_id"}
+
+    jobs: list[tuple[int, tuple[str, ...]]] = [
+        (int(row), TRANSACTION_FEATURES + CUSTOMER_FEATURES)
+        for row in _newest_rows(customers.astype(str), ts, txn_ids.astype(str))
+    ]
+    report = Report(customers=len(jobs))
+    terminal_jobs = [
+        (int(row), TERMINAL_FEATURES)
+        for row in _newest_rows(terminals.astype(str), ts, txn_ids.astype(str))
+    ]
+    report.terminals = len(terminal_jobs)
+    jobs += terminal_jobs
+
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def check(row: int, names: Iterable[str]) -> None:
+        async with semaphore:
+            customer, terminal = await store.read_for_transaction(customers[row], terminals[row])
+        if customer is None:
+            report.missing.append(f"customer {customers[row]} (txn {txn_ids[row]})")
+            return
+        online = all_features(
+            customer.history, terminal, txn_ids[row], int(ts[row]), amount_to_cents(amounts[row])
+        )
+        for name in names:
+            want, got = float(expected[name][row]), online[name]
+            report.compared_values += 1
+            if not math.isclose(got, want, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12):
+                report.mismatches.append(
+                    f"txn {txn_ids[row]} {name}: online {got!r} offline {want!r}"
+                )
+
+    await asyncio.gather(*(check(row, names) for row, names in jobs))
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", required=True, help="Parquet file or folder of transactions")
+    parser.add_argument("--labels", help="Parquet file or folder of labels")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyarrow.dataset as ds
+
+    from fraudstack.settings import get_settings
+
+    transactions = ds.dataset(args.events, format="parquet").to_table()
+    labels = ds.dataset(args.labels, format="parquet").to_table() if args.labels else None
+    store = OnlineStore.from_url(get_settings().require("redis_url"))
+
+    async def main() -> Report:
+        try:
+            return await compare(store, transactions, labels)
+        finally:
+            await store.close()
+
+    report = asyncio.run(main())
+    print(report.summary())
+    return 0 if report.ok else 1

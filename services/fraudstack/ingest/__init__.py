@@ -1,0 +1,1 @@
+"""Ingestion: the HTTP API that puts transactions on Kafka, and the Parquet replay."""

@@ -1,0 +1,118 @@
+"""The ingestion HTTP API: validate transactions and put them on Kafka.
+
+``POST /v1/transactions`` takes one transaction or a list of them. The answer comes only once
+the broker has acknowledged every event (``acks=all``): 202 means durable. A malformed event
+gets 422 with the reasons and nothing of the request is produced; a broker that cannot be
+reached gets 503 with a JSON reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import ORJSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from fraudstack.adapters.kafka import ensure_topics, make_producer
+from fraudstack.events import Transaction
+from fraudstack.ingest.settings import IngestSettings, get_settings
+from fraudstack.settings import TOPIC_TRANSACTIONS
+
+EVENTS = Counter("ingest_events_total", "Events received, by outcome.", ["outcome"])
+PRODUCE_LATENCY = Histogram(
+    "ingest_produce_seconds",
+    "Time from receiving a request to the broker acknowledging all its events.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+def create_app(settings: IngestSettings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        bootstrap = settings.require("kafka_bootstrap")
+        await ensure_topics(bootstrap)
+        producer = make_producer(bootstrap)
+        await producer.start()
+        app.state.producer = producer
+        try:
+            yield
+        finally:
+            await producer.stop()
+
+    app = FastAPI(
+        title="fraudstack ingestion",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+
+    @app.post("/v1/transactions", status_code=202)
+    async def ingest(
+        request: Request,
+        events: Annotated[Transaction | list[Transaction], Body()],
+    ) -> ORJSONResponse:
+        batch = events if isinstance(events, list) else [events]
+        if len(batch) > settings.ingest_max_batch:
+            EVENTS.labels("rejected").inc(len(batch))
+            return ORJSONResponse(
+                {"detail": f"at most {settings.ingest_max_batch} events per request"},
+                status_code=413,
+            )
+        producer: AIOKafkaProducer = request.app.state.producer
+        started = time.perf_counter()
+        try:
+            futures = [
+                await producer.send(
+                    TOPIC_TRANSACTIONS,
+                    event.model_dump_json().encode(),
+                    key=event.customer_id.encode(),
+                )
+                for event in batch
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            EVENTS.labels("unavailable").inc(len(batch))
+            return ORJSONResponse(
+                {"detail": f"Kafka unavailable, nothing acknowledged: {exc}"}, status_code=503
+            )
+        PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        EVENTS.labels("accepted").inc(len(batch))
+        return ORJSONResponse({"accepted": len(batch)}, status_code=202)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> ORJSONResponse:
+        producer: AIOKafkaProducer | None = getattr(request.app.state, "producer", None)
+        if producer is None:
+            return ORJSONResponse({"status": "starting"}, status_code=503)
+        return ORJSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> ORJSONResponse:
+        return ORJSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
+
+    # Count the events FastAPI refuses with 422 too.
+    from fastapi.exception_handlers import request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        EVENTS.labels("invalid").inc()
+        return await request_validation_exception_handler(request, exc)
+
+    return app

@@ -1,0 +1,227 @@
+"""The online feature state and functions, on hand-made events with known answers."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from fraudstack.features import (
+    FEATURE_NAMES,
+    FEATURE_SET_VERSION,
+    CustomerHistory,
+    TerminalHistory,
+    all_features,
+    amount_to_cents,
+    customer_features,
+    event_field,
+    feature_vector,
+    label_field,
+    terminal_features,
+    transaction_features,
+)
+from fraudstack.features.definitions import (
+    CUSTOMER_HORIZON_MS,
+    MS_PER_DAY,
+    MS_PER_HOUR,
+    MS_PER_MINUTE,
+    TERMINAL_HORIZON_MS,
+)
+
+T = 1_700_000_000_000  # a Tuesday, 22:13:20 UTC
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def test_feature_names_and_version() -> None:
+    assert len(FEATURE_NAMES) == 19 == len(set(FEATURE_NAMES))
+    assert FEATURE_NAMES[:4] == ("amount", "tx_during_weekend", "tx_during_night",
+                                 "customer_nb_tx_1d")
+    assert FEATURE_NAMES[-1] == "terminal_risk_30d"
+    assert FEATURE_SET_VERSION.startswith("fs-")
+
+
+@pytest.mark.parametrize(
+    ("when", "weekend", "night"),
+    [
+        ("2018-04-01T12:00:00", 1.0, 0.0),  # Sunday
+        ("2018-03-31T00:00:00", 1.0, 1.0),  # Saturday, midnight
+        ("2018-04-02T06:59:59.999", 0.0, 1.0),  # Monday, last ms of hour 6
+        ("2018-04-02T07:00:00", 0.0, 0.0),
+        ("2018-04-06T23:59:59", 0.0, 0.0),  # Friday
+        ("1969-12-28T03:00:00", 1.0, 1.0),  # Sunday before the epoch: negative ms
+    ],
+)
+def test_transaction_features(when: str, weekend: float, night: float) -> None:
+    features = transaction_features(ms(when), 12_345)
+    assert features == {"amount": 123.45, "tx_during_weekend": weekend, "tx_during_night": night}
+
+
+def test_amount_to_cents_rounds_half_to_even() -> None:
+    assert amount_to_cents(12.34) == 1234
+    assert amount_to_cents(0.125) == 12  # 12.5 cents exactly
+    assert amount_to_cents(1e-9) == 0
+
+
+def test_customer_windows_include_the_transaction_once() -> None:
+    history = CustomerHistory()
+    history.add("a", T - 2 * MS_PER_DAY, 1_000)
+    history.add("b", T - 30 * MS_PER_MINUTE, 2_000)
+    not_yet_added = customer_features(history, "c", T, 3_000)
+    assert history.add("c", T, 3_000)
+    added = customer_features(history, "c", T, 3_000)
+    assert not_yet_added == added
+    assert added["customer_nb_tx_10m"] == 1.0
+    assert added["customer_amount_sum_10m"] == 30.0
+    assert added["customer_nb_tx_1h"] == 2.0
+    assert added["customer_amount_sum_1h"] == 50.0
+    assert added["customer_nb_tx_1d"] == 2.0
+    assert added["customer_avg_amount_1d"] == 5_000 / 2 / 100
+    assert added["customer_nb_tx_7d"] == added["customer_nb_tx_30d"] == 3.0
+    assert added["customer_avg_amount_30d"] == 6_000 / 3 / 100
+
+
+@pytest.mark.parametrize(
+    ("suffix", "window_ms"),
+    [("10m", 10 * MS_PER_MINUTE), ("1h", MS_PER_HOUR), ("1d", MS_PER_DAY),
+     ("7d", 7 * MS_PER_DAY), ("30d", 30 * MS_PER_DAY)],
+)
+def test_customer_window_edges(suffix: str, window_ms: int) -> None:
+    history = CustomerHistory()
+    history.add("at-edge", T - window_ms, 100)  # (t - w, t]: excluded
+    history.add("inside", T - window_ms + 1, 200)
+    history.add("later", T + 1, 400)  # after the transaction: never counted
+    features = customer_features(history, "x", T, 800)
+    assert features[f"customer_nb_tx_{suffix}"] == 2.0
+
+
+def test_ties_at_equal_ts_are_ordered_by_txn_id() -> None:
+    history = CustomerHistory()
+    for txn_id in ["9", "10", "11"]:  # string order: "10" < "11" < "9"
+        history.add(txn_id, T, 100)
+    counts = {
+        txn_id: customer_features(history, txn_id, T, 100)["customer_nb_tx_10m"]
+        for txn_id in ["10", "11", "9"]
+    }
+    assert counts == {"10": 1.0, "11": 2.0, "9": 3.0}
+    assert history.txn_ids == ["10", "11", "9"]
+    # a transaction not yet in the history sits where its txn_id sorts
+    assert customer_features(history, "0", T, 100)["customer_nb_tx_10m"] == 1.0
+
+
+def test_arrival_order_and_duplicates_do_not_matter() -> None:
+    events = [(str(i), T + (i // 3) * MS_PER_MINUTE, 100 + i) for i in range(40)]
+    ordered = CustomerHistory()
+    for event in events:
+        assert ordered.add(*event)
+    shuffled = CustomerHistory()
+    replay = events + random.Random(1).sample(events, 15)
+    random.Random(2).shuffle(replay)
+    added = [shuffled.add(*event) for event in replay]
+    assert sum(added) == len(events)
+    assert shuffled == ordered
+
+
+def test_prune_keeps_the_horizon_and_refuses_older_events() -> None:
+    history = CustomerHistory()
+    lateness = MS_PER_HOUR
+    cutoff = T - CUSTOMER_HORIZON_MS - lateness
+    history.add("old", cutoff, 100)
+    history.add("kept", cutoff + 1, 200)
+    history.prune(T, allowed_lateness_ms=lateness)
+    assert history.txn_ids == ["kept"]
+    assert "old" not in history
+    assert not history.add("old", cutoff, 100)  # a replay of a pruned event stays out
+    assert history.add("late-but-allowed", T - lateness, 300)
+    history.prune(T - MS_PER_DAY)  # time never runs backwards for a prune
+    assert len(history) == 2
+
+
+def test_terminal_windows_are_delayed_by_seven_days() -> None:
+    history = TerminalHistory()
+    history.add("too-recent", T - 7 * MS_PER_DAY + 1)
+    history.add("newest-counted", T - 7 * MS_PER_DAY)
+    history.add("oldest-1d", T - 8 * MS_PER_DAY + 1)
+    history.add("outside-1d", T - 8 * MS_PER_DAY)
+    history.add("outside-30d", T - 37 * MS_PER_DAY)
+    features = terminal_features(history, T)
+    assert features["terminal_nb_tx_1d"] == 2.0
+    assert features["terminal_nb_tx_7d"] == 3.0
+    assert features["terminal_nb_tx_30d"] == 3.0
+    assert features["terminal_risk_1d"] == 0.0
+    assert terminal_features(TerminalHistory(), T)["terminal_risk_30d"] == 0.0
+
+
+def test_labels_count_only_when_fraud_and_reported_within_the_delay() -> None:
+    history = TerminalHistory()
+    day = MS_PER_DAY
+    ts = T - 10 * day
+    assert history.add_label("early", True, ts + 1, ts)  # before its transaction
+    history.add("early", ts)
+    history.add("on-time", ts)
+    assert history.add_label("on-time", True, ts + 7 * day, ts)  # exactly at the delay
+    assert not history.add_label("on-time", True, ts + day, ts)  # already known
+    history.add("too-late", ts)
+    assert not history.add_label("too-late", True, ts + 7 * day + 1, ts)
+    history.add("genuine", ts)
+    assert not history.add_label("genuine", False, ts + day, ts)
+    features = terminal_features(history, T)
+    assert features["terminal_nb_tx_7d"] == 4.0
+    assert features["terminal_risk_7d"] == 2 / 4
+    assert history.frauds == [1, 0, 1, 0]  # in (ts, txn_id) order
+
+
+def test_terminal_prune_drops_events_and_labels() -> None:
+    history = TerminalHistory()
+    cutoff = T - TERMINAL_HORIZON_MS
+    history.add("old", cutoff)
+    history.add_label("old", True, cutoff + 1, cutoff)
+    history.add("kept", cutoff + 1)
+    history.add_label("kept", True, cutoff + 2, cutoff + 1)
+    history.prune(T, allowed_lateness_ms=0)
+    assert history.txn_ids == ["kept"]
+    assert list(history.labels) == ["kept"]
+    assert not history.add_label("old", True, cutoff + 1, cutoff)
+
+
+def test_customer_fields_round_trip_as_text_and_bytes() -> None:
+    history = CustomerHistory()
+    for i in range(150):
+        history.add(str(i), T + (i % 7) * 1_000, 10 * i)
+    fields = history.to_fields()
+    assert fields[event_field("3")] == f"{T + 3_000}:30"
+    assert CustomerHistory.from_fields(fields) == history
+    as_redis = {key.encode(): value.encode() for key, value in fields.items()}
+    as_redis |= {b"_event_ts": b"123", b"customer_nb_tx_1d": b"4.0"}
+    assert CustomerHistory.from_fields(as_redis) == history
+    assert CustomerHistory.from_fields({}) == CustomerHistory()
+
+
+def test_terminal_fields_round_trip_with_labels() -> None:
+    history = TerminalHistory()
+    history.add("1", T)
+    history.add("2", T + 5)
+    history.add_label("2", True, T + 10, T + 5)
+    history.add_label("3", True, T + 20, T + 7)  # its transaction has not arrived
+    fields = history.to_fields()
+    assert fields == {"e:1": str(T), "e:2": str(T + 5), label_field("2"): f"{T + 5}:{T + 10}",
+                      "f:3": f"{T + 7}:{T + 20}"}
+    parsed = TerminalHistory.from_fields({k.encode(): v.encode() for k, v in fields.items()})
+    assert parsed == history
+    parsed.add("3", T + 7)
+    assert parsed.frauds == [0, 1, 1]
+
+
+def test_all_features_and_vector_follow_the_model_order() -> None:
+    customer, terminal = CustomerHistory(), TerminalHistory()
+    terminal.add("old", T - 8 * MS_PER_DAY + 5)
+    terminal.add_label("old", True, T - 7 * MS_PER_DAY, T - 8 * MS_PER_DAY + 5)
+    features = all_features(customer, terminal, "x", T, 4_200)
+    assert tuple(features) == FEATURE_NAMES
+    vector = feature_vector(features)
+    assert vector[0] == 42.0
+    assert vector[FEATURE_NAMES.index("terminal_risk_1d")] == 1.0
+    assert all(isinstance(value, float) for value in vector)
