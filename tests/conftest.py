@@ -16,7 +16,11 @@ import pytest
 
 _STATE = Path(tempfile.mkdtemp(prefix="fraudstack-test-"))
 os.environ["FRAUDSTACK_STATE_DIR"] = str(_STATE)
-for _variable in ("FRAUDSTACK_REDIS_URL", "FRAUDSTACK_KAFKA_BOOTSTRAP", "FRAUDSTACK_PROMETHEUS_URL"):
+for _variable in (
+    "FRAUDSTACK_REDIS_URL",
+    "FRAUDSTACK_KAFKA_BOOTSTRAP",
+    "FRAUDSTACK_PROMETHEUS_URL",
+):
     os.environ.pop(_variable, None)
 
 from fraudstack.devstack import Devstack  # noqa: E402  (after the environment is set)

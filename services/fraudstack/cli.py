@@ -17,10 +17,16 @@ from fraudstack.errors import FraudstackError
 
 # subcommand -> (module, one-line help)
 ROLES: dict[str, tuple[str, str]] = {
-    "devstack": ("fraudstack.devstack.cli", "start, stop or inspect the local stack of real servers"),
+    "devstack": (
+        "fraudstack.devstack.cli",
+        "start, stop or inspect the local stack of real servers",
+    ),
     "simulate": ("fraudstack.simulate", "simulate card transactions (Fraud Detection Handbook)"),
     "ingest": ("fraudstack.ingest.cli", "HTTP ingestion API, or replay a Parquet file into Kafka"),
-    "aggregate": ("fraudstack.aggregate.cli", "stream transactions and labels into online features"),
+    "aggregate": (
+        "fraudstack.aggregate.cli",
+        "stream transactions and labels into online features",
+    ),
     "snapshot": ("fraudstack.snapshot.cli", "write the streams to the Parquet offline store"),
     "features": ("fraudstack.offline_features", "compute every feature offline for a table"),
     "train": ("fraudstack.train.cli", "train, evaluate and register a model"),

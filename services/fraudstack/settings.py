@@ -12,11 +12,13 @@ variable                           meaning
 ``FRAUDSTACK_OFFLINE_STORE_URI``   root of the Parquet offline store (path or pyarrow URI)
 ``FRAUDSTACK_MODEL_REGISTRY_URI``  root of the model registry (``models/<version>/``)
 ``FRAUDSTACK_LOG_LEVEL``           ``DEBUG``, ``INFO`` (default), ``WARNING``...
+``FRAUDSTACK_TOPIC_PREFIX``        prefix of every Kafka topic name (default none)
 =================================  ==========================================================
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 from pydantic import model_validator
@@ -28,6 +30,24 @@ from fraudstack.paths import state_dir
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_LABELS = "labels"
 TOPIC_DEAD_LETTER = "transactions.dlq"
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The topic names; a prefix keeps several pipelines (or test runs) apart on one broker."""
+
+    transactions: str = TOPIC_TRANSACTIONS
+    labels: str = TOPIC_LABELS
+    dead_letter: str = TOPIC_DEAD_LETTER
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        return cls(
+            *(prefix + name for name in (TOPIC_TRANSACTIONS, TOPIC_LABELS, TOPIC_DEAD_LETTER))
+        )
+
+    def all(self) -> tuple[str, str, str]:
+        return (self.transactions, self.labels, self.dead_letter)
 
 
 class CommonSettings(BaseSettings):
@@ -45,11 +65,18 @@ class CommonSettings(BaseSettings):
     """``FRAUDSTACK_MODEL_REGISTRY_URI``; default: ``<devstack state>/models``."""
     log_level: str = "INFO"
     """``FRAUDSTACK_LOG_LEVEL``."""
+    topic_prefix: str = ""
+    """``FRAUDSTACK_TOPIC_PREFIX``: put before every topic name (default none)."""
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.with_prefix(self.topic_prefix)
 
     @model_validator(mode="after")
     def _fill_from_devstack(self) -> CommonSettings:
         missing = [
-            name for name in ("redis_url", "kafka_bootstrap", "prometheus_url")
+            name
+            for name in ("redis_url", "kafka_bootstrap", "prometheus_url")
             if not getattr(self, name)
         ]
         if missing:
@@ -57,7 +84,8 @@ class CommonSettings(BaseSettings):
 
             servers = addresses()
             for name, server in (
-                ("redis_url", "redis"), ("kafka_bootstrap", "kafka"),
+                ("redis_url", "redis"),
+                ("kafka_bootstrap", "kafka"),
                 ("prometheus_url", "prometheus"),
             ):
                 if not getattr(self, name) and server in servers:

@@ -12,7 +12,8 @@ from fraudstack.settings import get_settings
 
 
 def produce(table: pa.Table, labels: pa.Table, args: argparse.Namespace) -> int:
-    bootstrap = get_settings().require("kafka_bootstrap")
+    settings = get_settings()
+    bootstrap = settings.require("kafka_bootstrap")
     events = table.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
     sent, label_count = asyncio.run(
         produce_table(
@@ -22,6 +23,7 @@ def produce(table: pa.Table, labels: pa.Table, args: argparse.Namespace) -> int:
             rate=args.rate,
             shift_to_now=getattr(args, "shift_to_now", False),
             progress=not getattr(args, "no_progress", False),
+            topics=settings.topics,
         )
     )
     print(f"simulate: produced {sent} transactions and {label_count} labels to {bootstrap}")

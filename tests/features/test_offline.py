@@ -170,7 +170,9 @@ def test_chronological_stream_with_pruning_equals_offline(
     # by time; at the same ms labels first, then transactions in (ts, txn_id) order, which is
     # the order the windows assume (a stream that scores at arrival sees equal-ms events of one
     # customer in arrival order instead)
-    stream = [(row[1], 1, row[0], index, row) for index, row in enumerate(rows(table))]
+    stream: list[tuple[int, int, str, int, Any]] = [
+        (row[1], 1, row[0], index, row) for index, row in enumerate(rows(table))
+    ]
     stream += [(label["reported_at"], 0, label["txn_id"], index, label)
                for index, label in enumerate(labels.to_pylist())]
     stream.sort(key=lambda item: item[:4])

@@ -7,6 +7,7 @@ writers downstream are idempotent, so a replay changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -16,20 +17,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from fraudstack.errors import StoreUnavailable
-from fraudstack.settings import (
-    TOPIC_DEAD_LETTER,
-    TOPIC_LABELS,
-    TOPIC_TRANSACTIONS,
-)
+from fraudstack.settings import Topics
 
 log = logging.getLogger(__name__)
 
 #: Partitions of the topics fraudstack creates; aggregation scales out to this many instances.
 DEFAULT_PARTITIONS = 4
-TOPICS = (TOPIC_TRANSACTIONS, TOPIC_LABELS, TOPIC_DEAD_LETTER)
 
 
-async def ensure_topics(bootstrap: str, partitions: int = DEFAULT_PARTITIONS) -> None:
+async def ensure_topics(
+    bootstrap: str, topics: Topics | None = None, partitions: int = DEFAULT_PARTITIONS
+) -> None:
     """Create fraudstack's topics when they are missing (idempotent)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -37,14 +35,13 @@ async def ensure_topics(bootstrap: str, partitions: int = DEFAULT_PARTITIONS) ->
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(name, num_partitions=partitions, replication_factor=1)
-            for name in TOPICS
+            for name in (topics or Topics()).all()
             if name not in existing
         ]
         if missing:
-            try:
+            # another process may create them meanwhile
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process created them meanwhile
     except KafkaError as exc:
         raise StoreUnavailable(f"Kafka at {bootstrap} unreachable: {exc}") from exc
     finally:

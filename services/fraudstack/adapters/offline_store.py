@@ -47,7 +47,9 @@ DATASETS = (EVENTS, LABELS, FEATURES)
 #: The column that decides a row's date partition, per dataset.
 DATE_COLUMN = {EVENTS: "ts", LABELS: "reported_at", FEATURES: "snapshot_at"}
 
-_RANGE_NAME = re.compile(r"^part-(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+_RANGE_NAME = re.compile(
+    r"^part-(?P<topic>.+)-(?P<partition>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$"
+)
 _COMPRESSION = "zstd"
 
 
@@ -68,9 +70,7 @@ class OffsetRange:
         match = _RANGE_NAME.match(name)
         if match is None:
             return None
-        return cls(
-            match["topic"], int(match["partition"]), int(match["first"]), int(match["last"])
-        )
+        return cls(match["topic"], int(match["partition"]), int(match["first"]), int(match["last"]))
 
 
 def day_of(epoch_ms: int) -> date:
@@ -129,7 +129,10 @@ class OfflineStore:
         """Write one Parquet file so that it appears whole or not at all."""
         folder, _, name = path.rpartition("/")
         try:
+            new_folder = self.is_local and not os.path.isdir(folder)
             self.filesystem.create_dir(folder, recursive=True)
+            if new_folder:
+                _fsync_folder(os.path.dirname(folder))
             if not self.is_local:
                 with self.filesystem.open_output_stream(path) as stream:
                     pq.write_table(table, stream, compression=_COMPRESSION)

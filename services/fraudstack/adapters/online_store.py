@@ -21,7 +21,9 @@ write. Each key has a TTL of its horizon plus a margin: an entity that stops tra
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -68,12 +70,16 @@ class CustomerRecord:
     event_ts_ms: int | None
 
 
-def _event_ts(fields: dict[bytes, bytes]) -> int | None:
+HashFields = Mapping[Any, Any]
+"""A hash as redis-py returns it (bytes) or as code builds it (text)."""
+
+
+def _event_ts(fields: HashFields) -> int | None:
     raw = fields.get(EVENT_TS_FIELD.encode())
     return int(raw) if raw is not None else None
 
 
-def customer_record(fields: dict[bytes, bytes]) -> CustomerRecord | None:
+def customer_record(fields: HashFields) -> CustomerRecord | None:
     """Parse one customer hash; None when the customer is unknown (empty hash)."""
     if not fields:
         return None

@@ -8,6 +8,7 @@ layout), built in one pass and written in pipelined batches.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +72,7 @@ def load_table(
     for customer, history in customer_histories.items():
         newest = last[customer]
         history.prune(newest.ts_ms)
-        fields: dict[str, str | int | float] = dict(history.to_fields())
+        fields: dict[Any, str | int | float] = dict(history.to_fields())
         fields.update(transaction_features(newest.ts_ms, newest.amount_cents))
         fields.update(customer_features(history, newest.txn_id, newest.ts_ms, newest.amount_cents))
         fields[LAST_TXN_FIELD] = newest.encode()
@@ -88,7 +89,7 @@ def load_table(
     for terminal, terminal_history in terminal_histories.items():
         if terminal_history.ts:
             terminal_history.prune(terminal_history.ts[-1])
-        terminal_fields: dict[str, str | int] = dict(terminal_history.to_fields())
+        terminal_fields: dict[Any, str | int] = dict(terminal_history.to_fields())
         terminal_fields[EVENT_TS_FIELD] = terminal_history.ts[-1] if terminal_history.ts else 0
         terminal_fields[UPDATED_AT_FIELD] = now_ms
         key = terminal_key(terminal)
@@ -104,9 +105,7 @@ def load_table(
     return len(customer_histories), len(terminal_histories)
 
 
-def _label_rows(
-    transactions: pa.Table, labels: pa.Table | None
-) -> list[tuple[str, int, str, int]]:
+def _label_rows(transactions: pa.Table, labels: pa.Table | None) -> list[tuple[str, int, str, int]]:
     if labels is not None:
         rows = labels.select(["txn_id", "ts", "terminal_id", "is_fraud", "reported_at"]).to_pylist()
         return [

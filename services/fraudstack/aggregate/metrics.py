@@ -6,8 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "aggregate_events_total",
-    "Events consumed, by topic and outcome (applied, duplicate, dead_letter, ignored).",
-    ["topic", "outcome"],
+    "Events consumed, by kind (transaction, label) and outcome (applied, duplicate, "
+    "dead_letter, ignored).",
+    ["kind", "outcome"],
 )
 BATCH_SIZE = Histogram(
     "aggregate_batch_size_events",
@@ -23,8 +24,26 @@ EVENT_TO_FEATURE = Histogram(
     "aggregate_event_to_feature_seconds",
     "Delay from a transaction's event time to its features being in Redis.",
     buckets=(
-        0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
-        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+        0.001,
+        0.002,
+        0.003,
+        0.005,
+        0.0075,
+        0.01,
+        0.015,
+        0.02,
+        0.03,
+        0.04,
+        0.05,
+        0.075,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        60.0,
     ),
 )
 CONSUMER_LAG = Gauge(

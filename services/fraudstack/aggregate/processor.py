@@ -59,7 +59,7 @@ from fraudstack.features.online import (
     terminal_event_value,
     transaction_features,
 )
-from fraudstack.settings import TOPIC_LABELS, TOPIC_TRANSACTIONS
+from fraudstack.settings import Topics
 
 # KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, then field/value pairs.
 # Event fields (e:) carry "<ts>", label fields (f:) "<ts>:<reported_at>".
@@ -109,6 +109,15 @@ class CustomerState:
 
 
 @dataclass(slots=True)
+class Arrival:
+    """A valid transaction, the newest event time of its partition then, and its record."""
+
+    txn: Transaction
+    watermark: int
+    record: Record
+
+
+@dataclass(slots=True)
 class BatchResult:
     applied: int = 0
     duplicates: int = 0
@@ -121,8 +130,11 @@ class BatchResult:
 class Processor:
     """Applies batches of records to the online store; holds the partition-local state."""
 
-    def __init__(self, client: aioredis.Redis, allowed_lateness_ms: int) -> None:
+    def __init__(
+        self, client: aioredis.Redis, allowed_lateness_ms: int, topics: Topics | None = None
+    ) -> None:
         self.client = client
+        self.topics = topics or Topics()
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
@@ -135,31 +147,31 @@ class Processor:
 
     async def process(self, records: Iterable[Record]) -> BatchResult:
         result = BatchResult()
-        transactions: list[Transaction] = []
+        arrivals: list[Arrival] = []
         labels: list[Label] = []
         for record in records:
-            self._route(record, transactions, labels, result)
-        await self._hydrate({txn.customer_id for txn in transactions})
+            self._route(record, arrivals, labels, result)
+        await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
 
         now_ms = int(time.time() * 1000)
         async with self.client.pipeline(transaction=False) as pipe:
-            self._write_customers(pipe, transactions, now_ms, result)
-            await self._write_terminals(pipe, transactions, labels, now_ms)
+            applied = self._write_customers(pipe, arrivals, now_ms, result)
+            await self._write_terminals(pipe, applied, labels, now_ms)
             await pipe.execute()
-        result.written_event_ts = [txn.ts for txn in transactions]
+        result.written_event_ts = [txn.ts for txn in applied]
         return result
 
     def _route(
         self,
         record: Record,
-        transactions: list[Transaction],
+        transactions: list[Arrival],
         labels: list[Label],
         result: BatchResult,
     ) -> None:
         raw = record.value or b""
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         try:
-            if record.topic == TOPIC_LABELS:
+            if record.topic == self.topics.labels:
                 label = parse_label(raw)
                 if not label.is_fraud:
                     result.ignored += 1  # no label means genuine; a retraction changes nothing
@@ -174,19 +186,17 @@ class Processor:
             self._reject(record, f"invalid event at {where}: {exc}", result)
             return
         partition = (record.topic, record.partition)
-        watermark = self.watermarks.get(partition, txn.ts)
-        if txn.ts < watermark - self.allowed_lateness_ms:
-            late_by = (watermark - txn.ts) / 1000
-            self._reject(record, f"late by {late_by:.0f} s, beyond the allowed lateness", result)
-            return
-        self.watermarks[partition] = max(watermark, txn.ts)
-        transactions.append(txn)
+        watermark = max(self.watermarks.get(partition, txn.ts), txn.ts)
+        self.watermarks[partition] = watermark
+        transactions.append(Arrival(txn, watermark, record))
 
     @staticmethod
     def _reject(record: Record, reason: str, result: BatchResult) -> None:
         result.dead_letters.append(
-            (dead_letter(record.value, reason, record.topic, record.partition, record.offset),
-             reason)
+            (
+                dead_letter(record.value, reason, record.topic, record.partition, record.offset),
+                reason,
+            )
         )
 
     async def _hydrate(self, customer_ids: set[str]) -> None:
@@ -205,16 +215,30 @@ class Processor:
                 self.customers[customer] = CustomerState(record.history, record.last)
 
     def _write_customers(
-        self, pipe: Any, transactions: list[Transaction], now_ms: int, result: BatchResult
-    ) -> None:
-        new_fields: dict[str, dict[str, str | int | float]] = {}
-        for txn in transactions:
+        self, pipe: Any, arrivals: list[Arrival], now_ms: int, result: BatchResult
+    ) -> list[Transaction]:
+        """Queue the customers' writes; return the transactions applied (not duplicates)."""
+        applied: list[Transaction] = []
+        new_fields: dict[str, dict[Any, str | int | float]] = {}
+        for arrival in arrivals:
+            txn = arrival.txn
             state = self.customers[txn.customer_id]
             cents = txn.amount_cents
-            if not state.history.add(txn.txn_id, txn.ts, cents):
+            # A replayed transaction is a duplicate however old it is; only new ones can be late.
+            if txn.txn_id in state.history:
                 result.duplicates += 1
                 continue
+            if txn.ts < arrival.watermark - self.allowed_lateness_ms:
+                late_by = (arrival.watermark - txn.ts) / 1000
+                self._reject(
+                    arrival.record, f"late by {late_by:.0f} s, beyond the allowed lateness", result
+                )
+                continue
+            if not state.history.add(txn.txn_id, txn.ts, cents):
+                self._reject(arrival.record, "older than the customer's retained history", result)
+                continue
             result.applied += 1
+            applied.append(txn)
             fields = new_fields.setdefault(txn.customer_id, {})
             fields[event_field(txn.txn_id)] = customer_event_value(txn.ts, cents)
             if state.last is None or (txn.ts, txn.txn_id) > (state.last.ts_ms, state.last.txn_id):
@@ -238,6 +262,7 @@ class Processor:
             if expired:
                 pipe.hdel(key, *(event_field(txn_id) for txn_id in expired))
             pipe.expire(key, CUSTOMER_TTL_SECONDS)
+        return applied
 
     async def _write_terminals(
         self, pipe: Any, transactions: list[Transaction], labels: list[Label], now_ms: int
@@ -260,11 +285,11 @@ class Processor:
             )
 
 
-def count_by_topic(result: BatchResult) -> dict[tuple[str, str], int]:
+def count_by_kind(result: BatchResult) -> dict[tuple[str, str], int]:
     """The batch's outcome counts, keyed like the ``aggregate_events_total`` labels."""
     return {
-        (TOPIC_TRANSACTIONS, "applied"): result.applied,
-        (TOPIC_TRANSACTIONS, "duplicate"): result.duplicates,
-        (TOPIC_LABELS, "applied"): result.labels,
-        (TOPIC_LABELS, "ignored"): result.ignored,
+        ("transaction", "applied"): result.applied,
+        ("transaction", "duplicate"): result.duplicates,
+        ("label", "applied"): result.labels,
+        ("label", "ignored"): result.ignored,
     }

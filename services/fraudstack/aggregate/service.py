@@ -27,23 +27,27 @@ from redis.exceptions import RedisError
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer
 from fraudstack.aggregate import metrics
-from fraudstack.aggregate.processor import BatchResult, Processor, count_by_topic
+from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.errors import StoreUnavailable
-from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS
 
 log = logging.getLogger(__name__)
 
 
-class _ForgetOnRebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, processor: Processor) -> None:
+class _ForgetOnRebalance(ConsumerRebalanceListener):
+    """Drops the partition-local state whenever partitions move, and tracks what we own."""
+
+    def __init__(self, processor: Processor, aggregator: Aggregator) -> None:
         self.processor = processor
+        self.aggregator = aggregator
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.processor.forget()
+        self.aggregator.assignment = set()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.processor.forget()
+        self.aggregator.assignment = set(assigned)
 
 
 class Aggregator:
@@ -51,14 +55,17 @@ class Aggregator:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.processed = 0
+        #: The topic partitions this instance owns right now.
+        self.assignment: set[TopicPartition] = set()
 
     async def run(self, stop_after_idle_s: float | None = None) -> int:
         """Consume until stopped (or idle for ``stop_after_idle_s``); return events processed."""
         bootstrap = self.settings.require("kafka_bootstrap")
         redis_url = self.settings.require("redis_url")
-        await ensure_topics(bootstrap)
+        topics = self.settings.topics
+        await ensure_topics(bootstrap, topics)
         client = aioredis.Redis.from_url(redis_url)
-        processor = Processor(client, self.settings.aggregate_allowed_lateness_ms)
+        processor = Processor(client, self.settings.aggregate_allowed_lateness_ms, topics)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.settings.aggregate_group_id,
@@ -68,7 +75,7 @@ class Aggregator:
             fetch_max_wait_ms=50,
         )
         consumer.subscribe(
-            [TOPIC_TRANSACTIONS, TOPIC_LABELS], listener=_ForgetOnRebalance(processor)
+            [topics.transactions, topics.labels], listener=_ForgetOnRebalance(processor, self)
         )
         producer = make_producer(bootstrap)
         await consumer.start()
@@ -109,7 +116,7 @@ class Aggregator:
         metrics.WRITE_LATENCY.observe(time.perf_counter() - started)
         if result.dead_letters:
             sends = [
-                await producer.send(TOPIC_DEAD_LETTER, value)
+                await producer.send(self.settings.topics.dead_letter, value)
                 for value, _ in result.dead_letters
             ]
             await asyncio.gather(*sends)
@@ -126,7 +133,7 @@ class Aggregator:
             metrics.EVENT_TO_FEATURE.observe(max(0.0, written_at - event_ts / 1000))
         if result.written_event_ts:
             metrics.FEATURE_EVENT_TIME.set(max(result.written_event_ts) / 1000)
-        for (topic, outcome), count in count_by_topic(result).items():
+        for (topic, outcome), count in count_by_kind(result).items():
             if count:
                 metrics.EVENTS.labels(topic, outcome).inc(count)
         if result.dead_letters:

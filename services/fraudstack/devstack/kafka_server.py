@@ -91,7 +91,15 @@ class KafkaServer(Server):
         ]
         shutil.rmtree(folder / "data", ignore_errors=True)
         run_checked(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(properties)],
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(properties),
+            ],
             "formatting Kafka storage",
             log,
         )
@@ -152,8 +160,14 @@ def ensure_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
     shutil.rmtree(libs, ignore_errors=True)
     run_checked(
         [
-            mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-            f"-DoutputDirectory={libs}", "-DincludeScope=runtime",
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
         ],
         "resolving Kafka jars with Maven",
         target / "mvn.log",

@@ -213,12 +213,13 @@ def make_pki(openssl: str, folder: Path, log: Path) -> dict[str, Path]:
     if all(path.exists() for path in files.values()):
         return files
 
-    def openssl_run(*arguments: str) -> None:
-        run_checked([openssl, *arguments], f"openssl {arguments[0]}", log, cwd=folder)
+    def openssl_run(arguments: str) -> None:
+        words = arguments.split()
+        run_checked([openssl, *words], f"openssl {words[0]}", log, cwd=folder)
 
     openssl_run(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-        "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=fraudstack-devstack-ca",
+        "req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout ca.key -out ca.crt"
+        " -subj /CN=fraudstack-devstack-ca"
     )
     (folder / "apiserver.ext").write_text(
         "basicConstraints=CA:FALSE\n"
@@ -228,14 +229,14 @@ def make_pki(openssl: str, folder: Path, log: Path) -> dict[str, Path]:
         "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
     )
     openssl_run(
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key",
-        "-out", "apiserver.csr", "-subj", "/CN=kube-apiserver",
+        "req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr"
+        " -subj /CN=kube-apiserver"
     )
     openssl_run(
-        "x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "3650", "-extfile", "apiserver.ext", "-out", "apiserver.crt",
+        "x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650"
+        " -extfile apiserver.ext -out apiserver.crt"
     )
-    openssl_run("genrsa", "-out", "service-account.key", "2048")
+    openssl_run("genrsa -out service-account.key 2048")
     for key in ("ca.key", "apiserver.key", "service-account.key"):
         (folder / key).chmod(0o600)
     return files
@@ -250,9 +251,7 @@ def write_kubeconfig(path: Path, url: str, ca: Path, token: str) -> None:
             {"name": "devstack", "cluster": {"server": url, "certificate-authority": str(ca)}}
         ],
         "users": [{"name": ADMIN_USER, "user": {"token": token}}],
-        "contexts": [
-            {"name": "devstack", "context": {"cluster": "devstack", "user": ADMIN_USER}}
-        ],
+        "contexts": [{"name": "devstack", "context": {"cluster": "devstack", "user": ADMIN_USER}}],
         "current-context": "devstack",
     }
     temporary = path.with_suffix(".tmp")

@@ -7,6 +7,7 @@ process that merely reused a recorded id.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -80,18 +81,14 @@ def stop(pid: int, marker: str, timeout: float = 15.0) -> None:
         _reap(pid)
         time.sleep(0.05)
     else:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     _reap(pid)
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):  # not our child: nothing to reap
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def wait_until(

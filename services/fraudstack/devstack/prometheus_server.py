@@ -45,9 +45,7 @@ class PrometheusServer(Server):
         targets.mkdir(exist_ok=True)
         port = free_port()
         config = folder / "prometheus.yml"
-        config.write_text(
-            _CONFIG.format(interval=SCRAPE_INTERVAL, port=port, targets=targets)
-        )
+        config.write_text(_CONFIG.format(interval=SCRAPE_INTERVAL, port=port, targets=targets))
         log = folder / "prometheus.log"
         pid = spawn(
             [
@@ -81,7 +79,9 @@ def register_target(targets_dir: str | Path, name: str, address: str, **labels: 
     """Ask the devstack's Prometheus to scrape ``address`` (host:port) under ``name``."""
     path = Path(targets_dir) / f"{name}.json"
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps([{"targets": [address], "labels": {"service": name, **labels}}]))
+    temporary.write_text(
+        json.dumps([{"targets": [address], "labels": {"service": name, **labels}}])
+    )
     temporary.replace(path)
     return path
 

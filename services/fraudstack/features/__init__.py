@@ -6,6 +6,8 @@ keeps per-entity state and computes one transaction's features (stream and infer
 the same value for the same transaction: that equality is tested.
 """
 
+from typing import TYPE_CHECKING
+
 from fraudstack.features.definitions import (
     CUSTOMER_HORIZON_MS,
     DEFAULT_ALLOWED_LATENESS_MS,
@@ -32,6 +34,9 @@ from fraudstack.features.online import (
     terminal_features,
     transaction_features,
 )
+
+if TYPE_CHECKING:
+    from fraudstack.features.offline import compute_features
 
 __all__ = [
     "CUSTOMER_HORIZON_MS",

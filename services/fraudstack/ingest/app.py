@@ -23,7 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from fraudstack.adapters.kafka import ensure_topics, make_producer
 from fraudstack.events import Transaction
 from fraudstack.ingest.settings import IngestSettings, get_settings
-from fraudstack.settings import TOPIC_TRANSACTIONS
 
 EVENTS = Counter("ingest_events_total", "Events received, by outcome.", ["outcome"])
 PRODUCE_LATENCY = Histogram(
@@ -39,7 +38,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         bootstrap = settings.require("kafka_bootstrap")
-        await ensure_topics(bootstrap)
+        await ensure_topics(bootstrap, settings.topics)
         producer = make_producer(bootstrap)
         await producer.start()
         app.state.producer = producer
@@ -71,7 +70,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         try:
             futures = [
                 await producer.send(
-                    TOPIC_TRANSACTIONS,
+                    settings.topics.transactions,
                     event.model_dump_json().encode(),
                     key=event.customer_id.encode(),
                 )

@@ -12,7 +12,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay = actions.add_parser("replay", help="stream a Parquet file of transactions into Kafka")
     replay.add_argument("--file", required=True, help="Parquet file or folder of transactions")
     replay.add_argument("--labels", help="Parquet file or folder of labels to interleave")
-    replay.add_argument("--rate", type=float, help="events per second (default: as fast as possible)")
+    replay.add_argument(
+        "--rate", type=float, help="events per second (default: as fast as possible)"
+    )
     replay.add_argument(
         "--shift-to-now",
         action="store_true",
@@ -37,8 +39,13 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     host, _, port = (args.bind or settings.ingest_bind).rpartition(":")
     register_devstack_target("ingest", int(port))
-    uvicorn.run(create_app(settings), host=host, port=int(port), access_log=False,
-                log_level=settings.log_level.lower())
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=int(port),
+        access_log=False,
+        log_level=settings.log_level.lower(),
+    )
     return 0
 
 
@@ -56,10 +63,18 @@ def _replay(args: argparse.Namespace) -> int:
         labels = ds.dataset(args.labels, format="parquet").to_table() if args.labels else None
     except (FileNotFoundError, OSError) as exc:
         raise ConfigurationError(f"cannot read {args.file}: {exc}") from exc
-    bootstrap = get_settings().require("kafka_bootstrap")
+    settings = get_settings()
+    bootstrap = settings.require("kafka_bootstrap")
     sent, label_count = asyncio.run(
-        produce_table(bootstrap, table, labels, rate=args.rate,
-                      shift_to_now=args.shift_to_now, progress=not args.no_progress)
+        produce_table(
+            bootstrap,
+            table,
+            labels,
+            rate=args.rate,
+            shift_to_now=args.shift_to_now,
+            progress=not args.no_progress,
+            topics=settings.topics,
+        )
     )
     print(f"ingest replay: {sent} transactions and {label_count} labels produced")
     return 0

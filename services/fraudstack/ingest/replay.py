@@ -17,12 +17,16 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer
-from fraudstack.settings import TOPIC_LABELS, TOPIC_TRANSACTIONS
+from fraudstack.settings import Topics
+
+KafkaRecord = tuple[str, bytes, bytes]
 
 _CHUNK = 2_000
 
 
-def _transaction_records(table: pa.Table, shift_ms: int) -> tuple[np.ndarray, list[tuple[str, bytes, bytes]]]:
+def _transaction_records(
+    table: pa.Table, shift_ms: int, topic: str
+) -> tuple[np.ndarray, list[KafkaRecord]]:
     txn_ids = table["txn_id"].to_pylist()
     ts = table["ts"].to_numpy().astype(np.int64) + shift_ms
     customers = table["customer_id"].to_pylist()
@@ -30,11 +34,16 @@ def _transaction_records(table: pa.Table, shift_ms: int) -> tuple[np.ndarray, li
     amounts = table["amount"].to_pylist()
     records = [
         (
-            TOPIC_TRANSACTIONS,
+            topic,
             customer.encode(),
             orjson.dumps(
-                {"txn_id": txn_id, "ts": int(when), "customer_id": customer,
-                 "terminal_id": terminal, "amount": amount}
+                {
+                    "txn_id": txn_id,
+                    "ts": int(when),
+                    "customer_id": customer,
+                    "terminal_id": terminal,
+                    "amount": amount,
+                }
             ),
         )
         for txn_id, when, customer, terminal, amount in zip(
@@ -44,7 +53,9 @@ def _transaction_records(table: pa.Table, shift_ms: int) -> tuple[np.ndarray, li
     return ts, records
 
 
-def _label_records(labels: pa.Table, shift_ms: int) -> tuple[np.ndarray, list[tuple[str, bytes, bytes]]]:
+def _label_records(
+    labels: pa.Table, shift_ms: int, topic: str
+) -> tuple[np.ndarray, list[KafkaRecord]]:
     reported = labels["reported_at"].to_numpy().astype(np.int64) + shift_ms
     rows = labels.select(
         ["txn_id", "customer_id", "terminal_id", "ts", "is_fraud", "reported_at"]
@@ -53,7 +64,7 @@ def _label_records(labels: pa.Table, shift_ms: int) -> tuple[np.ndarray, list[tu
     for row in rows:
         row["ts"] = int(row["ts"]) + shift_ms
         row["reported_at"] = int(row["reported_at"]) + shift_ms
-        records.append((TOPIC_LABELS, row["terminal_id"].encode(), orjson.dumps(row)))
+        records.append((topic, row["terminal_id"].encode(), orjson.dumps(row)))
     return reported, records
 
 
@@ -64,20 +75,22 @@ async def produce_table(
     rate: float | None = None,
     shift_to_now: bool = False,
     progress: bool = True,
+    topics: Topics | None = None,
 ) -> tuple[int, int]:
     """Produce every transaction and label; return how many of each the broker acknowledged."""
     first_ts = int(pa.compute.min(transactions["ts"]).as_py()) if len(transactions) else 0
     shift_ms = int(time.time() * 1000) - first_ts if shift_to_now else 0
-    times, records = _transaction_records(transactions, shift_ms)
+    topics = topics or Topics()
+    times, records = _transaction_records(transactions, shift_ms, topics.transactions)
     label_count = 0
     if labels is not None and len(labels):
-        label_times, label_records = _label_records(labels, shift_ms)
+        label_times, label_records = _label_records(labels, shift_ms, topics.labels)
         label_count = len(label_records)
         times = np.concatenate([times, label_times])
         records.extend(label_records)
     order = np.argsort(times, kind="stable")
 
-    await ensure_topics(bootstrap)
+    await ensure_topics(bootstrap, topics)
     producer = make_producer(bootstrap, linger_ms=5)
     await producer.start()
     started = time.monotonic()

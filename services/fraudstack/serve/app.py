@@ -1,0 +1,83 @@
+"""The FastAPI application of the inference service.
+
+``create_app()`` only wires things together; the heavy parts are made in the lifespan, once per
+worker process: the models are loaded and checked against their sha256 (a missing or corrupt
+artifact stops the worker's start-up, and with it gunicorn's, with the reason in the log), and the
+pipelined Redis connection is opened. Redis being down at start-up does not stop the service:
+``/readyz`` says so and requests answer 503 until it is back.
+
+Settings come from :func:`fraudstack.serve.settings.get_settings`; a test overrides them with
+``app.dependency_overrides[get_settings]`` or by passing ``settings`` here, and the lifespan
+honours the override too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from fraudstack.adapters.registry import ModelRegistry
+from fraudstack.serve import errors
+from fraudstack.serve.errors import JSONBytes
+from fraudstack.serve.lookup import FeatureLookup
+from fraudstack.serve.metrics import ServeMetrics
+from fraudstack.serve.models import ModelHolder, RoutingSpec, ScorerLoader
+from fraudstack.serve.redis_link import RedisLink
+from fraudstack.serve.routes import Service, build_router
+from fraudstack.serve.settings import ServeSettings, get_settings
+
+log = logging.getLogger("fraudstack.serve")
+
+
+def routing_spec(settings: ServeSettings) -> RoutingSpec:
+    """The routing the settings ask for; no stable version means the registry's newest."""
+    stable = settings.model_version or ModelRegistry(settings.model_registry_uri).latest()
+    return RoutingSpec(
+        stable=stable,
+        candidate=settings.candidate_version or None,
+        candidate_share=settings.candidate_share,
+    )
+
+
+def create_app(
+    settings: ServeSettings | None = None, *, loader: ScorerLoader | None = None
+) -> FastAPI:
+    """The application; ``loader`` replaces :func:`fraudstack.scoring.load_scorer` if given."""
+    service = Service(ServeMetrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        current = app.dependency_overrides.get(get_settings, get_settings)()
+        holder = ModelHolder(current.model_registry_uri, loader)
+        routing = holder.apply(routing_spec(current))
+        link = RedisLink(
+            current.require("redis_url"),
+            timeout=current.store_timeout_ms / 1000,
+            retry_after=current.store_retry_ms / 1000,
+        )
+        if not await link.ping():
+            log.warning("the online store does not answer yet; requests answer 503 until it does")
+        service.start(holder, FeatureLookup(link), current)
+        log.info("serving %s", routing.describe())
+        try:
+            yield
+        finally:
+            await link.close()
+
+    app = FastAPI(
+        title="fraudstack inference",
+        summary="Fraud probability of card transactions from their online features.",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=JSONBytes,
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    app.state.metrics = service.metrics
+    app.state.service = service
+    errors.install(app)
+    app.include_router(build_router(service))
+    return app

@@ -1,0 +1,103 @@
+"""Our exceptions as HTTP answers, in this one place.
+
+Every answer that is not a score is JSON ``{"detail": <reason>}`` (422 adds ``errors``, one line
+per problem). No request answers with a stack trace: an unexpected exception is logged with its
+traceback and answered 500 ``{"detail": "internal error"}``.
+
+===============================  ======  ===================  ====================================
+exception                        status  metric ``outcome``   when
+===============================  ======  ===================  ====================================
+EntityNotFound                   404     ``not_found``        no stored features for the customer
+StoreUnavailable, StoreError     503     ``unavailable``      Redis cannot be reached or refuses
+ModelError                       503     ``error``            no usable model loaded
+InvalidEvent, validation error   422     ``invalid``          malformed path or body
+anything else                    500     ``error``            a bug; logged with its traceback
+===============================  ======  ===================  ====================================
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from fraudstack.errors import (
+    EntityNotFound,
+    FraudstackError,
+    InvalidEvent,
+    ModelError,
+    StoreError,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+OUTCOME_OK = "ok"
+# (exception class, HTTP status, metric outcome), most specific first
+_MAPPING: tuple[tuple[type[FraudstackError], int, str], ...] = (
+    (EntityNotFound, 404, "not_found"),
+    (StoreUnavailable, 503, "unavailable"),
+    (StoreError, 503, "unavailable"),
+    (ModelError, 503, "error"),
+    (InvalidEvent, 422, "invalid"),
+)
+
+
+class JSONBytes(Response):
+    """A JSON answer whose body is already encoded (orjson on the way in)."""
+
+    media_type = "application/json"
+
+
+def json_response(content: object, status_code: int = 200) -> JSONBytes:
+    return JSONBytes(orjson.dumps(content), status_code=status_code)
+
+
+def classify(exc: FraudstackError) -> tuple[int, str]:
+    """The HTTP status and metric outcome of one of our exceptions."""
+    for kind, status, outcome in _MAPPING:
+        if isinstance(exc, kind):
+            return status, outcome
+    return 500, "error"
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn exceptions into the answers above."""
+
+    async def ours(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FraudstackError)
+        status, _ = classify(exc)
+        if status == 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+            return json_response({"detail": "internal error"}, 500)
+        if isinstance(exc, InvalidEvent):
+            return json_response({"detail": "invalid request", "errors": exc.reasons}, status)
+        return json_response({"detail": str(exc)}, status)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.observe("none", "invalid", None)
+        return json_response({"detail": "invalid request", "errors": errors}, 422)
+
+    async def http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return json_response({"detail": exc.detail}, exc.status_code)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_response({"detail": "internal error"}, 500)
+
+    app.add_exception_handler(FraudstackError, ours)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http)
+    app.add_exception_handler(Exception, unexpected)

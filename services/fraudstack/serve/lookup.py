@@ -1,0 +1,117 @@
+"""A transaction's features from the online store, as the offline definition computes them.
+
+The layout is the store's (:mod:`fraudstack.adapters.online_store`), and every window is
+finished here with the one feature code (:mod:`fraudstack.features.online`) at the transaction's
+own time, so a value never carries what fell out of its window since the last write:
+
+* ``newest(customer)`` (``GET /predict``): the customer's newest transaction (``_last_txn``).
+  Its customer windows were finished at its own time when it was written, so they are read as
+  stored (one ``HMGET`` of a dozen fields instead of the whole history); its terminal is only
+  known from that answer, hence a second round trip for the terminal's events. A hash written
+  without those fields falls back to the customer's events.
+* ``transaction(txn)`` (``POST /v1/score``): both hashes in ONE round trip (two ``HGETALL`` in
+  one send); the customer windows are computed from the customer's events at the transaction's
+  time with the transaction included, the terminal windows from the terminal's events and fraud
+  labels. A customer the store has never seen is a first transaction, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fraudstack.adapters.online_store import (
+    EVENT_TS_FIELD,
+    LAST_TXN_FIELD,
+    LastTransaction,
+    customer_key,
+    customer_record,
+    terminal_key,
+)
+from fraudstack.errors import EntityNotFound
+from fraudstack.events import Transaction
+from fraudstack.features.definitions import CUSTOMER_FEATURES
+from fraudstack.features.online import (
+    CustomerHistory,
+    TerminalHistory,
+    all_features,
+    customer_features,
+    terminal_features,
+    transaction_features,
+)
+from fraudstack.serve.redis_link import RedisLink, encode_command
+
+_NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, *CUSTOMER_FEATURES)
+# the constant tail of "HMGET <key> <fields...>", encoded once
+_NEWEST_TAIL = encode_command(*_NEWEST_FIELDS).split(b"\r\n", 1)[1]
+_NEWEST_HEAD = b"*%d\r\n$5\r\nHMGET\r\n" % (len(_NEWEST_FIELDS) + 2)
+_HGETALL = b"*2\r\n$7\r\nHGETALL\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """What a request scores: the features by name and the age of the stored state."""
+
+    features: dict[str, float]
+    #: Newest event time (ms) in the customer's stored features; None for a new customer.
+    event_ts_ms: int | None
+
+
+def _key_part(key: str) -> bytes:
+    raw = key.encode()
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+def _as_dict(flat: list[Any]) -> dict[bytes, bytes]:
+    """An HGETALL reply (flat ``[field, value, ...]``) as a mapping."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+class FeatureLookup:
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+
+    async def newest(self, customer_id: str) -> tuple[LastTransaction, Scored]:
+        """The customer's newest transaction and its features; EntityNotFound if none."""
+        key = customer_key(customer_id)
+        (values,) = await self.link.execute(_NEWEST_HEAD + _key_part(key) + _NEWEST_TAIL)
+        raw_last, raw_event_ts = values[0], values[1]
+        if raw_last is None:
+            raise EntityNotFound(f"no stored transaction for customer {customer_id!r}")
+        last = LastTransaction.decode(raw_last)
+        features = transaction_features(last.ts_ms, last.amount_cents)
+        stored = values[2:]
+        if None in stored:
+            history = await self._customer_history(key, customer_id)
+            features.update(
+                customer_features(history, last.txn_id, last.ts_ms, last.amount_cents)
+            )
+        else:
+            for name, raw in zip(CUSTOMER_FEATURES, stored, strict=True):
+                features[name] = float(raw)
+        (flat,) = await self.link.execute(_HGETALL + _key_part(terminal_key(last.terminal_id)))
+        terminal = TerminalHistory.from_fields(_as_dict(flat))
+        features.update(terminal_features(terminal, last.ts_ms))
+        event_ts = int(raw_event_ts) if raw_event_ts is not None else None
+        return last, Scored(features, event_ts)
+
+    async def transaction(self, txn: Transaction) -> Scored:
+        """The features of ``txn`` at its own time, the transaction included."""
+        customer_flat, terminal_flat = await self.link.execute(
+            _HGETALL + _key_part(customer_key(txn.customer_id))
+            + _HGETALL + _key_part(terminal_key(txn.terminal_id)),
+            2,
+        )
+        record = customer_record(_as_dict(customer_flat))
+        history = record.history if record is not None else CustomerHistory()
+        terminal = TerminalHistory.from_fields(_as_dict(terminal_flat))
+        features = all_features(history, terminal, txn.txn_id, txn.ts, txn.amount_cents)
+        return Scored(features, record.event_ts_ms if record is not None else None)
+
+    async def _customer_history(self, key: str, customer_id: str) -> CustomerHistory:
+        (flat,) = await self.link.execute(_HGETALL + _key_part(key))
+        record = customer_record(_as_dict(flat))
+        if record is None:
+            raise EntityNotFound(f"no stored transaction for customer {customer_id!r}")
+        return record.history

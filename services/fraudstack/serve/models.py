@@ -1,0 +1,170 @@
+"""The loaded models and the routing between them, swappable at runtime in one step.
+
+A :class:`Routing` is immutable: the stable scorer, an optional candidate and the share of
+customers the candidate scores. The :class:`ModelHolder` keeps the current routing in one
+attribute; a request reads it once and uses that object to the end, so replacing it (one
+reference assignment) never mixes two routings within a request, never blocks a request and
+never fails one. A model is loaded (and its files checked against ``metadata.json``) before the
+routing that needs it is published; a routing that cannot be loaded leaves the current one in
+place.
+
+Which model scores a customer is sticky: the customer id is hashed (BLAKE2b, the same in every
+process, unlike Python's ``hash``) into one of 10,000 buckets, and buckets below
+``candidate_share × 100`` go to the candidate. The same customer therefore always meets the same
+model while the share stays put, and raising the share only moves customers from stable to
+candidate, never back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import Protocol
+
+from fraudstack.adapters.registry import ModelRegistry
+from fraudstack.errors import ModelError
+from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+
+BUCKETS = 10_000
+
+
+class Scorer(Protocol):
+    """What the service needs of a loaded model (see :mod:`fraudstack.scoring`)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def feature_names(self) -> Sequence[str]: ...
+
+    def score(self, vector: Sequence[float]) -> float: ...
+
+
+#: ``(registry_root, version) -> Scorer``; loads and verifies one version.
+ScorerLoader = Callable[[str, str], Scorer]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSpec:
+    """Which versions serve, by name: what settings (or, later, an operator) ask for."""
+
+    stable: str
+    candidate: str | None = None
+    #: Percent of customers (0-100) the candidate scores.
+    candidate_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.candidate_share <= 100.0:
+            raise ModelError(f"candidate share {self.candidate_share} is outside 0-100")
+        if self.candidate_share and not self.candidate:
+            raise ModelError("a candidate share needs a candidate version")
+
+
+def customer_bucket(customer_id: str) -> int:
+    """The customer's bucket in ``[0, 10000)``, the same in every process and run."""
+    digest = blake2b(customer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    stable: Scorer
+    candidate: Scorer | None = None
+    candidate_share: float = 0.0
+    #: Buckets below this go to the candidate.
+    _cutoff: int = 0
+
+    @classmethod
+    def build(
+        cls, stable: Scorer, candidate: Scorer | None = None, candidate_share: float = 0.0
+    ) -> Routing:
+        cutoff = round(candidate_share * BUCKETS / 100) if candidate is not None else 0
+        return cls(stable, candidate, candidate_share, cutoff)
+
+    def scorer_for(self, customer_id: str) -> Scorer:
+        """The model that scores this customer."""
+        if not self._cutoff or self.candidate is None:
+            return self.stable
+        return self.candidate if customer_bucket(customer_id) < self._cutoff else self.stable
+
+    @property
+    def versions(self) -> list[str]:
+        versions = [self.stable.version]
+        if self.candidate is not None and self.candidate_share:
+            versions.append(self.candidate.version)
+        return versions
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "stable": self.stable.version,
+            "candidate": self.candidate.version if self.candidate is not None else None,
+            "candidate_share": self.candidate_share,
+        }
+
+
+class ModelHolder:
+    """The current :class:`Routing` of one worker, and the scorers it has loaded."""
+
+    def __init__(self, registry_root: str, loader: ScorerLoader | None = None) -> None:
+        self.registry_root = registry_root
+        self._loader = loader
+        self._loaded: dict[str, Scorer] = {}
+        self._routing: Routing | None = None
+
+    @property
+    def routing(self) -> Routing:
+        routing = self._routing
+        if routing is None:
+            raise ModelError("no model is loaded yet")
+        return routing
+
+    @property
+    def ready(self) -> bool:
+        return self._routing is not None
+
+    def apply(self, spec: RoutingSpec) -> Routing:
+        """Load what ``spec`` needs, then publish it as the routing (blocking; see apply_async)."""
+        stable = self._scorer(spec.stable)
+        candidate = self._scorer(spec.candidate) if spec.candidate else None
+        routing = Routing.build(stable, candidate, spec.candidate_share)
+        self._routing = routing  # the one step that switches every later request
+        keep = {stable.version} | ({candidate.version} if candidate is not None else set())
+        # requests still holding the old routing keep their scorers alive until they finish
+        self._loaded = {version: self._loaded[version] for version in keep}
+        return routing
+
+    async def apply_async(self, spec: RoutingSpec) -> Routing:
+        """:meth:`apply` with the loading off the event loop, so serving goes on meanwhile."""
+        missing = [v for v in (spec.stable, spec.candidate) if v and v not in self._loaded]
+        for version in missing:
+            self._loaded[version] = await asyncio.to_thread(self._load, version)
+        return self.apply(spec)
+
+    def _scorer(self, version: str) -> Scorer:
+        scorer = self._loaded.get(version)
+        if scorer is None:
+            scorer = self._loaded[version] = self._load(version)
+        return scorer
+
+    def _load(self, version: str) -> Scorer:
+        loader = self._loader
+        if loader is None:
+            from fraudstack.scoring import load_scorer  # onnxruntime only where it is used
+
+            loader = load_scorer
+        feature_set = ModelRegistry(self.registry_root).metadata(version).feature_set_version
+        if feature_set != FEATURE_SET_VERSION:
+            raise ModelError(
+                f"model {version} was trained on feature set {feature_set}; this service "
+                f"computes {FEATURE_SET_VERSION}"
+            )
+        scorer = loader(self.registry_root, version)
+        unknown = [name for name in scorer.feature_names if name not in FEATURE_NAMES]
+        if unknown:
+            raise ModelError(
+                f"model {version} needs features this service does not compute: "
+                f"{', '.join(unknown)}"
+            )
+        return scorer

@@ -1,0 +1,156 @@
+"""The endpoints. The two scoring routes are the hot path: no dependency injection, no response
+model validation, one dict encoded by orjson, metric children reused (see :mod:`.metrics`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Path
+from starlette.responses import Response
+
+from fraudstack.errors import FraudstackError
+from fraudstack.events import Transaction
+from fraudstack.serve.errors import OUTCOME_OK, JSONBytes, classify, json_response
+from fraudstack.serve.lookup import FeatureLookup, Scored
+from fraudstack.serve.metrics import NO_VERSION, ServeMetrics
+from fraudstack.serve.models import ModelHolder, Scorer
+from fraudstack.serve.schemas import (
+    ERROR_RESPONSES,
+    Health,
+    Prediction,
+    Readiness,
+    TransactionScore,
+)
+from fraudstack.serve.settings import ServeSettings, get_settings
+
+_perf_counter = time.perf_counter
+_wall_clock = time.time
+_dumps = orjson.dumps
+
+
+class Service:
+    """What the routes use; filled by the app's lifespan, once per worker."""
+
+    def __init__(self, metrics: ServeMetrics) -> None:
+        self.metrics = metrics
+        self.holder: ModelHolder | None = None
+        self.lookup: FeatureLookup | None = None
+        self.risk_medium = 0.3
+        self.risk_high = 0.7
+
+    def start(self, holder: ModelHolder, lookup: FeatureLookup, settings: ServeSettings) -> None:
+        self.holder, self.lookup = holder, lookup
+        self.risk_medium, self.risk_high = settings.risk_medium, settings.risk_high
+
+    def risk_level(self, probability: float) -> str:
+        if probability >= self.risk_high:
+            return "high"
+        return "medium" if probability >= self.risk_medium else "low"
+
+    def failed(self, exc: FraudstackError, version: str, started: float) -> None:
+        _, outcome = classify(exc)
+        if outcome == "unavailable":
+            self.metrics.store_unavailable.inc()
+        self.metrics.observe(version, outcome, _perf_counter() - started)
+
+    def succeeded(self, version: str, scored: Scored, elapsed: float) -> None:
+        metrics = self.metrics
+        metrics.observe(version, OUTCOME_OK, elapsed)
+        if scored.event_ts_ms is not None:
+            metrics.feature_age.observe(max(0.0, _wall_clock() - scored.event_ts_ms / 1000))
+
+
+def _score(scorer: Scorer, scored: Scored) -> float:
+    features = scored.features
+    return scorer.score([features[name] for name in scorer.feature_names])
+
+
+def build_router(service: Service) -> APIRouter:
+    router = APIRouter()
+
+    @router.get(
+        "/predict/{user_id}", response_model=Prediction, response_class=JSONBytes,
+        responses=ERROR_RESPONSES, tags=["scoring"],
+    )
+    async def predict(user_id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
+        """Score the customer's newest transaction with its features at that time."""
+        started = _perf_counter()
+        version = NO_VERSION
+        try:
+            assert service.holder is not None and service.lookup is not None
+            scorer = service.holder.routing.scorer_for(user_id)
+            version = scorer.version
+            _, scored = await service.lookup.newest(user_id)
+            probability = _score(scorer, scored)
+        except FraudstackError as exc:
+            service.failed(exc, version, started)
+            raise
+        elapsed = _perf_counter() - started
+        service.succeeded(version, scored, elapsed)
+        return JSONBytes(_dumps({
+            "user_id": user_id,
+            "fraud_probability": probability,
+            "risk_level": service.risk_level(probability),
+            "latency_ms": round(elapsed * 1000, 3),
+            "model_version": version,
+        }))
+
+    @router.post(
+        "/v1/score", response_model=TransactionScore, response_class=JSONBytes,
+        responses=ERROR_RESPONSES, tags=["scoring"],
+    )
+    async def score(txn: Transaction) -> Response:
+        """Score one transaction with its features at its own time, the transaction included."""
+        started = _perf_counter()
+        version = NO_VERSION
+        try:
+            assert service.holder is not None and service.lookup is not None
+            scorer = service.holder.routing.scorer_for(txn.customer_id)
+            version = scorer.version
+            scored = await service.lookup.transaction(txn)
+            probability = _score(scorer, scored)
+        except FraudstackError as exc:
+            service.failed(exc, version, started)
+            raise
+        elapsed = _perf_counter() - started
+        service.succeeded(version, scored, elapsed)
+        return JSONBytes(_dumps({
+            "txn_id": txn.txn_id,
+            "user_id": txn.customer_id,
+            "fraud_probability": probability,
+            "risk_level": service.risk_level(probability),
+            "latency_ms": round(elapsed * 1000, 3),
+            "model_version": version,
+        }))
+
+    @router.get("/healthz", response_model=Health, tags=["operations"])
+    async def healthz() -> Response:
+        """The process is alive (no dependency is asked)."""
+        return json_response({"status": "ok"})
+
+    @router.get(
+        "/readyz", response_model=Readiness, tags=["operations"],
+        responses={503: {"model": Readiness, "description": "not ready, with the reasons"}},
+    )
+    async def readyz(settings: Annotated[ServeSettings, Depends(get_settings)]) -> Response:
+        """Models loaded and the online store answering."""
+        reasons = []
+        holder = service.holder
+        routing = holder.routing.describe() if holder is not None and holder.ready else None
+        if routing is None:
+            reasons.append("no model loaded")
+        if service.lookup is None or not await service.lookup.link.ping():
+            reasons.append(f"online store not answering within {settings.store_timeout_ms:g} ms")
+        body = {"status": "not ready" if reasons else "ready", "reasons": reasons,
+                "routing": routing}
+        return json_response(body, 503 if reasons else 200)
+
+    @router.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of every worker."""
+        content, media_type = service.metrics.exposition()
+        return Response(content, media_type=media_type)
+
+    return router

@@ -1,0 +1,73 @@
+"""Export a fitted candidate to ONNX, and prove the export gives scikit-learn's probabilities.
+
+The graph has one input, ``features`` (float32, ``[rows, len(FEATURE_NAMES)]``), and the
+outputs ``label`` and ``probabilities`` (float32 ``[rows, 2]``, no ZipMap: a plain tensor is what
+a fast single-row scorer wants).
+"""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.base import ClassifierMixin
+
+from fraudstack.errors import ModelError
+from fraudstack.scoring import PROBABILITIES_OUTPUT
+from fraudstack.train.models import final_estimator
+
+INPUT_NAME = "features"
+#: Opsets onnxruntime 1.17 and later all run.
+TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
+TOLERANCE = 1e-5
+
+
+def to_onnx(model: ClassifierMixin, feature_count: int) -> bytes:
+    """The ONNX bytes of a fitted classifier (a pipeline or a bare estimator)."""
+    options = {id(final_estimator(model)): {"zipmap": False}}
+    graph = convert_sklearn(
+        model,
+        initial_types=[(INPUT_NAME, FloatTensorType([None, feature_count]))],
+        options=options,
+        target_opset=TARGET_OPSET,
+    )
+    data: bytes = graph.SerializeToString()
+    return data
+
+
+def to_joblib(model: ClassifierMixin) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    return buffer.getvalue()
+
+
+def onnx_probabilities(onnx_model: bytes, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """P(fraud) per row, from onnxruntime."""
+    session = ort.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+    rows = np.ascontiguousarray(features, dtype=np.float32)
+    result: npt.NDArray[np.float32] = session.run([PROBABILITIES_OUTPUT], {INPUT_NAME: rows})[0]
+    return result[:, 1]
+
+
+def max_difference(model: ClassifierMixin, onnx_model: bytes, features: np.ndarray) -> float:
+    """Largest |P_onnx - P_sklearn| over the rows of ``features``."""
+    expected = model.predict_proba(features)[:, 1]
+    actual = onnx_probabilities(onnx_model, features)
+    return float(np.max(np.abs(actual.astype(np.float64) - expected))) if len(expected) else 0.0
+
+
+def check_equivalence(
+    model: ClassifierMixin, onnx_model: bytes, features: np.ndarray, tolerance: float = TOLERANCE
+) -> float:
+    """:func:`max_difference`, or :class:`ModelError` when it exceeds ``tolerance``."""
+    difference = max_difference(model, onnx_model, features)
+    if not difference <= tolerance:
+        raise ModelError(
+            f"ONNX export differs from scikit-learn by {difference:.2e} (> {tolerance:.0e})"
+        )
+    return difference
