@@ -23,10 +23,12 @@ from fraudstack.features import (
 )
 from fraudstack.features.definitions import (
     CUSTOMER_HORIZON_MS,
+    CUSTOMER_WINDOWS,
     MS_PER_DAY,
     MS_PER_HOUR,
     MS_PER_MINUTE,
     TERMINAL_HORIZON_MS,
+    TERMINAL_WINDOWS,
 )
 
 T = 1_700_000_000_000  # a Tuesday, 22:13:20 UTC
@@ -42,6 +44,10 @@ def test_feature_names_and_version() -> None:
                                  "customer_nb_tx_1d")
     assert FEATURE_NAMES[-1] == "terminal_risk_30d"
     assert FEATURE_SET_VERSION.startswith("fs-")
+    from_windows = [name for window in CUSTOMER_WINDOWS for name in window[:2]]
+    from_windows += [name for window in TERMINAL_WINDOWS for name in window[:2]]
+    assert list(FEATURE_NAMES) == ["amount", "tx_during_weekend", "tx_during_night",
+                                   *from_windows]
 
 
 @pytest.mark.parametrize(

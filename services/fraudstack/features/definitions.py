@@ -50,37 +50,35 @@ WEEKEND_FIRST_WEEKDAY: Final = 5
 #: ``tx_during_night`` covers the UTC hours 0 to 6 inclusive.
 NIGHT_LAST_HOUR: Final = 6
 
-#: Customer windows with a mean amount: feature suffix -> length in ms.
-CUSTOMER_AVERAGE_WINDOWS: Final[dict[str, int]] = {
-    "1d": 1 * MS_PER_DAY,
-    "7d": 7 * MS_PER_DAY,
-    "30d": 30 * MS_PER_DAY,
-}
-#: Short customer windows with an amount sum: feature suffix -> length in ms.
-CUSTOMER_SUM_WINDOWS: Final[dict[str, int]] = {
-    "10m": 10 * MS_PER_MINUTE,
-    "1h": 1 * MS_PER_HOUR,
-}
+#: Customer windows: (count feature, amount feature, length in ms, amount is a mean, not a sum).
+CUSTOMER_WINDOWS: Final[tuple[tuple[str, str, int, bool], ...]] = (
+    ("customer_nb_tx_1d", "customer_avg_amount_1d", 1 * MS_PER_DAY, True),
+    ("customer_nb_tx_7d", "customer_avg_amount_7d", 7 * MS_PER_DAY, True),
+    ("customer_nb_tx_30d", "customer_avg_amount_30d", 30 * MS_PER_DAY, True),
+    ("customer_nb_tx_10m", "customer_amount_sum_10m", 10 * MS_PER_MINUTE, False),
+    ("customer_nb_tx_1h", "customer_amount_sum_1h", 1 * MS_PER_HOUR, False),
+)
 
 #: Terminal windows end this long before the transaction: fraud labels are known after it.
 TERMINAL_DELAY_MS: Final = 7 * MS_PER_DAY
-#: Terminal windows: feature suffix -> length in ms (each shifted back by the delay).
-TERMINAL_WINDOWS: Final[dict[str, int]] = {
-    "1d": 1 * MS_PER_DAY,
-    "7d": 7 * MS_PER_DAY,
-    "30d": 30 * MS_PER_DAY,
-}
+#: Terminal windows: (count feature, risk feature, length in ms before the delay).
+TERMINAL_WINDOWS: Final[tuple[tuple[str, str, int], ...]] = (
+    ("terminal_nb_tx_1d", "terminal_risk_1d", 1 * MS_PER_DAY),
+    ("terminal_nb_tx_7d", "terminal_risk_7d", 7 * MS_PER_DAY),
+    ("terminal_nb_tx_30d", "terminal_risk_30d", 30 * MS_PER_DAY),
+)
 #: A fraud label counts only if reported at most this long after its transaction.
 LABEL_DELAY_MS: Final = TERMINAL_DELAY_MS
 
 #: How far back a customer's windows reach from the transaction.
-CUSTOMER_HORIZON_MS: Final = max(*CUSTOMER_AVERAGE_WINDOWS.values(), *CUSTOMER_SUM_WINDOWS.values())
+CUSTOMER_HORIZON_MS: Final = max(window[2] for window in CUSTOMER_WINDOWS)
 #: How far back a terminal's windows reach from the transaction.
-TERMINAL_HORIZON_MS: Final = TERMINAL_DELAY_MS + max(TERMINAL_WINDOWS.values())
+TERMINAL_HORIZON_MS: Final = TERMINAL_DELAY_MS + max(window[2] for window in TERMINAL_WINDOWS)
 #: Default allowed lateness of an event behind the newest one of its entity.
 DEFAULT_ALLOWED_LATENESS_MS: Final = 1 * MS_PER_HOUR
 
 TRANSACTION_FEATURES: Final = ("amount", "tx_during_weekend", "tx_during_night")
+# Written out in full so the model order can be read here; a test checks it against the windows.
 CUSTOMER_FEATURES: Final = (
     "customer_nb_tx_1d",
     "customer_avg_amount_1d",

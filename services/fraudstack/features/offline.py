@@ -23,9 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fraudstack.features.definitions import (
-    CUSTOMER_AVERAGE_WINDOWS,
     CUSTOMER_HORIZON_MS,
-    CUSTOMER_SUM_WINDOWS,
+    CUSTOMER_WINDOWS,
     EPOCH_WEEKDAY,
     FEATURE_NAMES,
     LABEL_DELAY_MS,
@@ -176,14 +175,7 @@ def _customer_columns(customer: Ints, ts: Ints, cents: Ints, out: dict[str, Floa
     sorted_keys = keys[order]
     cumulative = np.concatenate(([0], np.cumsum(cents[order])))
     position = np.arange(len(order))
-    windows = [
-        (f"customer_nb_tx_{suffix}", f"customer_avg_amount_{suffix}", window_ms, True)
-        for suffix, window_ms in CUSTOMER_AVERAGE_WINDOWS.items()
-    ] + [
-        (f"customer_nb_tx_{suffix}", f"customer_amount_sum_{suffix}", window_ms, False)
-        for suffix, window_ms in CUSTOMER_SUM_WINDOWS.items()
-    ]
-    for count_name, amount_name, window_ms, is_mean in windows:
+    for count_name, amount_name, window_ms, is_mean in CUSTOMER_WINDOWS:
         start = np.searchsorted(sorted_keys, sorted_keys - window_ms, side="right")
         count = (position - start + 1).astype(np.float64)
         total = (cumulative[position + 1] - cumulative[start]).astype(np.float64)
@@ -200,14 +192,14 @@ def _terminal_columns(
     sorted_keys = keys[order]
     cumulative = np.concatenate(([0], np.cumsum(fraud[order], dtype=np.int64)))
     end = np.searchsorted(sorted_keys, sorted_keys - TERMINAL_DELAY_MS, side="right")
-    for suffix, window_ms in TERMINAL_WINDOWS.items():
+    for count_name, risk_name, window_ms in TERMINAL_WINDOWS:
         reach_ms = TERMINAL_DELAY_MS + window_ms
         start = np.searchsorted(sorted_keys, sorted_keys - reach_ms, side="right")
         count = (end - start).astype(np.float64)
         frauds = (cumulative[end] - cumulative[start]).astype(np.float64)
         risk = np.divide(frauds, count, out=np.zeros_like(count), where=count > 0)
-        out[f"terminal_nb_tx_{suffix}"] = _unsort(count, order)
-        out[f"terminal_risk_{suffix}"] = _unsort(risk, order)
+        out[count_name] = _unsort(count, order)
+        out[risk_name] = _unsort(risk, order)
 
 
 def _unsort(values: Floats, order: npt.NDArray[np.intp]) -> Floats:

@@ -33,6 +33,7 @@ from typing import cast
 
 from fraudstack.features.definitions import (
     CUSTOMER_HORIZON_MS,
+    CUSTOMER_WINDOWS,
     DEFAULT_ALLOWED_LATENESS_MS,
     EPOCH_WEEKDAY,
     FEATURE_NAMES,
@@ -41,6 +42,7 @@ from fraudstack.features.definitions import (
     NIGHT_LAST_HOUR,
     TERMINAL_DELAY_MS,
     TERMINAL_HORIZON_MS,
+    TERMINAL_WINDOWS,
     WEEKEND_FIRST_WEEKDAY,
     label_counts,
 )
@@ -53,19 +55,10 @@ HashFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, by
 #: Before any prune nothing is refused for being old.
 _NO_HORIZON = -(2**63)
 
-# (count feature, amount feature, window, whether the amount is a mean rather than a sum)
-_CUSTOMER_WINDOWS: tuple[tuple[str, str, int, bool], ...] = (
-    ("customer_nb_tx_1d", "customer_avg_amount_1d", 1 * MS_PER_DAY, True),
-    ("customer_nb_tx_7d", "customer_avg_amount_7d", 7 * MS_PER_DAY, True),
-    ("customer_nb_tx_30d", "customer_avg_amount_30d", 30 * MS_PER_DAY, True),
-    ("customer_nb_tx_10m", "customer_amount_sum_10m", 10 * 60_000, False),
-    ("customer_nb_tx_1h", "customer_amount_sum_1h", 1 * MS_PER_HOUR, False),
-)
-# (count feature, risk feature, start of the window before the transaction)
-_TERMINAL_WINDOWS: tuple[tuple[str, str, int], ...] = (
-    ("terminal_nb_tx_1d", "terminal_risk_1d", TERMINAL_DELAY_MS + 1 * MS_PER_DAY),
-    ("terminal_nb_tx_7d", "terminal_risk_7d", TERMINAL_DELAY_MS + 7 * MS_PER_DAY),
-    ("terminal_nb_tx_30d", "terminal_risk_30d", TERMINAL_DELAY_MS + 30 * MS_PER_DAY),
+# (count feature, risk feature, how far back from the transaction the window starts)
+_TERMINAL_REACH: tuple[tuple[str, str, int], ...] = tuple(
+    (count_name, risk_name, TERMINAL_DELAY_MS + window_ms)
+    for count_name, risk_name, window_ms in TERMINAL_WINDOWS
 )
 
 
@@ -314,7 +307,7 @@ def customer_features(
     else:
         own_count, own_cents = 1, amount_cents
     features: dict[str, float] = {}
-    for count_name, amount_name, window_ms, is_mean in _CUSTOMER_WINDOWS:
+    for count_name, amount_name, window_ms, is_mean in CUSTOMER_WINDOWS:
         start = bisect_right(ts, ts_ms - window_ms, 0, end)
         count = end - start + own_count
         cents = sum(amounts[start:end]) + own_cents
@@ -329,7 +322,7 @@ def terminal_features(history: TerminalHistory, ts_ms: int) -> dict[str, float]:
     frauds = history.frauds
     end = bisect_right(ts, ts_ms - TERMINAL_DELAY_MS)
     features: dict[str, float] = {}
-    for count_name, risk_name, reach_ms in _TERMINAL_WINDOWS:
+    for count_name, risk_name, reach_ms in _TERMINAL_REACH:
         start = bisect_right(ts, ts_ms - reach_ms, 0, end)
         count = end - start
         features[count_name] = float(count)

@@ -1,0 +1,89 @@
+"""``fraudstack serve``: the inference service under gunicorn with uvicorn workers.
+
+Options override the matching ``FRAUDSTACK_SERVE_*`` variables (see
+:mod:`fraudstack.serve.settings`). Before any worker starts, the models of the routing are
+checked against the sha256 in their ``metadata.json``, so a missing or corrupt artifact stops
+the command with one clear line instead of a worker traceback; the stable version is then pinned,
+so every worker serves the same one even if a newer model is published meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from fraudstack.adapters.registry import ModelRegistry
+
+# option -> the variable it overrides
+_OVERRIDES = {
+    "bind": "FRAUDSTACK_SERVE_BIND",
+    "workers": "FRAUDSTACK_SERVE_WORKERS",
+    "model_version": "FRAUDSTACK_SERVE_MODEL_VERSION",
+    "candidate_version": "FRAUDSTACK_SERVE_CANDIDATE_VERSION",
+    "candidate_share": "FRAUDSTACK_SERVE_CANDIDATE_SHARE",
+    "registry": "FRAUDSTACK_MODEL_REGISTRY_URI",
+    "redis_url": "FRAUDSTACK_REDIS_URL",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", help="host:port to listen on (FRAUDSTACK_SERVE_BIND)")
+    parser.add_argument("--workers", type=int, help="worker processes (FRAUDSTACK_SERVE_WORKERS)")
+    parser.add_argument("--model-version", help="stable model; default the registry's newest")
+    parser.add_argument("--candidate-version", help="candidate model (optional)")
+    parser.add_argument("--candidate-share", type=float,
+                        help="percent of customers the candidate scores")
+    parser.add_argument("--registry", help="model registry root (FRAUDSTACK_MODEL_REGISTRY_URI)")
+    parser.add_argument("--redis-url", help="online store (FRAUDSTACK_REDIS_URL)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the settings and the models, then exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    for option, variable in _OVERRIDES.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            os.environ[variable] = str(value)
+
+    from fraudstack.serve.app import routing_spec
+    from fraudstack.serve.settings import get_settings
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.require("redis_url")
+    spec = routing_spec(settings)
+    registry = ModelRegistry(settings.model_registry_uri)
+    for version in filter(None, (spec.stable, spec.candidate)):
+        registry.verify(version)
+    os.environ["FRAUDSTACK_SERVE_MODEL_VERSION"] = spec.stable
+    get_settings.cache_clear()
+    print(
+        f"fraudstack serve: models {', '.join(filter(None, (spec.stable, spec.candidate)))} "
+        f"verified; {settings.workers} workers on {settings.bind}",
+        flush=True,
+    )
+    if args.check:
+        return 0
+    _Gunicorn().run()  # exits the process when gunicorn stops
+    return 0
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    """Gunicorn run in this process, configured from :mod:`fraudstack.serve.gunicorn_conf`."""
+
+    def load_config(self) -> None:
+        from fraudstack.serve import gunicorn_conf
+
+        for name in self.cfg.settings:
+            value: Any = getattr(gunicorn_conf, name, None)
+            if value is not None:
+                self.cfg.set(name, value)
+
+    def load(self) -> Any:
+        # called in each worker after the fork: the app (and its lifespan) is per worker
+        from fraudstack.serve.app import create_app
+
+        return create_app()
