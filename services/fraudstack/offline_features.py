@@ -3,11 +3,12 @@
     fraudstack features --events PATH --out PATH [--labels PATH]
 
 ``--events`` and ``--labels`` are a Parquet file or a folder of Parquet files (hive partitions
-such as ``date=2018-04-01/`` are fine). Without ``--labels``, frauds come from an ``is_fraud``
-column of the events if there is one (the simulator's output). The output, ``txn_id`` plus one
-float64 column per feature in model order, is written to a temporary file next to ``--out`` and
-renamed over it, so a reader never sees half a file. Bad input (a path that does not exist, a
-missing column) prints one line on stderr and exits with code 2, writing nothing.
+such as ``date=2018-04-01/`` are fine), local or as a pyarrow filesystem URI. Without
+``--labels``, frauds come from an ``is_fraud`` column of the events if there is one (the
+simulator's output). The output, ``txn_id`` plus one float64 column per feature in model order,
+is written to a hidden temporary file next to ``--out`` and renamed over it, so a reader never
+sees half a file. Bad input (a path that does not exist, a missing column, a null value) prints
+one line on stderr and exits with code 2, writing nothing.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         events = read_parquet(args.events)
         labels = read_parquet(args.labels) if args.labels else None
         features = compute_features(events, labels, progress=not args.no_progress)
-    except (FileNotFoundError, ValueError, pa.ArrowInvalid) as exc:
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
         message = " ".join(str(exc).split())  # one line, whatever pyarrow put in it
         print(f"fraudstack features: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def read_parquet(path: str | os.PathLike[str]) -> pa.Table:
-    """A Parquet file or folder as one table; ``FileNotFoundError`` if it is not there."""
-    if not Path(path).exists():
+    """A Parquet file or folder (or a pyarrow filesystem URI) as one table."""
+    if "://" not in str(path) and not Path(path).exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     return ds.dataset(path, format="parquet", partitioning="hive").to_table()
 
@@ -73,12 +74,11 @@ def write_parquet_atomically(
     if metadata:
         existing = table.schema.metadata or {}
         table = table.replace_schema_metadata({**existing, **metadata})
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                         dir=target.parent)
-    os.close(handle)
+    # a dot name: dataset readers skip it, so nobody reads the file while it is written
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         pq.write_table(table, temporary)
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise

@@ -75,14 +75,22 @@ class SimulationConfig:
     seed: int = 8
 
     def __post_init__(self) -> None:
-        if self.customers < 1 or self.terminals < 1 or self.days < 1:
-            raise ValueError("customers, terminals and days must be at least 1")
+        if self.customers < COMPROMISED_CUSTOMERS_PER_DAY:
+            raise ValueError(f"customers must be at least {COMPROMISED_CUSTOMERS_PER_DAY}")
+        if self.terminals < COMPROMISED_TERMINALS_PER_DAY:
+            raise ValueError(f"terminals must be at least {COMPROMISED_TERMINALS_PER_DAY}")
+        if self.days < 1:
+            raise ValueError("days must be at least 1")
         if not self.radius > 0:
             raise ValueError("radius must be positive")
 
 
 def simulate(config: SimulationConfig, *, progress: bool = False) -> pa.Table:
-    """Transactions sorted by ``(ts, txn_id)``, txn_id assigned in that order from "0".
+    """Transactions sorted by ``ts``; ``txn_id`` is the row number as a decimal string.
+
+    Rows with equal ``ts`` are therefore in numeric txn_id order, which is not always string
+    order ("10" < "9"), the order the features use for ties; the features do not depend on row
+    order.
 
     Columns: ``txn_id``, ``ts`` (int64 epoch ms), ``customer_id``, ``terminal_id``, ``amount``
     (float64, whole cents), ``is_fraud`` (bool), ``fraud_scenario`` (int8, 0 = genuine).
@@ -292,16 +300,20 @@ def _steps(progress: bool) -> Iterator[Callable[[str], None]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimulationConfig()
-    parser.add_argument("--customers", type=int, default=defaults.customers)
-    parser.add_argument("--terminals", type=int, default=defaults.terminals)
-    parser.add_argument("--days", type=int, default=defaults.days)
+    parser.add_argument("--customers", type=int, default=defaults.customers,
+                        help="number of customers; default %(default)s")
+    parser.add_argument("--terminals", type=int, default=defaults.terminals,
+                        help="number of terminals; default %(default)s")
+    parser.add_argument("--days", type=int, default=defaults.days,
+                        help="number of simulated days; default %(default)s")
     parser.add_argument(
         "--start-date", type=date.fromisoformat, default=defaults.start_date,
         help="first simulated day, YYYY-MM-DD (UTC); default %(default)s",
     )
     parser.add_argument("--radius", type=float, default=defaults.radius,
                         help="a customer pays at terminals closer than this; default %(default)s")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="same seed, same transactions; default %(default)s")
     parser.add_argument("--out", metavar="PATH", help="write the transactions to this Parquet file")
     parser.add_argument("--labels-out", metavar="PATH",
                         help="write the chargebacks (one per fraud) to this Parquet file")

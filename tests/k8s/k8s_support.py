@@ -81,9 +81,15 @@ def ensure_tools() -> Path:
 def api_error_message(exc: client.ApiException) -> str:
     """The API server's own message from a refused request."""
     try:
-        return str(json.loads(exc.body).get("message", exc.body))
+        return str(json.loads(exc.body or "{}").get("message", exc.body))
     except (TypeError, ValueError):
         return str(exc.body)
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """A custom object as the client returns it (a dict, typed as object)."""
+    assert isinstance(value, dict), type(value)
+    return value
 
 
 def which_promtool() -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from k8s_support import CHART, CI_VALUES, Helm, Manifest, parse_manifest
+from k8s_support import CHART, CI_VALUES, Helm, Manifest, as_dict, parse_manifest
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
@@ -79,7 +79,16 @@ def objects_of(api: client.ApiClient, manifest: Manifest, namespace: str) -> lis
 
 def redis_password(api: client.ApiClient, namespace: str) -> str:
     secret = client.CoreV1Api(api).read_namespaced_secret(f"{RELEASE}-redis", namespace)
-    return base64.b64decode(secret.data["redis-password"]).decode()
+    return base64.b64decode((secret.data or {})["redis-password"]).decode()
+
+
+def read(api: client.ApiClient, kind: str, name: str, namespace: str) -> dict[str, Any]:
+    """One stored object as plain JSON (the API's own field names)."""
+    reader = {
+        "Deployment": client.AppsV1Api(api).read_namespaced_deployment,
+        "ConfigMap": client.CoreV1Api(api).read_namespaced_config_map,
+    }[kind]
+    return as_dict(api.sanitize_for_serialization(reader(name, namespace)))
 
 
 def test_install_then_upgrade(cluster_helm: Helm, api: client.ApiClient) -> None:
@@ -106,8 +115,7 @@ def test_install_then_upgrade(cluster_helm: Helm, api: client.ApiClient) -> None
     for item in stored:
         assert item.metadata.labels["app.kubernetes.io/instance"] == RELEASE
 
-    apps = client.AppsV1Api(api)
-    before = apps.read_namespaced_deployment(f"{RELEASE}-inference", namespace)
+    before = read(api, "Deployment", f"{RELEASE}-inference", namespace)
     password = redis_password(api, namespace)
     assert len(password) == 32
 
@@ -127,15 +135,15 @@ def test_install_then_upgrade(cluster_helm: Helm, api: client.ApiClient) -> None
         "config.logLevel=DEBUG",
     )
     assert "REVISION: 2" in upgraded.stdout
-    after = apps.read_namespaced_deployment(f"{RELEASE}-inference", namespace)
-    assert after.spec.replicas == 3
-    checksum = "checksum/config"
-    assert (
-        after.spec.template.metadata.annotations[checksum]
-        != before.spec.template.metadata.annotations[checksum]
-    )
-    settings = client.CoreV1Api(api).read_namespaced_config_map(f"{RELEASE}-config", namespace)
-    assert settings.data["FRAUDSTACK_LOG_LEVEL"] == "DEBUG"
+    after = read(api, "Deployment", f"{RELEASE}-inference", namespace)
+    assert after["spec"]["replicas"] == 3
+
+    def checksum(deployment: dict[str, Any]) -> str:
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum(after) != checksum(before)
+    settings = read(api, "ConfigMap", f"{RELEASE}-config", namespace)
+    assert settings["data"]["FRAUDSTACK_LOG_LEVEL"] == "DEBUG"
     hpas = client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler(namespace)
     assert not hpas.items  # autoscaling off: helm removed it
     # The generated Redis password survives the upgrade (the chart looks it up).

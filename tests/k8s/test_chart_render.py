@@ -250,6 +250,8 @@ def test_inference_uses_the_slim_serve_image_and_multiprocess_metrics(default: M
     assert env["PROMETHEUS_MULTIPROC_DIR"] == mount["prometheus-multiproc"]
     volume = {v["name"]: v for v in spec["volumes"]}["prometheus-multiproc"]
     assert "emptyDir" in volume
+    # Inference only reads the model registry.
+    assert {m["name"]: m for m in container["volumeMounts"]}["data"]["readOnly"] is True
 
 
 def test_data_volume_is_a_claim_by_default(default: Manifest, helm: Helm) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_support import ROOT, api_error_message
+from k8s_support import ROOT, api_error_message, as_dict
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
@@ -36,10 +36,11 @@ def fraud_model(name: str, **spec: Any) -> dict[str, Any]:
 def create(
     objects: client.CustomObjectsApi, namespace: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    created: dict[str, Any] = objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+    return as_dict(
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+        )
     )
-    return created
 
 
 def refusal(objects: client.CustomObjectsApi, namespace: str, body: dict[str, Any]) -> str:
@@ -51,14 +52,14 @@ def refusal(objects: client.CustomObjectsApi, namespace: str, body: dict[str, An
 
 
 def test_crd_shape(api: client.ApiClient, crds: list[str]) -> None:
-    crd = client.ApiextensionsV1Api(api).read_custom_resource_definition(
-        "fraudmodels.fraudstack.io"
+    crd = api.sanitize_for_serialization(
+        client.ApiextensionsV1Api(api).read_custom_resource_definition("fraudmodels.fraudstack.io")
     )
-    assert crd.spec.scope == "Namespaced"
-    assert crd.spec.names.short_names == ["fm"]
-    (version,) = crd.spec.versions
-    assert version.name == VERSION and version.subresources.status == {}
-    columns = {column.name: column.json_path for column in version.additional_printer_columns}
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["shortNames"] == ["fm"]
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == VERSION and version["subresources"]["status"] == {}
+    columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
     assert columns == {
         "Stable": ".spec.stableVersion",
         "Candidate": ".spec.candidateVersion",
@@ -106,15 +107,19 @@ def test_status_is_a_subresource(objects: client.CustomObjectsApi, namespace: st
             }
         ],
     }
-    patched = objects.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, "with-status", {"status": status}
+    patched = as_dict(
+        objects.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, "with-status", {"status": status}
+        )
     )
     assert patched["status"]["phase"] == "Progressing"
     # A status sent through the main resource is ignored, as the subresource demands.
     objects.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, PLURAL, "with-status", {"status": {"phase": "Hacked"}}
     )
-    stored = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "with-status")
+    stored = as_dict(
+        objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "with-status")
+    )
     assert stored["status"]["phase"] == "Progressing"
 
 
@@ -158,8 +163,10 @@ def test_unknown_field_never_reaches_the_operator(
     objects: client.CustomObjectsApi, namespace: str
 ) -> None:
     """Without strict validation (old clients) the field is pruned, not stored."""
-    created = objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, fraud_model("pruned", canaryPercent=10)
+    created = as_dict(
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, fraud_model("pruned", canaryPercent=10)
+        )
     )
     assert "canaryPercent" not in created["spec"]
 

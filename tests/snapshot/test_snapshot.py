@@ -75,7 +75,9 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], key_of: str =
         await producer.stop()
 
 
-def start_snapshot(bootstrap: str, store: Path, names: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_snapshot(
+    bootstrap: str, store: Path, names: dict[str, str], log: Path
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "fraudstack.cli", "snapshot",
         "--store", str(store), "--bootstrap", bootstrap, "--group", names["group"],
@@ -119,7 +121,9 @@ def test_sigkill_mid_stream_then_restart_gives_every_event_exactly_once(
     asyncio.run(create_topics(
         kafka_bootstrap, [names["transactions"], names["labels"], names["dlq"]], partitions=3
     ))
-    asyncio.run(produce(kafka_bootstrap, names["transactions"], encoded[:1_000] + bad, "customer_id"))
+    asyncio.run(
+        produce(kafka_bootstrap, names["transactions"], encoded[:1_000] + bad, "customer_id")
+    )
     asyncio.run(produce(kafka_bootstrap, names["labels"], [orjson.dumps(x) for x in labels],
                         "terminal_id"))
 
@@ -167,7 +171,9 @@ def test_sigkill_mid_stream_then_restart_gives_every_event_exactly_once(
         assert headers["reason"] and headers["source_topic"] == names["transactions"].encode()
 
 
-async def read_topic(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, dict[str, bytes]]]:
+async def read_topic(
+    bootstrap: str, topic: str, count: int
+) -> list[tuple[bytes, dict[str, bytes]]]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     records: list[tuple[bytes, dict[str, bytes]]] = []

@@ -203,7 +203,8 @@ Guards that make a bad combination of values fail at render time, with the reaso
 {{/*
 Pod template shared by the fraudstack services. Usage:
   include "fraudstack.podTemplate" (dict "root" $ "component" "ingest" "values" .Values.ingest
-    "args" (list "ingest") "port" 8000 "portName" "http" "data" false "extraEnv" (list) "extraVolumes" (list))
+    "args" (list "ingest") "port" 8000 "portName" "http" "data" false "dataReadOnly" false "extraEnv" (list)
+    "extraVolumes" (list) "restartPolicy" "" "topologySpreadConstraints" (list))
 */}}
 {{- define "fraudstack.podTemplate" -}}
 {{- $root := .root }}
@@ -262,6 +263,9 @@ spec:
         {{- if .data }}
         - name: data
           mountPath: /data
+          {{- if .dataReadOnly }}
+          readOnly: true
+          {{- end }}
         {{- end }}
         {{- range .extraVolumes }}
         - name: {{ .name }}

@@ -26,7 +26,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis.asyncio as aioredis
 
@@ -42,6 +42,7 @@ from fraudstack.adapters.online_store import (
     customer_record,
     terminal_key,
 )
+from fraudstack.adapters.redis_bulk import BulkWriter, Command
 from fraudstack.errors import InvalidEvent
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import (
@@ -131,14 +132,19 @@ class Processor:
     """Applies batches of records to the online store; holds the partition-local state."""
 
     def __init__(
-        self, client: aioredis.Redis, allowed_lateness_ms: int, topics: Topics | None = None
+        self,
+        client: aioredis.Redis,
+        bulk: BulkWriter,
+        allowed_lateness_ms: int,
+        topics: Topics | None = None,
     ) -> None:
         self.client = client
+        self.bulk = bulk
         self.topics = topics or Topics()
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
-        self._terminal_script = client.register_script(_TERMINAL_SCRIPT)
+        self._terminal_script = bulk.register_script(_TERMINAL_SCRIPT)
 
     def forget(self) -> None:
         """Drop the in-memory state: partitions moved, another instance may have written since."""
@@ -154,10 +160,10 @@ class Processor:
         await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
 
         now_ms = int(time.time() * 1000)
-        async with self.client.pipeline(transaction=False) as pipe:
-            applied = self._write_customers(pipe, arrivals, now_ms, result)
-            await self._write_terminals(pipe, applied, labels, now_ms)
-            await pipe.execute()
+        commands: list[Command] = []
+        applied = self._write_customers(commands, arrivals, now_ms, result)
+        self._write_terminals(commands, applied, labels, now_ms)
+        await self.bulk.execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
 
@@ -215,11 +221,11 @@ class Processor:
                 self.customers[customer] = CustomerState(record.history, record.last)
 
     def _write_customers(
-        self, pipe: Any, arrivals: list[Arrival], now_ms: int, result: BatchResult
+        self, commands: list[Command], arrivals: list[Arrival], now_ms: int, result: BatchResult
     ) -> list[Transaction]:
         """Queue the customers' writes; return the transactions applied (not duplicates)."""
         applied: list[Transaction] = []
-        new_fields: dict[str, dict[Any, str | int | float]] = {}
+        new_fields: dict[str, dict[str, str | int | float]] = {}
         for arrival in arrivals:
             txn = arrival.txn
             state = self.customers[txn.customer_id]
@@ -258,14 +264,21 @@ class Processor:
             fields[EVENT_TS_FIELD] = last.ts_ms
             fields[UPDATED_AT_FIELD] = now_ms
             key = customer_key(customer)
-            pipe.hset(key, mapping=fields)
+            hset: list[str | int | float] = ["HSET", key]
+            for name, value in fields.items():
+                hset += (name, value)
+            commands.append(hset)
             if expired:
-                pipe.hdel(key, *(event_field(txn_id) for txn_id in expired))
-            pipe.expire(key, CUSTOMER_TTL_SECONDS)
+                commands.append(["HDEL", key, *(event_field(txn_id) for txn_id in expired)])
+            commands.append(("EXPIRE", key, CUSTOMER_TTL_SECONDS))
         return applied
 
-    async def _write_terminals(
-        self, pipe: Any, transactions: list[Transaction], labels: list[Label], now_ms: int
+    def _write_terminals(
+        self,
+        commands: list[Command],
+        transactions: list[Transaction],
+        labels: list[Label],
+        now_ms: int,
     ) -> None:
         per_terminal: dict[str, list[str]] = {}
         for txn in transactions:
@@ -278,10 +291,17 @@ class Processor:
             )
         horizon = TERMINAL_HORIZON_MS + self.allowed_lateness_ms
         for terminal, pairs in per_terminal.items():
-            await self._terminal_script(
-                keys=[terminal_key(terminal)],
-                args=[now_ms, horizon, TERMINAL_TTL_SECONDS, *pairs],
-                client=pipe,
+            commands.append(
+                [
+                    "EVALSHA",
+                    self._terminal_script,
+                    1,
+                    terminal_key(terminal),
+                    now_ms,
+                    horizon,
+                    TERMINAL_TTL_SECONDS,
+                    *pairs,
+                ]
             )
 
 

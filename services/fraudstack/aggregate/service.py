@@ -26,6 +26,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from redis.exceptions import RedisError
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer
+from fraudstack.adapters.redis_bulk import BulkWriter
 from fraudstack.aggregate import metrics
 from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
 from fraudstack.aggregate.settings import AggregateSettings
@@ -55,6 +56,9 @@ class Aggregator:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.processed = 0
+        #: monotonic times of the first and the last applied batch (throughput figures)
+        self.first_batch_at = 0.0
+        self.last_batch_at = 0.0
         #: The topic partitions this instance owns right now.
         self.assignment: set[TopicPartition] = set()
 
@@ -65,7 +69,8 @@ class Aggregator:
         topics = self.settings.topics
         await ensure_topics(bootstrap, topics)
         client = aioredis.Redis.from_url(redis_url)
-        processor = Processor(client, self.settings.aggregate_allowed_lateness_ms, topics)
+        bulk = BulkWriter(redis_url)
+        processor = Processor(client, bulk, self.settings.aggregate_allowed_lateness_ms, topics)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.settings.aggregate_group_id,
@@ -95,12 +100,15 @@ class Aggregator:
                     if stop_after_idle_s is not None and now - last_progress > stop_after_idle_s:
                         break
                     continue
+                if not self.first_batch_at:
+                    self.first_batch_at = time.monotonic()
                 await self._apply(consumer, producer, processor, batches)
-                last_progress = time.monotonic()
+                last_progress = self.last_batch_at = time.monotonic()
         finally:
             await consumer.stop()
             await producer.stop()
             await client.aclose()
+            await bulk.close()
         return self.processed
 
     async def _apply(

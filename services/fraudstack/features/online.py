@@ -123,8 +123,8 @@ class CustomerHistory:
     ts: list[int] = field(default_factory=list)
     txn_ids: list[str] = field(default_factory=list)
     amounts_cents: list[int] = field(default_factory=list)
-    #: Events at or before this time were pruned; older events are refused.
-    horizon_ms: int = _NO_HORIZON
+    #: Events at or before this time were pruned and are refused; not stored in the fields.
+    horizon_ms: int = field(default=_NO_HORIZON, compare=False)
     _known: set[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +197,7 @@ class TerminalHistory:
     txn_ids: list[str] = field(default_factory=list)
     frauds: list[int] = field(default_factory=list)
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)
-    horizon_ms: int = _NO_HORIZON
+    horizon_ms: int = field(default=_NO_HORIZON, compare=False)
     _known: set[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -34,12 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="worker processes (FRAUDSTACK_SERVE_WORKERS)")
     parser.add_argument("--model-version", help="stable model; default the registry's newest")
     parser.add_argument("--candidate-version", help="candidate model (optional)")
-    parser.add_argument("--candidate-share", type=float,
-                        help="percent of customers the candidate scores")
+    parser.add_argument(
+        "--candidate-share", type=float, help="percent of customers the candidate scores"
+    )
     parser.add_argument("--registry", help="model registry root (FRAUDSTACK_MODEL_REGISTRY_URI)")
     parser.add_argument("--redis-url", help="online store (FRAUDSTACK_REDIS_URL)")
-    parser.add_argument("--check", action="store_true",
-                        help="only check the settings and the models, then exit")
+    parser.add_argument(
+        "--check", action="store_true", help="only check the settings and the models, then exit"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
+class _Gunicorn(BaseApplication):
     """Gunicorn run in this process, configured from :mod:`fraudstack.serve.gunicorn_conf`."""
 
     def load_config(self) -> None:

@@ -84,9 +84,7 @@ class FeatureLookup:
         stored = values[2:]
         if None in stored:
             history = await self._customer_history(key, customer_id)
-            features.update(
-                customer_features(history, last.txn_id, last.ts_ms, last.amount_cents)
-            )
+            features.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
         else:
             for name, raw in zip(CUSTOMER_FEATURES, stored, strict=True):
                 features[name] = float(raw)
@@ -99,8 +97,10 @@ class FeatureLookup:
     async def transaction(self, txn: Transaction) -> Scored:
         """The features of ``txn`` at its own time, the transaction included."""
         customer_flat, terminal_flat = await self.link.execute(
-            _HGETALL + _key_part(customer_key(txn.customer_id))
-            + _HGETALL + _key_part(terminal_key(txn.terminal_id)),
+            _HGETALL
+            + _key_part(customer_key(txn.customer_id))
+            + _HGETALL
+            + _key_part(terminal_key(txn.terminal_id)),
             2,
         )
         record = customer_record(_as_dict(customer_flat))

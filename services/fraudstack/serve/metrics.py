@@ -35,12 +35,39 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 #: Fine enough to see a sub-millisecond service, wide enough to see it struggle.
 LATENCY_BUCKETS = (
-    0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
-    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    0.0001,
+    0.0002,
+    0.0003,
+    0.0005,
+    0.00075,
+    0.001,
+    0.0015,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
 )
 #: From seconds (streaming is keeping up) to a month (the customer has gone quiet).
-AGE_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0,
-               30 * 86400.0)
+AGE_BUCKETS = (
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+    6 * 3600.0,
+    86400.0,
+    7 * 86400.0,
+    30 * 86400.0,
+)
 #: No model was chosen (the request was refused before routing).
 NO_VERSION = "none"
 
@@ -51,17 +78,23 @@ class ServeMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.requests = Counter(
-            "inference_requests_total", "Scoring requests answered, by model and outcome.",
-            ("model_version", "outcome"), registry=self.registry,
+            "inference_requests_total",
+            "Scoring requests answered, by model and outcome.",
+            ("model_version", "outcome"),
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "inference_latency_seconds", "Time to answer a scoring request inside the service.",
-            ("model_version", "outcome"), buckets=LATENCY_BUCKETS, registry=self.registry,
+            "inference_latency_seconds",
+            "Time to answer a scoring request inside the service.",
+            ("model_version", "outcome"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.feature_age = Histogram(
             "feature_age_seconds",
             "Age of the newest event in the stored features a request used.",
-            buckets=AGE_BUCKETS, registry=self.registry,
+            buckets=AGE_BUCKETS,
+            registry=self.registry,
         )
         self.store_unavailable = Counter(
             "online_store_unavailable_total",

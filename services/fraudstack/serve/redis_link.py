@@ -158,6 +158,7 @@ class RedisLink:
         self._retry_after = retry_after
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+        self._connect_task: asyncio.Task[None] | None = None
         self._retry_at = 0.0
         self._last_error = "not connected yet"
         self._target, self._handshake = _parse_url(url)
@@ -192,7 +193,7 @@ class RedisLink:
             if loop.time() < self._retry_at:
                 raise StoreUnavailable(f"online store unreachable: {self._last_error}")
             self._connecting = loop.create_future()
-            loop.create_task(self._connect(self._connecting))
+            self._connect_task = loop.create_task(self._connect(self._connecting))
         # shielded: a cancelled request must not cancel the connection others wait for
         return await asyncio.shield(self._connecting)
 
@@ -208,7 +209,9 @@ class RedisLink:
                 else:
                     host, port = address.rsplit(":", 1)
                     _, protocol = await loop.create_connection(
-                        lambda: _Protocol(loop, self._timeout), host, int(port),
+                        lambda: _Protocol(loop, self._timeout),
+                        host,
+                        int(port),
                         ssl=ssl.create_default_context() if tls else None,
                     )
                 if self._handshake:
@@ -222,7 +225,8 @@ class RedisLink:
             self._retry_at = loop.time() + self._retry_after
             self._connecting = None
             failure = (
-                exc if isinstance(exc, StoreUnavailable)
+                exc
+                if isinstance(exc, StoreUnavailable)
                 else StoreUnavailable(f"online store unreachable: {self._last_error}")
             )
             if failure is not exc:
@@ -245,8 +249,11 @@ def _parse_url(url: str) -> tuple[tuple[str, str, bool], list[bytes]]:
         target = ("unix", parts.path, False)
         db = parse_qs(parts.query).get("db", ["0"])[0]
     elif parts.scheme in ("redis", "rediss"):
-        target = ("tcp", f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}",
-                  parts.scheme == "rediss")
+        target = (
+            "tcp",
+            f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}",
+            parts.scheme == "rediss",
+        )
         db = parts.path.lstrip("/") or parse_qs(parts.query).get("db", ["0"])[0]
     else:
         raise StoreUnavailable(f"unsupported Redis URL scheme {parts.scheme!r}")
@@ -255,7 +262,8 @@ def _parse_url(url: str) -> tuple[tuple[str, str, bool], list[bytes]]:
         password = unquote(parts.password)
         handshake.append(
             encode_command(b"AUTH", unquote(parts.username), password)
-            if parts.username else encode_command(b"AUTH", password)
+            if parts.username
+            else encode_command(b"AUTH", password)
         )
     if db and db != "0":
         handshake.append(encode_command(b"SELECT", db))

@@ -71,8 +71,11 @@ def build_router(service: Service) -> APIRouter:
     router = APIRouter()
 
     @router.get(
-        "/predict/{user_id}", response_model=Prediction, response_class=JSONBytes,
-        responses=ERROR_RESPONSES, tags=["scoring"],
+        "/predict/{user_id}",
+        response_model=Prediction,
+        response_class=JSONBytes,
+        responses=ERROR_RESPONSES,
+        tags=["scoring"],
     )
     async def predict(user_id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
         """Score the customer's newest transaction with its features at that time."""
@@ -89,17 +92,24 @@ def build_router(service: Service) -> APIRouter:
             raise
         elapsed = _perf_counter() - started
         service.succeeded(version, scored, elapsed)
-        return JSONBytes(_dumps({
-            "user_id": user_id,
-            "fraud_probability": probability,
-            "risk_level": service.risk_level(probability),
-            "latency_ms": round(elapsed * 1000, 3),
-            "model_version": version,
-        }))
+        return JSONBytes(
+            _dumps(
+                {
+                    "user_id": user_id,
+                    "fraud_probability": probability,
+                    "risk_level": service.risk_level(probability),
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "model_version": version,
+                }
+            )
+        )
 
     @router.post(
-        "/v1/score", response_model=TransactionScore, response_class=JSONBytes,
-        responses=ERROR_RESPONSES, tags=["scoring"],
+        "/v1/score",
+        response_model=TransactionScore,
+        response_class=JSONBytes,
+        responses=ERROR_RESPONSES,
+        tags=["scoring"],
     )
     async def score(txn: Transaction) -> Response:
         """Score one transaction with its features at its own time, the transaction included."""
@@ -116,14 +126,18 @@ def build_router(service: Service) -> APIRouter:
             raise
         elapsed = _perf_counter() - started
         service.succeeded(version, scored, elapsed)
-        return JSONBytes(_dumps({
-            "txn_id": txn.txn_id,
-            "user_id": txn.customer_id,
-            "fraud_probability": probability,
-            "risk_level": service.risk_level(probability),
-            "latency_ms": round(elapsed * 1000, 3),
-            "model_version": version,
-        }))
+        return JSONBytes(
+            _dumps(
+                {
+                    "txn_id": txn.txn_id,
+                    "user_id": txn.customer_id,
+                    "fraud_probability": probability,
+                    "risk_level": service.risk_level(probability),
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "model_version": version,
+                }
+            )
+        )
 
     @router.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Response:
@@ -131,7 +145,9 @@ def build_router(service: Service) -> APIRouter:
         return json_response({"status": "ok"})
 
     @router.get(
-        "/readyz", response_model=Readiness, tags=["operations"],
+        "/readyz",
+        response_model=Readiness,
+        tags=["operations"],
         responses={503: {"model": Readiness, "description": "not ready, with the reasons"}},
     )
     async def readyz(settings: Annotated[ServeSettings, Depends(get_settings)]) -> Response:
@@ -143,8 +159,11 @@ def build_router(service: Service) -> APIRouter:
             reasons.append("no model loaded")
         if service.lookup is None or not await service.lookup.link.ping():
             reasons.append(f"online store not answering within {settings.store_timeout_ms:g} ms")
-        body = {"status": "not ready" if reasons else "ready", "reasons": reasons,
-                "routing": routing}
+        body = {
+            "status": "not ready" if reasons else "ready",
+            "reasons": reasons,
+            "routing": routing,
+        }
         return json_response(body, 503 if reasons else 200)
 
     @router.get("/metrics", tags=["operations"], response_class=Response)

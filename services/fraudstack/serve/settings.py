@@ -28,8 +28,9 @@ class ServeSettings(CommonSettings):
         env_prefix="FRAUDSTACK_", extra="ignore", populate_by_name=True
     )
 
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
-                         validation_alias=_variable("workers"))
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, validation_alias=_variable("workers")
+    )
     """``FRAUDSTACK_SERVE_WORKERS``: gunicorn worker processes; default one per CPU core (each
     worker is a single-threaded event loop, so more workers than cores only adds switching)."""
     bind: str = Field(default="127.0.0.1:8000", validation_alias=_variable("bind"))
@@ -49,12 +50,16 @@ class ServeSettings(CommonSettings):
     )
     """``FRAUDSTACK_SERVE_CANDIDATE_SHARE``: percent of customers the candidate scores (sticky:
     chosen by a hash of the customer id)."""
-    store_timeout_ms: float = Field(default=250.0, gt=0, validation_alias=_variable("store_timeout_ms"))
+    store_timeout_ms: float = Field(
+        default=250.0, gt=0, validation_alias=_variable("store_timeout_ms")
+    )
     """``FRAUDSTACK_SERVE_STORE_TIMEOUT_MS``: a Redis reply slower than this answers 503."""
     store_retry_ms: float = Field(default=100.0, ge=0, validation_alias=_variable("store_retry_ms"))
     """``FRAUDSTACK_SERVE_STORE_RETRY_MS``: after a failed connection, requests answer 503 at once
     for this long before the next attempt (a down Redis is not hammered)."""
-    risk_medium: float = Field(default=0.3, ge=0.0, le=1.0, validation_alias=_variable("risk_medium"))
+    risk_medium: float = Field(
+        default=0.3, ge=0.0, le=1.0, validation_alias=_variable("risk_medium")
+    )
     """``FRAUDSTACK_SERVE_RISK_MEDIUM``: probability from which ``risk_level`` is ``medium``."""
     risk_high: float = Field(default=0.7, ge=0.0, le=1.0, validation_alias=_variable("risk_high"))
     """``FRAUDSTACK_SERVE_RISK_HIGH``: probability from which ``risk_level`` is ``high``."""

@@ -9,10 +9,11 @@ each test day the cards already known compromised are removed: as in the book's
 week or on a day up to D - 8 (the delay plus the day itself). Metrics: AUC ROC, average
 precision and Card Precision@100 (see :mod:`.evaluate`).
 
-Model selection (ch. 5.2, prequential): the same split is shifted back so that its "test" week
-ends before the training week of the test split (training starts 2018-07-11, then 7, 14, 21...
-days earlier, one fold each); a model's validation score is its mean over the folds. The model
-with the best mean validation average precision is selected, never by the test scores.
+Model selection (ch. 5.2, prequential): the same split shifted back by 14 days, so that it
+validates on the test split's training week (training 2018-07-11..07-17, validation
+2018-07-25..07-31), then by 7 more days for each further fold; a model's validation score is
+its mean over the folds. The model with the best mean validation average precision is
+selected; the test week is never looked at for it.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def _report(
         book = BOOK_RESULTS.get(result.model)
         rows.append({
             "model": result.model,
-            **{key: round(float(value), 4) for key, value in result.test.items()},
+            "auc_roc": round(result.test["auc_roc"], 4),
+            "average_precision": round(result.test["average_precision"], 4),
+            "card_precision_at_100": round(result.test["card_precision_at_100"], 4),
             "selected": result.model == selected,
             "validation": {
                 f"{metric}_{kind}": round(

@@ -16,14 +16,14 @@ change at all, and the ONNX graph then holds the very same thresholds.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.base import ClassifierMixin
-from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.tree import DecisionTreeClassifier
+
+if TYPE_CHECKING:
+    from sklearn.base import ClassifierMixin
+
+# scikit-learn is imported by the functions that need it, so `fraudstack train --help` is fast
 
 #: Models compared by ``fraudstack train``; the handbook protocol adds the book's baselines.
 DEFAULT_MODELS = ("logistic_regression", "random_forest", "gradient_boosting")
@@ -31,19 +31,29 @@ HANDBOOK_MODELS = ("decision_tree_depth_2", *DEFAULT_MODELS)
 
 
 def _logistic_regression(seed: int, jobs: int) -> ClassifierMixin:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1_000, random_state=seed))
 
 
 def _decision_tree_depth_2(seed: int, jobs: int) -> ClassifierMixin:
+    from sklearn.tree import DecisionTreeClassifier
+
     return DecisionTreeClassifier(max_depth=2, random_state=seed)
 
 
 def _random_forest(seed: int, jobs: int) -> ClassifierMixin:
+    from sklearn.ensemble import RandomForestClassifier
+
     # the book's forest: 100 fully grown trees
     return RandomForestClassifier(n_estimators=100, n_jobs=jobs, random_state=seed)
 
 
 def _gradient_boosting(seed: int, jobs: int) -> ClassifierMixin:
+    from sklearn.ensemble import GradientBoostingClassifier
+
     return GradientBoostingClassifier(
         n_estimators=100, max_depth=3, learning_rate=0.1, subsample=0.8, random_state=seed
     )
@@ -76,6 +86,8 @@ def fit(
 
 
 def final_estimator(model: ClassifierMixin) -> ClassifierMixin:
+    from sklearn.pipeline import Pipeline
+
     if isinstance(model, Pipeline):
         last: ClassifierMixin = model.steps[-1][1]
         return last
@@ -84,6 +96,9 @@ def final_estimator(model: ClassifierMixin) -> ClassifierMixin:
 
 def make_float32_exact(model: ClassifierMixin) -> None:
     """Lower each tree threshold to the largest float32 not above it (decisions unchanged)."""
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
     estimator = final_estimator(model)
     if isinstance(estimator, DecisionTreeClassifier):
         trees = [estimator]

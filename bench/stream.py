@@ -1,0 +1,248 @@
+"""Streaming benchmark: ingestion and aggregation throughput, event-to-feature delay.
+
+Runs against the real local stack (``fraudstack devstack up`` is done for you):
+
+1. ingestion: batches of 500 events POSTed to ``fraudstack ingest serve`` (one process), each
+   acknowledged only once Kafka has it; events per second end to end;
+2. aggregation: a simulated stream already in Kafka, consumed by one ``Aggregator`` into Redis;
+   events per second from its first to its last batch;
+3. delay: events produced at a steady 1,000 events/s with ``ts`` = the moment they are sent,
+   consumed by a running aggregator process; p50/p99 of ``aggregate_event_to_feature_seconds``
+   (the delay from the event's time to its features being in Redis), read from its histogram.
+
+Prints a Markdown table; writes ``bench/results/stream.md`` and ``bench/results/stream.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402
+
+from fraudstack.adapters.kafka import ensure_topics, make_producer  # noqa: E402
+from fraudstack.aggregate.service import Aggregator  # noqa: E402
+from fraudstack.aggregate.settings import AggregateSettings  # noqa: E402
+from fraudstack.devstack import Devstack  # noqa: E402
+from fraudstack.devstack.process import free_port  # noqa: E402
+from fraudstack.ingest.replay import produce_table  # noqa: E402
+from fraudstack.settings import Topics  # noqa: E402
+from fraudstack.simulate import SimulationConfig, make_labels, simulate  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+INGEST_EVENTS = 50_000
+STEADY_RATE = 1_000
+STEADY_SECONDS = 20
+
+
+def _events(table_rows: list[dict[str, object]], count: int) -> list[dict[str, object]]:
+    return [table_rows[index % len(table_rows)] for index in range(count)]
+
+
+async def bench_ingest(bootstrap: str, rows: list[dict[str, object]]) -> float:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FRAUDSTACK_KAFKA_BOOTSTRAP": bootstrap,
+        "FRAUDSTACK_TOPIC_PREFIX": f"bench-ingest-{uuid.uuid4().hex[:6]}.",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fraudstack.cli", "ingest", "serve", "--bind", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for _ in range(200):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.1)
+            events = _events(rows, INGEST_EVENTS)
+            batches = [events[start : start + 500] for start in range(0, len(events), 500)]
+            queue: asyncio.Queue[bytes] = asyncio.Queue()
+            for batch in batches:
+                queue.put_nowait(orjson.dumps(batch))
+
+            async def worker() -> None:
+                while not queue.empty():
+                    body = queue.get_nowait()
+                    response = await client.post(
+                        "/v1/transactions", content=body,
+                        headers={"content-type": "application/json"},
+                    )
+                    response.raise_for_status()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(4)))
+            return len(events) / (time.perf_counter() - started)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+async def bench_aggregate(settings: AggregateSettings, transactions, labels) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+    await produce_table(
+        settings.kafka_bootstrap, transactions, labels, progress=True, topics=settings.topics
+    )
+    aggregator = Aggregator(settings)
+    processed = await aggregator.run(stop_after_idle_s=8)
+    elapsed = aggregator.last_batch_at - aggregator.first_batch_at
+    return processed / elapsed, processed
+
+
+async def bench_delay(settings: AggregateSettings, rows: list[dict[str, object]]) -> dict[str, float]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "FRAUDSTACK_REDIS_URL": settings.redis_url,
+        "FRAUDSTACK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "FRAUDSTACK_TOPIC_PREFIX": settings.topic_prefix,
+        "FRAUDSTACK_LOG_LEVEL": "WARNING",
+    }
+    await ensure_topics(settings.kafka_bootstrap, settings.topics)
+    aggregator = subprocess.Popen(
+        [sys.executable, "-m", "fraudstack.cli", "aggregate", "--metrics-port", str(port),
+         "--group-id", f"delay-{uuid.uuid4().hex[:6]}"],
+        env=env,
+    )
+    try:
+        await asyncio.sleep(6)  # let it join the group and get its partitions
+        producer = make_producer(settings.kafka_bootstrap, linger_ms=0)
+        await producer.start()
+        total = STEADY_RATE * STEADY_SECONDS
+        events = _events(rows, total)
+        started = time.monotonic()
+        try:
+            for index, event in enumerate(events):
+                due = started + index / STEADY_RATE
+                pause = due - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                event = {**event, "txn_id": f"steady-{index}", "ts": int(time.time() * 1000)}
+                await producer.send(
+                    settings.topics.transactions, orjson.dumps(event),
+                    key=str(event["customer_id"]).encode(),
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+        achieved = total / (time.monotonic() - started)
+        await asyncio.sleep(3)
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        aggregator.terminate()
+        aggregator.wait(timeout=30)
+    buckets = _histogram(text, "aggregate_event_to_feature_seconds")
+    return {
+        "p50_ms": _quantile(buckets, 0.50) * 1000,
+        "p99_ms": _quantile(buckets, 0.99) * 1000,
+        "observed": buckets[-1][1],
+        "rate": achieved,
+    }
+
+
+def _histogram(text: str, name: str) -> list[tuple[float, float]]:
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return sorted(
+                (float(sample.labels["le"]), sample.value)
+                for sample in family.samples
+                if sample.name.endswith("_bucket")
+            )
+    raise RuntimeError(f"{name} not found in the aggregator's metrics")
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Linear interpolation within the bucket, as PromQL's histogram_quantile does."""
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 0
+            return lower_bound + (bound - lower_bound) * share
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def main() -> int:
+    stack = Devstack().up(progress=True)
+    redis_url = stack["redis"]["address"].rsplit("/", 1)[0] + "/5"
+    bootstrap = stack["kafka"]["address"]
+    table = simulate(SimulationConfig(customers=5_000, terminals=10_000, days=20, seed=5))
+    transactions = table.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
+    labels = make_labels(table, seed=5)
+    rows = transactions.slice(0, 50_000).to_pylist()
+
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = AggregateSettings(
+        redis_url=redis_url,
+        kafka_bootstrap=bootstrap,
+        topic_prefix=f"bench-{uuid.uuid4().hex[:6]}.",
+        aggregate_group_id=f"bench-{uuid.uuid4().hex[:6]}",
+        aggregate_metrics_port=0,
+    )
+    print("aggregation throughput...", flush=True)
+    aggregate_rate, processed = asyncio.run(bench_aggregate(settings, transactions, labels))
+    print("ingestion throughput...", flush=True)
+    ingest_rate = asyncio.run(bench_ingest(bootstrap, rows))
+    print(f"steady {STEADY_RATE} events/s for {STEADY_SECONDS} s...", flush=True)
+    steady = dict(settings)
+    steady["topic_prefix"] = f"bench-steady-{uuid.uuid4().hex[:6]}."
+    delay = asyncio.run(bench_delay(AggregateSettings(**steady), rows))
+
+    result = {
+        "ingest_events_per_s": round(ingest_rate),
+        "aggregate_events_per_s": round(aggregate_rate),
+        "aggregate_events": processed,
+        "delay_p50_ms": round(delay["p50_ms"], 2),
+        "delay_p99_ms": round(delay["p99_ms"], 2),
+        "steady_rate_events_per_s": round(delay["rate"]),
+        "delay_events_observed": int(delay["observed"]),
+        "targets": {"aggregate_events_per_s": 20_000, "delay_p99_ms": 50},
+        "machine": machine(),
+    }
+    table_md = "\n".join(
+        [
+            "| measure | value | target |",
+            "|---|---:|---:|",
+            f"| ingestion (HTTP batches of 500, acks=all), events/s | {result['ingest_events_per_s']:,} | |",
+            f"| aggregation, one process, events/s | {result['aggregate_events_per_s']:,} | ≥ 20,000 |",
+            f"| steady rate, events/s | {result['steady_rate_events_per_s']:,} | 1,000 |",
+            f"| event → feature delay p50, ms | {result['delay_p50_ms']} | |",
+            f"| event → feature delay p99, ms | {result['delay_p99_ms']} | ≤ 50 |",
+        ]
+    )
+    print(table_md)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "stream.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "stream.md").write_text(
+        "# Streaming benchmark\n\n" + table_md + "\n\n"
+        f"Machine: {result['machine']['platform']}, {result['machine']['cpus']} CPUs, "
+        f"Python {result['machine']['python']}; Redis, Kafka and the benchmark share the machine.\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
