@@ -81,23 +81,25 @@ def reasons(error: ValidationError) -> list[str]:
     return lines
 
 
-def parse_transaction(raw: bytes | str | dict[str, Any]) -> Transaction:
-    """Validate one transaction (JSON bytes/text or a dict); InvalidEvent says why not."""
+def _parse(adapter: TypeAdapter[Any], raw: bytes | str | dict[str, Any]) -> Any:
     try:
         if isinstance(raw, dict):
-            return _TRANSACTION.validate_python(raw)
-        return _TRANSACTION.validate_json(raw)
+            return adapter.validate_python(raw)
+        return adapter.validate_json(raw)
     except ValidationError as exc:
         raise InvalidEvent(reasons(exc)) from exc
+
+
+def parse_transaction(raw: bytes | str | dict[str, Any]) -> Transaction:
+    """Validate one transaction (JSON bytes/text or a dict); InvalidEvent says why not."""
+    transaction: Transaction = _parse(_TRANSACTION, raw)
+    return transaction
 
 
 def parse_label(raw: bytes | str | dict[str, Any]) -> Label:
-    try:
-        if isinstance(raw, dict):
-            return _LABEL.validate_python(raw)
-        return _LABEL.validate_json(raw)
-    except ValidationError as exc:
-        raise InvalidEvent(reasons(exc)) from exc
+    """Validate one label (JSON bytes/text or a dict); InvalidEvent says why not."""
+    label: Label = _parse(_LABEL, raw)
+    return label
 
 
 def encode(event: BaseModel) -> bytes:

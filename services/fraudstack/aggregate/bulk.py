@@ -78,31 +78,34 @@ def load_table(
         fields[LAST_TXN_FIELD] = newest.encode()
         fields[EVENT_TS_FIELD] = newest.ts_ms
         fields[UPDATED_AT_FIELD] = now_ms
-        key = customer_key(customer)
-        pipe.delete(key)
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, CUSTOMER_TTL_SECONDS)
-        pending += 1
-        if pending >= batch:
-            pipe.execute()
-            pending = 0
+        pending = _replace(
+            pipe, customer_key(customer), fields, CUSTOMER_TTL_SECONDS, pending, batch
+        )
     for terminal, terminal_history in terminal_histories.items():
         if terminal_history.ts:
             terminal_history.prune(terminal_history.ts[-1])
         terminal_fields: dict[Any, str | int] = dict(terminal_history.to_fields())
         terminal_fields[EVENT_TS_FIELD] = terminal_history.ts[-1] if terminal_history.ts else 0
         terminal_fields[UPDATED_AT_FIELD] = now_ms
-        key = terminal_key(terminal)
-        pipe.delete(key)
-        pipe.hset(key, mapping=terminal_fields)
-        pipe.expire(key, TERMINAL_TTL_SECONDS)
-        pending += 1
-        if pending >= batch:
-            pipe.execute()
-            pending = 0
+        pending = _replace(
+            pipe, terminal_key(terminal), terminal_fields, TERMINAL_TTL_SECONDS, pending, batch
+        )
     pipe.execute()
     client.close()
     return len(customer_histories), len(terminal_histories)
+
+
+def _replace(
+    pipe: Any, key: str, fields: dict[Any, Any], ttl_seconds: int, pending: int, batch: int
+) -> int:
+    """Queue the replacement of one hash; send the pipeline every ``batch`` hashes."""
+    pipe.delete(key)
+    pipe.hset(key, mapping=fields)
+    pipe.expire(key, ttl_seconds)
+    if pending + 1 >= batch:
+        pipe.execute()
+        return 0
+    return pending + 1
 
 
 def _label_rows(transactions: pa.Table, labels: pa.Table | None) -> list[tuple[str, int, str, int]]:

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_status(stack: Devstack) -> int:
     rows = stack.status()
-    print(f"{'server':<12}{'address':<36}{'pid':<10}answering")
+    print(f"{'server':<12}{'address':<36}{'pids':<16}answering")
     for row in rows:
         pids = ",".join(str(pid) for pid in row.pids) or "-"
-        print(f"{row.name:<12}{row.address:<36}{pids:<10}{'yes' if row.answering else 'no'}")
+        print(f"{row.name:<12}{row.address:<36}{pids:<16}{'yes' if row.answering else 'no'}")
     return 0 if rows and all(row.answering for row in rows) else 1
