@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -42,6 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 INGEST_EVENTS = 50_000
 STEADY_RATE = 1_000
 STEADY_SECONDS = 20
+WARMUP_SECONDS = 5
 
 
 def _events(table_rows: list[dict[str, object]], count: int) -> list[dict[str, object]]:
@@ -134,37 +136,53 @@ async def bench_delay(
         await asyncio.sleep(6)  # let it join the group and get its partitions
         producer = make_producer(settings.kafka_bootstrap, linger_ms=0)
         await producer.start()
-        total = STEADY_RATE * STEADY_SECONDS
-        events = _events(rows, total)
-        started = time.monotonic()
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
         try:
-            for index, event in enumerate(events):
-                due = started + index / STEADY_RATE
-                pause = due - time.monotonic()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                event = {**event, "txn_id": f"steady-{index}", "ts": int(time.time() * 1000)}
-                await producer.send(
-                    settings.topics.transactions,
-                    orjson.dumps(event),
-                    key=str(event["customer_id"]).encode(),
-                )
-            await producer.flush()
+            # Warm-up at the same rate: the group settles and every customer's state is loaded.
+            await _produce_steady(producer, settings, rows, WARMUP_SECONDS, "warm")
+            await asyncio.sleep(1)
+            before = _histogram(httpx.get(metrics_url).text, "aggregate_event_to_feature_seconds")
+            achieved = await _produce_steady(producer, settings, rows, STEADY_SECONDS, "steady")
         finally:
             await producer.stop()
-        achieved = total / (time.monotonic() - started)
         await asyncio.sleep(3)
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        after = _histogram(httpx.get(metrics_url).text, "aggregate_event_to_feature_seconds")
     finally:
         aggregator.terminate()
         aggregator.wait(timeout=30)
-    buckets = _histogram(text, "aggregate_event_to_feature_seconds")
+    buckets = [
+        (bound, count - earlier) for (bound, count), (_, earlier) in zip(after, before, strict=True)
+    ]
     return {
         "p50_ms": _quantile(buckets, 0.50) * 1000,
         "p99_ms": _quantile(buckets, 0.99) * 1000,
         "observed": buckets[-1][1],
         "rate": achieved,
     }
+
+
+async def _produce_steady(
+    producer: AIOKafkaProducer,
+    settings: AggregateSettings,
+    rows: list[dict[str, object]],
+    seconds: int,
+    tag: str,
+) -> float:
+    """Send at STEADY_RATE for ``seconds``, each event stamped with the moment it is sent."""
+    total = STEADY_RATE * seconds
+    started = time.monotonic()
+    for index, event in enumerate(_events(rows, total)):
+        pause = started + index / STEADY_RATE - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        stamped = {**event, "txn_id": f"{tag}-{index}", "ts": int(time.time() * 1000)}
+        await producer.send(
+            settings.topics.transactions,
+            orjson.dumps(stamped),
+            key=str(stamped["customer_id"]).encode(),
+        )
+    await producer.flush()
+    return total / (time.monotonic() - started)
 
 
 def _histogram(text: str, name: str) -> list[tuple[float, float]]:

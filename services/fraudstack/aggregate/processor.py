@@ -23,6 +23,7 @@ topic with the reason.
 from __future__ import annotations
 
 import time
+from itertools import chain
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -264,10 +265,7 @@ class Processor:
             fields[EVENT_TS_FIELD] = last.ts_ms
             fields[UPDATED_AT_FIELD] = now_ms
             key = customer_key(customer)
-            hset: list[str | int | float] = ["HSET", key]
-            for name, value in fields.items():
-                hset += (name, value)
-            commands.append(hset)
+            commands.append(["HSET", key, *chain.from_iterable(fields.items())])
             if expired:
                 commands.append(["HDEL", key, *(event_field(txn_id) for txn_id in expired)])
             commands.append(("EXPIRE", key, CUSTOMER_TTL_SECONDS))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
@@ -68,8 +68,7 @@ class _Protocol(asyncio.Protocol):
         self.lost_reason = "connection closed"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)
         self._watchdog = self._loop.call_later(self._timeout / 2, self._check_stuck)
 
     def send(self, payload: bytes, expected: int) -> asyncio.Future[list[Any]]:

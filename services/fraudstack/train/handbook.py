@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fraudstack.features.definitions import FEATURE_NAMES
+from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
 from fraudstack.simulate import SimulationConfig, make_labels, simulate
 from fraudstack.train.dataset import LabelledSet, build
 from fraudstack.train.evaluate import Scores, evaluate
@@ -185,6 +185,7 @@ def _report(
             "test": f"{TRAIN_START + timedelta(days=TRAIN_DAYS + DELAY_DAYS)}..{end}",
             "selection": f"best mean {SELECT_BY} over {folds} prequential validation folds",
             "features": list(FEATURE_NAMES),
+            "feature_set_version": FEATURE_SET_VERSION,
         },
         "dataset": {
             "transactions": len(data), "frauds": data.frauds,

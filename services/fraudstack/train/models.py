@@ -55,7 +55,7 @@ def _gradient_boosting(seed: int, jobs: int) -> ClassifierMixin:
     from sklearn.ensemble import GradientBoostingClassifier
 
     return GradientBoostingClassifier(
-        n_estimators=100, max_depth=3, learning_rate=0.1, subsample=0.8, random_state=seed
+        n_estimators=100, max_depth=3, learning_rate=0.1, random_state=seed
     )
 
 
@@ -82,6 +82,9 @@ def fit(
     model = build(name, seed, jobs)
     model.fit(features, target)
     make_float32_exact(model)
+    if "n_jobs" in model.get_params():
+        # the pickled model scores one row per request: a thread pool per call costs ms
+        model.set_params(n_jobs=None)
     return model
 
 

@@ -49,7 +49,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{protocol['test']} ({dataset['test_transactions']:,} transactions, "
         f"{dataset['test_frauds']:,} frauds, known compromised cards removed)",
         f"- features: the {len(protocol['features'])} of feature set "
-        "(the book's 15 plus the 10-minute and 1-hour customer windows)",
+        f"{protocol['feature_set_version']} (the book's 15 plus the 10-minute and 1-hour "
+        "customer windows)",
         f"- model selection: {protocol['selection']}; the test columns are never used for it",
         "",
         table(report),
