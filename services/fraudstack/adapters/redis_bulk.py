@@ -25,6 +25,13 @@ from redis.connection import parse_url
 Command = Sequence[str | bytes | int | float]
 
 
+def _pack(command: Command) -> bytes:
+    """One command in Redis's wire format, encoded by hiredis."""
+    # hiredis's type stub declares a one-element tuple; any number of arguments is accepted.
+    packed: bytes = hiredis.pack_command(tuple(command))  # type: ignore[arg-type]
+    return packed
+
+
 class BulkCommandError(Exception):
     """Redis answered a command of the batch with an error."""
 
@@ -63,7 +70,7 @@ class BulkWriter:
         if self._writer is None:
             await self._connect()
         assert self._reader is not None and self._writer is not None
-        self._writer.write(b"".join(hiredis.pack_command(tuple(command)) for command in commands))
+        self._writer.write(b"".join(_pack(command) for command in commands))
         await self._writer.drain()
         replies = await self._read(len(commands))
         for index, reply in enumerate(replies):
@@ -103,7 +110,7 @@ class BulkWriter:
             )
             handshake.append(auth)
         handshake.append(["SELECT", int(self.options.get("db", 0))])
-        self._writer.write(b"".join(hiredis.pack_command(tuple(c)) for c in handshake))
+        self._writer.write(b"".join(_pack(c) for c in handshake))
         await self._writer.drain()
         for reply in await self._read(len(handshake)):
             if isinstance(reply, hiredis.ReplyError):
@@ -118,7 +125,7 @@ class BulkWriter:
             return
         assert self._writer is not None
         loads = [("SCRIPT", "LOAD", source) for source in self.scripts.values()]
-        self._writer.write(b"".join(hiredis.pack_command(load) for load in loads))
+        self._writer.write(b"".join(_pack(load) for load in loads))
         await self._writer.drain()
         await self._read(len(loads))
 

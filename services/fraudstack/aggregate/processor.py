@@ -23,10 +23,10 @@ topic with the reason.
 from __future__ import annotations
 
 import time
-from itertools import chain
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Protocol
 
 import redis.asyncio as aioredis

@@ -26,7 +26,7 @@ from fraudstack.serve.lookup import FeatureLookup
 from fraudstack.serve.metrics import ServeMetrics
 from fraudstack.serve.models import ModelHolder, RoutingSpec, ScorerLoader
 from fraudstack.serve.redis_link import RedisLink
-from fraudstack.serve.routes import Service, build_router
+from fraudstack.serve.routes import Service, add_routes
 from fraudstack.serve.settings import ServeSettings, get_settings
 
 log = logging.getLogger("fraudstack.serve")
@@ -79,5 +79,5 @@ def create_app(
     app.state.metrics = service.metrics
     app.state.service = service
     errors.install(app)
-    app.include_router(build_router(service))
+    add_routes(app, service)
     return app

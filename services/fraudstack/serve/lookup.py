@@ -62,9 +62,11 @@ def _key_part(key: str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(raw), raw)
 
 
-def _as_dict(flat: list[Any]) -> dict[bytes, bytes]:
-    """An HGETALL reply (flat ``[field, value, ...]``) as a mapping."""
-    it = iter(flat)
+def _as_dict(reply: dict[bytes, bytes] | list[Any]) -> dict[bytes, bytes]:
+    """An HGETALL reply as a mapping (RESP3 gives one already; RESP2 a flat list)."""
+    if isinstance(reply, dict):
+        return reply
+    it = iter(reply)
     return dict(zip(it, it, strict=True))
 
 

@@ -1,7 +1,8 @@
 """The loaded models and the routing between them, swappable at runtime in one step.
 
-A :class:`Routing` is immutable: the stable scorer, an optional candidate and the share of
-customers the candidate scores. The :class:`ModelHolder` keeps the current routing in one
+A :class:`Routing` is immutable: the stable scorer, an optional candidate, the share of
+customers the candidate scores and the mode (``canary``: the candidate answers for its share;
+``shadow``: it scores its share too, but only metrics see its answer). The :class:`ModelHolder` keeps the current routing in one
 attribute; a request reads it once and uses that object to the end, so replacing it (one
 reference assignment) never mixes two routings within a request, never blocks a request and
 never fails one. A model is loaded (and its files checked against ``metadata.json``) before the
@@ -28,6 +29,7 @@ from fraudstack.errors import ModelError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
 
 BUCKETS = 10_000
+MODES = ("canary", "shadow")
 
 
 class Scorer(Protocol):
@@ -46,20 +48,40 @@ class Scorer(Protocol):
 ScorerLoader = Callable[[str, str], Scorer]
 
 
+class RoutingRequest(Protocol):
+    """Which versions serve, by name: a :class:`RoutingSpec` from the settings, or the
+    :class:`~fraudstack.routing.RoutingDocument` the operator publishes."""
+
+    @property
+    def stable(self) -> str: ...
+
+    @property
+    def candidate(self) -> str | None: ...
+
+    @property
+    def candidate_share(self) -> float: ...
+
+    @property
+    def mode(self) -> str: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingSpec:
-    """Which versions serve, by name: what settings (or, later, an operator) ask for."""
+    """A routing asked for by the settings."""
 
     stable: str
     candidate: str | None = None
     #: Percent of customers (0-100) the candidate scores.
     candidate_share: float = 0.0
+    mode: str = "canary"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.candidate_share <= 100.0:
             raise ModelError(f"candidate share {self.candidate_share} is outside 0-100")
         if self.candidate_share and not self.candidate:
             raise ModelError("a candidate share needs a candidate version")
+        if self.mode not in MODES:
+            raise ModelError(f"routing mode {self.mode!r} is not one of {', '.join(MODES)}")
 
 
 def customer_bucket(customer_id: str) -> int:
@@ -73,21 +95,38 @@ class Routing:
     stable: Scorer
     candidate: Scorer | None = None
     candidate_share: float = 0.0
-    #: Buckets below this go to the candidate.
-    _cutoff: int = 0
+    mode: str = "canary"
+    #: Buckets below this go to the candidate (0 in shadow mode: the stable model answers).
+    _answer_cutoff: int = 0
+    #: Buckets below this are also scored by the candidate, in shadow mode only.
+    _shadow_cutoff: int = 0
 
     @classmethod
     def build(
-        cls, stable: Scorer, candidate: Scorer | None = None, candidate_share: float = 0.0
+        cls,
+        stable: Scorer,
+        candidate: Scorer | None = None,
+        candidate_share: float = 0.0,
+        mode: str = "canary",
     ) -> Routing:
         cutoff = round(candidate_share * BUCKETS / 100) if candidate is not None else 0
-        return cls(stable, candidate, candidate_share, cutoff)
+        if mode == "shadow":
+            return cls(stable, candidate, candidate_share, mode, 0, cutoff)
+        return cls(stable, candidate, candidate_share, mode, cutoff, 0)
 
     def scorer_for(self, customer_id: str) -> Scorer:
-        """The model that scores this customer."""
-        if not self._cutoff or self.candidate is None:
+        """The model whose answer this customer gets."""
+        if not self._answer_cutoff or self.candidate is None:
             return self.stable
-        return self.candidate if customer_bucket(customer_id) < self._cutoff else self.stable
+        if customer_bucket(customer_id) < self._answer_cutoff:
+            return self.candidate
+        return self.stable
+
+    def shadow_for(self, customer_id: str) -> Scorer | None:
+        """The candidate, when it scores this customer in the shadow of the stable model."""
+        if not self._shadow_cutoff or self.candidate is None:
+            return None
+        return self.candidate if customer_bucket(customer_id) < self._shadow_cutoff else None
 
     @property
     def versions(self) -> list[str]:
@@ -101,6 +140,7 @@ class Routing:
             "stable": self.stable.version,
             "candidate": self.candidate.version if self.candidate is not None else None,
             "candidate_share": self.candidate_share,
+            "mode": self.mode,
         }
 
 
@@ -124,18 +164,20 @@ class ModelHolder:
     def ready(self) -> bool:
         return self._routing is not None
 
-    def apply(self, spec: RoutingSpec) -> Routing:
+    def apply(self, spec: RoutingRequest) -> Routing:
         """Load what ``spec`` needs, then publish it as the routing (blocking; see apply_async)."""
+        if spec.mode not in MODES:
+            raise ModelError(f"routing mode {spec.mode!r} is not one of {', '.join(MODES)}")
         stable = self._scorer(spec.stable)
         candidate = self._scorer(spec.candidate) if spec.candidate else None
-        routing = Routing.build(stable, candidate, spec.candidate_share)
+        routing = Routing.build(stable, candidate, spec.candidate_share, spec.mode)
         self._routing = routing  # the one step that switches every later request
         keep = {stable.version} | ({candidate.version} if candidate is not None else set())
         # requests still holding the old routing keep their scorers alive until they finish
         self._loaded = {version: self._loaded[version] for version in keep}
         return routing
 
-    async def apply_async(self, spec: RoutingSpec) -> Routing:
+    async def apply_async(self, spec: RoutingRequest) -> Routing:
         """:meth:`apply` with the loading off the event loop, so serving goes on meanwhile."""
         missing = [v for v in (spec.stable, spec.candidate) if v and v not in self._loaded]
         for version in missing:

@@ -218,7 +218,10 @@ class RedisLink:
                     refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
                     if refused:
                         protocol.abort("handshake refused")
-                        raise StoreUnavailable(f"online store refused the connection: {refused[0]}")
+                        raise StoreUnavailable(
+                            f"online store refused the session (HELLO 3 needs Redis 6 or "
+                            f"later): {refused[0]}"
+                        )
         except (OSError, TimeoutError, StoreUnavailable) as exc:
             self._last_error = str(exc) or type(exc).__name__
             self._retry_at = loop.time() + self._retry_after
@@ -242,28 +245,25 @@ _PING = encode_command(b"PING")
 
 
 def _parse_url(url: str) -> tuple[tuple[str, str, bool], list[bytes]]:
-    """Where to connect (kind, address, tls) and the AUTH/SELECT commands to send first."""
+    """Where to connect (kind, address, tls) and the commands that open the session.
+
+    ``HELLO 3`` switches to RESP3, whose maps hiredis hands over as dicts (an ``HGETALL`` needs
+    no pairing up in Python); it needs Redis 6 or later.
+    """
     parts = urlsplit(url)
     if parts.scheme == "unix":
         target = ("unix", parts.path, False)
         db = parse_qs(parts.query).get("db", ["0"])[0]
     elif parts.scheme in ("redis", "rediss"):
-        target = (
-            "tcp",
-            f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}",
-            parts.scheme == "rediss",
-        )
+        host = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+        target = ("tcp", host, parts.scheme == "rediss")
         db = parts.path.lstrip("/") or parse_qs(parts.query).get("db", ["0"])[0]
     else:
         raise StoreUnavailable(f"unsupported Redis URL scheme {parts.scheme!r}")
-    handshake = []
+    hello: list[bytes | str] = [b"HELLO", b"3"]
     if parts.password is not None:
-        password = unquote(parts.password)
-        handshake.append(
-            encode_command(b"AUTH", unquote(parts.username), password)
-            if parts.username
-            else encode_command(b"AUTH", password)
-        )
+        hello += [b"AUTH", unquote(parts.username or "default"), unquote(parts.password)]
+    handshake = [encode_command(*hello)]
     if db and db != "0":
         handshake.append(encode_command(b"SELECT", db))
     return target, handshake

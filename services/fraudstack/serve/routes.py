@@ -7,7 +7,7 @@ import time
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, FastAPI, Path
 from starlette.responses import Response
 
 from fraudstack.errors import FraudstackError
@@ -67,8 +67,8 @@ def _score(scorer: Scorer, scored: Scored) -> float:
     return scorer.score([features[name] for name in scorer.feature_names])
 
 
-def build_router(service: Service) -> APIRouter:
-    router = APIRouter()
+def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
+    """Add the endpoints to ``router``; on the app itself they skip a routing layer."""
 
     @router.get(
         "/predict/{user_id}",
@@ -171,5 +171,3 @@ def build_router(service: Service) -> APIRouter:
         """Prometheus metrics of every worker."""
         content, media_type = service.metrics.exposition()
         return Response(content, media_type=media_type)
-
-    return router

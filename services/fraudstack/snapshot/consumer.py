@@ -18,6 +18,8 @@ written idempotently, which together give exactly once in Parquet:
 Bad records (not JSON, a missing or wrong field) go to the dead-letter topic with the original
 key and value and headers ``reason``, ``source_topic``, ``source_partition``, ``source_offset``;
 they are counted and logged with their topic, partition and offset, never dropped silently.
+The dead-letter topic is at least once: a bad record sent before a crash, in a range not yet
+committed, is sent again; ``source_partition`` and ``source_offset`` tell the copies apart.
 """
 
 from __future__ import annotations

@@ -1,0 +1,568 @@
+"""The rollout state machine: from a FraudModel's spec, its last status and the gate figures to
+its next status. Pure: no Kubernetes, Redis or Prometheus, so every transition is unit-tested.
+
+Everything is derived from the spec and the status the operator wrote last, so a restarted
+operator carries on where the last one stopped (idempotent on restart); the only clock is the
+``now`` passed in. What the status records of a rollout, under ``status.rollout``::
+
+    key           what the rollout is about: stable, candidate, mode and steps. A spec whose key
+                  differs starts the rollout again from step 1; editing only the gates does not.
+    stepStartedAt when the current step began (RFC 3339, UTC)
+    outcome       "" while walking the steps, else Promoted, RolledBack or Paused (final until
+                  the key changes: to retry a rolled-back candidate, change its steps, or remove
+                  and re-add it)
+    message       why the outcome happened (the failed gate)
+    lastGateCheck the last gate figures and verdict
+
+The machine, for a spec with a candidate and rollout steps::
+
+                 key changed                    gates pass, more steps
+        (any) ───────────────► step 1 ──┐    ┌──────────────────────┐
+                                        ▼    │                      │
+                          [step n runs durationSeconds] ──► judge gates
+                                  ▲                          │   │   │
+                                  └──── not enough data ─────┘   │   └── gates pass, last step
+                                        (wait, judge again)      │         ──► Promoted
+                                                                 └── a gate fails
+                                               onGateFailure: rollback ──► RolledBack
+                                               onGateFailure: pause    ──► Paused
+
+Without steps the split is the spec's own (``candidateShare`` of customers to the candidate) and
+no gate is judged; without a candidate the stable version serves everyone. A registry problem (a
+version that is missing or built for another feature set) or a routing that cannot be published
+makes the FraudModel Degraded and freezes everything else: the split and the rollout state stay
+as they were, and so does what the inference service serves.
+
+Phases: Serving, Progressing, Promoted, RolledBack, Paused, Degraded. Conditions: Ready (the
+routing this FraudModel asks for is the one published), Progressing (a rollout is walking its
+steps), Degraded (something needs a person: a missing version, a failed gate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+SERVING, PROGRESSING, PROMOTED, ROLLED_BACK, PAUSED, DEGRADED = (
+    "Serving",
+    "Progressing",
+    "Promoted",
+    "RolledBack",
+    "Paused",
+    "Degraded",
+)
+READY, DEGRADED_CONDITION = "Ready", "Degraded"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED_CONDITION)
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+# -- the spec ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    share: int
+    duration_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """The CRD's ``spec.gates``, with the CRD's defaults."""
+
+    max_latency_p99_ratio: float = 1.5
+    max_error_rate_delta: float = 0.01
+    max_score_drift: float = 0.2
+    min_requests: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """A FraudModel's spec as the machine reads it (the API server has validated it)."""
+
+    stable: str
+    candidate: str | None = None
+    candidate_share: int = 0
+    mode: str = "canary"
+    steps: tuple[Step, ...] = ()
+    gates: Gates = field(default_factory=Gates)
+    on_gate_failure: str = "rollback"
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> Spec:
+        gates = spec.get("gates") or {}
+        defaults = Gates()
+        steps = (spec.get("rollout") or {}).get("steps") or []
+        return cls(
+            stable=str(spec["stableVersion"]),
+            candidate=spec.get("candidateVersion") or None,
+            candidate_share=int(spec.get("candidateShare", 0)),
+            mode=str(spec.get("mode", "canary")),
+            steps=tuple(Step(int(s["share"]), int(s["durationSeconds"])) for s in steps),
+            gates=Gates(
+                max_latency_p99_ratio=float(
+                    gates.get("maxLatencyP99Ratio", defaults.max_latency_p99_ratio)
+                ),
+                max_error_rate_delta=float(
+                    gates.get("maxErrorRateDelta", defaults.max_error_rate_delta)
+                ),
+                max_score_drift=float(gates.get("maxScoreDrift", defaults.max_score_drift)),
+                min_requests=int(gates.get("minRequests", defaults.min_requests)),
+            ),
+            on_gate_failure=str(spec.get("onGateFailure", "rollback")),
+        )
+
+    @property
+    def rollout_key(self) -> str:
+        """What identifies a rollout: a change here starts it over."""
+        steps = ",".join(f"{step.share}%/{step.duration_seconds}s" for step in self.steps)
+        return f"{self.stable} -> {self.candidate} {self.mode} [{steps}]"
+
+
+# -- gate figures ------------------------------------------------------------------------------
+
+
+class Verdict(StrEnum):
+    PASS = "Pass"
+    WAIT = "Wait"  # not enough traffic or no figures yet: judge again later, never a failure
+    FAIL = "Fail"
+
+
+@dataclass(frozen=True, slots=True)
+class GateReport:
+    """The gates' verdict on one step, with the figures behind it (see :mod:`.gates`)."""
+
+    verdict: Verdict
+    message: str
+    figures: Mapping[str, float | None] = field(default_factory=dict)
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "verdict": str(self.verdict),
+            "message": self.message,
+            "judgedAt": format_time(now),
+            # JSON has no NaN: a figure that could not be computed is absent
+            "figures": {
+                name: round(value, 6)
+                for name, value in self.figures.items()
+                if value is not None and math.isfinite(value)
+            },
+        }
+
+
+# -- the status --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why nothing can be published: a condition reason and a message naming the culprit."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """Who scores whom: what is (or is to be) published as the routing."""
+
+    stable: str
+    candidate: str | None = None
+    share: int = 0
+    mode: str = "canary"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str
+    last_transition_time: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "type": self.type,
+            "status": self.status,
+            "reason": self.reason,
+            "message": self.message,
+            "lastTransitionTime": self.last_transition_time,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    key: str
+    step: int  # 1-based
+    step_started_at: int  # epoch seconds
+    outcome: str = ""  # "", Promoted, RolledBack, Paused
+    message: str = ""
+    last_gate_check: Mapping[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "stepStartedAt": format_time(self.step_started_at),
+            "outcome": self.outcome,
+            "message": self.message,
+            "lastGateCheck": dict(self.last_gate_check) if self.last_gate_check else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    phase: str = ""
+    observed_generation: int = 0
+    split: Split | None = None  # None until something was published
+    rollout: RolloutState | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status fields this operator owns; absent ones are None (a merge patch drops them)."""
+        split = self.split
+        return {
+            "phase": self.phase,
+            "observedGeneration": self.observed_generation,
+            "stableVersion": split.stable if split else None,
+            "candidateVersion": split.candidate if split else None,
+            "candidateShare": split.share if split else None,
+            "mode": split.mode if split else None,
+            "currentStep": self.rollout.step if self.rollout else 0,
+            "rollout": self.rollout.to_dict() if self.rollout else None,
+            "conditions": [condition.to_dict() for condition in self.conditions],
+        }
+
+    @classmethod
+    def from_dict(cls, status: Mapping[str, Any] | None) -> Status:
+        """Read back what :meth:`to_dict` wrote; anything unreadable counts as absent."""
+        status = status or {}
+        split = None
+        if isinstance(status.get("stableVersion"), str):
+            split = Split(
+                stable=status["stableVersion"],
+                candidate=status.get("candidateVersion") or None,
+                share=_int(status.get("candidateShare")),
+                mode=str(status.get("mode") or "canary"),
+            )
+        rollout = None
+        raw = status.get("rollout")
+        if isinstance(raw, Mapping) and isinstance(raw.get("key"), str):
+            started = parse_time(raw.get("stepStartedAt"))
+            step = _int(status.get("currentStep"))
+            outcome = str(raw.get("outcome") or "")
+            if started is not None and step >= 1:
+                rollout = RolloutState(
+                    key=raw["key"],
+                    step=step,
+                    step_started_at=started,
+                    outcome=outcome,
+                    message=str(raw.get("message") or ""),
+                    last_gate_check=raw.get("lastGateCheck") or None,
+                )
+        conditions = tuple(
+            Condition(
+                type=str(item.get("type")),
+                status=str(item.get("status")),
+                reason=str(item.get("reason") or ""),
+                message=str(item.get("message") or ""),
+                last_transition_time=str(item.get("lastTransitionTime") or ""),
+            )
+            for item in status.get("conditions") or []
+            if isinstance(item, Mapping) and item.get("type") in CONDITION_TYPES
+        )
+        return cls(
+            phase=str(status.get("phase") or ""),
+            observed_generation=_int(status.get("observedGeneration")),
+            split=split,
+            rollout=rollout,
+            conditions=conditions,
+        )
+
+    def condition(self, kind: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Something a person should see in ``kubectl describe``: posted as an Event."""
+
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: Status
+    transitions: tuple[Transition, ...] = ()
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+def current_step(spec: Spec, previous: Status) -> Step | None:
+    """The step being walked, if a rollout of this very spec is under way."""
+    state = previous.rollout
+    if (
+        spec.candidate is None
+        or not spec.steps
+        or state is None
+        or state.key != spec.rollout_key
+        or state.outcome
+        or state.step > len(spec.steps)
+    ):
+        return None
+    return spec.steps[state.step - 1]
+
+
+def gates_due(spec: Spec, previous: Status, now: float) -> bool:
+    """True when the current step has run its course and its gates must be judged."""
+    step, state = current_step(spec, previous), previous.rollout
+    return (
+        step is not None
+        and state is not None
+        and now - state.step_started_at >= step.duration_seconds
+    )
+
+
+def decide(
+    spec: Spec,
+    previous: Status,
+    *,
+    generation: int,
+    now: float,
+    problem: Problem | None = None,
+    gates: GateReport | None = None,
+) -> Decision:
+    """The next status. ``gates`` is the verdict on the current step, when :func:`gates_due`."""
+    if problem is not None:
+        return _degraded(previous, generation, now, problem)
+    if spec.candidate is None:
+        split = Split(spec.stable, mode=spec.mode)
+        return _settled(
+            previous,
+            generation,
+            now,
+            split,
+            ready=f"{spec.stable} scores every customer",
+            progressing=("NoCandidate", "no candidate version to roll out"),
+        )
+    if not spec.steps:
+        split = Split(spec.stable, spec.candidate, spec.candidate_share, spec.mode)
+        return _settled(
+            previous,
+            generation,
+            now,
+            split,
+            ready=_describe(split),
+            progressing=("ManualSplit", "candidateShare is set by hand: no rollout steps"),
+        )
+    return _rollout(spec, previous, generation, now, gates)
+
+
+def _rollout(
+    spec: Spec, previous: Status, generation: int, now: float, gates: GateReport | None
+) -> Decision:
+    transitions: list[Transition] = []
+    state = previous.rollout
+    steps = len(spec.steps)
+    if state is None or state.key != spec.rollout_key or state.step > steps:
+        state = RolloutState(key=spec.rollout_key, step=1, step_started_at=int(now))
+        transitions.append(
+            Transition("RolloutStarted", f"rolling {spec.candidate} out: {_steps(spec)}")
+        )
+    elif gates_due(spec, previous, now):
+        report = gates or GateReport(Verdict.WAIT, "the gates have not been judged yet")
+        checked = report.to_dict(now)
+        if report.verdict is Verdict.PASS and state.step < steps:
+            state = RolloutState(
+                key=state.key,
+                step=state.step + 1,
+                step_started_at=int(now),
+                last_gate_check=checked,
+            )
+            share = spec.steps[state.step - 1].share
+            transitions.append(
+                Transition(
+                    "StepAdvanced",
+                    f"step {state.step} of {steps}: {spec.candidate} scores {share}% "
+                    f"({report.message})",
+                )
+            )
+        elif report.verdict is Verdict.PASS:
+            message = f"{spec.candidate} passed the gates of all {steps} steps"
+            state = replace(state, outcome=PROMOTED, message=message, last_gate_check=checked)
+            transitions.append(Transition("Promoted", message))
+        elif report.verdict is Verdict.FAIL:
+            outcome = ROLLED_BACK if spec.on_gate_failure == "rollback" else PAUSED
+            message = f"step {state.step} of {steps}: {report.message}"
+            state = replace(state, outcome=outcome, message=message, last_gate_check=checked)
+            transitions.append(Transition(outcome, message, warning=True))
+        else:
+            state = replace(state, last_gate_check=checked)
+    return Decision(_rollout_status(spec, state, previous, generation, now), tuple(transitions))
+
+
+def _rollout_status(
+    spec: Spec, state: RolloutState, previous: Status, generation: int, now: float
+) -> Status:
+    assert spec.candidate is not None
+    steps = len(spec.steps)
+    if state.outcome == PROMOTED:
+        split = Split(spec.candidate)  # the candidate answers for everyone: no shadow left
+        conditions = _conditions(
+            previous,
+            now,
+            ready=("True", PROMOTED, f"{spec.candidate} scores every customer"),
+            progressing=(
+                "False",
+                PROMOTED,
+                f"{state.message}; make it permanent with stableVersion: {spec.candidate} "
+                "and no candidateVersion",
+            ),
+            degraded=("False", "AsExpected", ""),
+        )
+        return Status(PROMOTED, generation, split, state, conditions)
+    if state.outcome in (ROLLED_BACK, PAUSED):
+        if state.outcome == ROLLED_BACK:
+            split = Split(spec.stable, mode=spec.mode)
+            ready = f"rolled back: {spec.stable} scores every customer"
+        else:
+            split = Split(spec.stable, spec.candidate, spec.steps[state.step - 1].share, spec.mode)
+            ready = f"paused: {_describe(split)}"
+        conditions = _conditions(
+            previous,
+            now,
+            ready=("True", state.outcome, ready),
+            progressing=("False", state.outcome, state.message),
+            degraded=("True", "GateFailed", state.message),
+        )
+        return Status(state.outcome, generation, split, state, conditions)
+
+    step = spec.steps[state.step - 1]
+    split = Split(spec.stable, spec.candidate, step.share, spec.mode)
+    ends = state.step_started_at + step.duration_seconds
+    if now < ends:
+        progressing = (
+            "StepRunning",
+            f"step {state.step} of {steps} runs until {format_time(ends)}",
+        )
+    else:
+        waiting = (state.last_gate_check or {}).get("message") or "judging the gates"
+        progressing = ("WaitingForGates", f"step {state.step} of {steps}: {waiting}")
+    conditions = _conditions(
+        previous,
+        now,
+        ready=("True", "RollingOut", f"step {state.step} of {steps}: {_describe(split)}"),
+        progressing=("True", *progressing),
+        degraded=("False", "AsExpected", ""),
+    )
+    return Status(PROGRESSING, generation, split, state, conditions)
+
+
+def _settled(
+    previous: Status,
+    generation: int,
+    now: float,
+    split: Split,
+    *,
+    ready: str,
+    progressing: tuple[str, str],
+) -> Decision:
+    conditions = _conditions(
+        previous,
+        now,
+        ready=("True", SERVING, ready),
+        progressing=("False", *progressing),
+        degraded=("False", "AsExpected", ""),
+    )
+    transitions: tuple[Transition, ...] = ()
+    if previous.split != split:
+        transitions = (Transition("RoutingChanged", ready),)
+    return Decision(Status(SERVING, generation, split, None, conditions), transitions)
+
+
+def _degraded(previous: Status, generation: int, now: float, problem: Problem) -> Decision:
+    kept = "the published routing is left as it was"
+    conditions = _conditions(
+        previous,
+        now,
+        ready=("False", problem.reason, f"{problem.message}; {kept}"),
+        progressing=("False", problem.reason, "nothing moves until this is fixed"),
+        degraded=("True", problem.reason, problem.message),
+    )
+    status = replace(
+        previous, phase=DEGRADED, observed_generation=generation, conditions=conditions
+    )
+    transitions: tuple[Transition, ...] = ()
+    before = previous.condition(DEGRADED_CONDITION)
+    if before is None or before.message != problem.message:
+        transitions = (Transition(problem.reason, problem.message, warning=True),)
+    return Decision(status, transitions)
+
+
+def _conditions(
+    previous: Status,
+    now: float,
+    *,
+    ready: tuple[str, str, str],
+    progressing: tuple[str, str, str],
+    degraded: tuple[str, str, str],
+) -> tuple[Condition, ...]:
+    """The three conditions; a condition's lastTransitionTime moves only when its status does."""
+    result = []
+    for kind, (state, reason, message) in (
+        (READY, ready),
+        (PROGRESSING, progressing),
+        (DEGRADED_CONDITION, degraded),
+    ):
+        before = previous.condition(kind)
+        since = (
+            before.last_transition_time
+            if before is not None and before.status == state and before.last_transition_time
+            else format_time(now)
+        )
+        result.append(Condition(kind, state, reason, message, since))
+    return tuple(result)
+
+
+def _describe(split: Split) -> str:
+    if split.candidate is None or not split.share:
+        return f"{split.stable} scores every customer"
+    if split.mode == "shadow":
+        return (
+            f"{split.stable} answers for every customer, {split.candidate} shadow-scores "
+            f"{split.share}% of them"
+        )
+    return f"{split.candidate} scores {split.share}% of customers, {split.stable} the rest"
+
+
+def _steps(spec: Spec) -> str:
+    return ", ".join(f"{s.share}% for {s.duration_seconds}s" for s in spec.steps)
+
+
+# -- time --------------------------------------------------------------------------------------
+
+
+def format_time(epoch_seconds: float) -> str:
+    return datetime.fromtimestamp(int(epoch_seconds), UTC).strftime(_TIME_FORMAT)
+
+
+def parse_time(text: object) -> int | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return int(datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return None
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def transitions_text(transitions: Sequence[Transition]) -> str:
+    """For logs: the transitions of one decision on one line."""
+    return "; ".join(f"{t.reason}: {t.message}" for t in transitions)
