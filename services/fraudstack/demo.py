@@ -5,16 +5,24 @@
 3. stream them, with their chargebacks, through Kafka (topics of this run's own prefix);
 4. aggregate them into the Redis online store;
 5. check that every customer's and terminal's online features equal the offline computation;
-6. snapshot, train and serve, where those roles are built (each step says when it is not).
+6. snapshot the streams into the Parquet offline store;
+7. train and compare models on the offline store, publish the best to the registry;
+8. serve it with gunicorn workers;
+9. stream one more day while scoring every transaction through the HTTP API, and print a
+   sample answer and the latency percentiles.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import time
 
+import orjson
+import pyarrow.compute as pc
+import redis
+
+from fraudstack import demo_serving as serving
 from fraudstack.paths import state_dir
 
 
@@ -64,14 +72,23 @@ def run(args: argparse.Namespace) -> int:
     _done(started, f"written to {folder}")
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
+    # A Redis database of the demo's own, emptied: each run starts from a blank online store.
+    redis_url = servers["redis"]["address"].rsplit("/", 1)[0] + "/1"
+    redis.Redis.from_url(redis_url).flushdb()
     settings = AggregateSettings(
-        redis_url=servers["redis"]["address"],
+        redis_url=redis_url,
         kafka_bootstrap=servers["kafka"]["address"],
         topic_prefix=f"demo-{run_id}.",
         aggregate_group_id=f"demo-aggregate-{run_id}",
         aggregate_metrics_port=0,
     )
-    events = table.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
+    everything = table.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
+    # The last day is kept back: it streams in step 9 while the service scores it.
+    live_from = pc.max(everything["ts"]).as_py() // 86_400_000 * 86_400_000
+    events = everything.filter(pc.less(everything["ts"], live_from))
+    live = everything.filter(pc.greater_equal(everything["ts"], live_from))
+    live_labels = labels.filter(pc.greater_equal(labels["ts"], live_from))
+    labels = labels.filter(pc.less(labels["reported_at"], live_from))
     started = _step(3, f"stream {len(events):,} transactions and {len(labels):,} chargebacks")
     asyncio.run(produce_table(settings.kafka_bootstrap, events, labels, topics=settings.topics))
     _done(started, f"topics {settings.topics.transactions}, {settings.topics.labels}")
@@ -95,21 +112,32 @@ def run(args: argparse.Namespace) -> int:
     print(asyncio.run(check()))
     _done(started)
 
-    missing = [
-        role
-        for role, module in (
-            ("snapshot", "fraudstack.snapshot.cli"),
-            ("train", "fraudstack.train.cli"),
-            ("serve", "fraudstack.serve.cli"),
+    store, registry = folder / "offline", folder / "models"
+    started = _step(6, "snapshot the streams into the Parquet offline store")
+    rows = serving.snapshot(settings, store / run_id, len(events) + len(labels))
+    _done(started, f"{rows:,} rows under {store / run_id}")
+
+    started = _step(7, "train, compare and publish a model")
+    version = serving.train(store / run_id, registry)
+    _done(started, f"published {version}")
+
+    started = _step(8, "serve it (gunicorn, 2 uvicorn workers)")
+    process, url = serving.serve(settings, registry, version)
+    _done(started, url)
+    try:
+        started = _step(9, f"stream the last day ({len(live):,} transactions) and score each")
+        latencies, sample, failures, flagged = asyncio.run(
+            serving.score_while_streaming(settings, url, live, live_labels, rate=200)
         )
-        if importlib.util.find_spec(module) is None
-    ]
-    _step(6, "snapshot, train, serve")
-    if missing:
-        print(f"   not built yet: {', '.join(missing)}")
-    else:
+        _done(started)
         print(
-            "   built, not yet part of the demo: run `fraudstack snapshot`, "
-            "`fraudstack train` and `fraudstack serve` (see --help)"
+            f"   scored {len(latencies):,} transactions, {failures} failed; "
+            f"{flagged} of {len(live_labels)} frauds answered risk_level=high"
         )
+        print(f"   latency: {serving.percentiles(latencies)}")
+        print("   a fraud as answered:", orjson.dumps(sample).decode())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print("\nmodel quality on the Handbook protocol: bench/results/model_quality.md")
     return 0

@@ -6,6 +6,10 @@ artifact stops the worker's start-up, and with it gunicorn's, with the reason in
 pipelined Redis connection is opened. Redis being down at start-up does not stop the service:
 ``/readyz`` says so and requests answer 503 until it is back.
 
+Routing: a routing the operator published in Redis (:mod:`fraudstack.routing`) wins over the
+settings' one; each worker then follows that key (:mod:`fraudstack.serve.routing_watch`) and
+swaps its routing in one step when it changes (:class:`~fraudstack.serve.models.ModelHolder`).
+
 Settings come from :func:`fraudstack.serve.settings.get_settings`; a test overrides them with
 ``app.dependency_overrides[get_settings]`` or by passing ``settings`` here, and the lifespan
 honours the override too.
@@ -13,6 +17,8 @@ honours the override too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +26,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from fraudstack.adapters.registry import ModelRegistry
+from fraudstack.errors import FraudstackError
+from fraudstack.routing import RoutingDocument
 from fraudstack.serve import errors
 from fraudstack.serve.errors import JSONBytes
 from fraudstack.serve.lookup import FeatureLookup
@@ -27,6 +35,7 @@ from fraudstack.serve.metrics import ServeMetrics
 from fraudstack.serve.models import ModelHolder, RoutingSpec, ScorerLoader
 from fraudstack.serve.redis_link import RedisLink
 from fraudstack.serve.routes import Service, add_routes
+from fraudstack.serve.routing_watch import read_routing, watch_routing
 from fraudstack.serve.settings import ServeSettings, get_settings
 
 log = logging.getLogger("fraudstack.serve")
@@ -42,6 +51,28 @@ def routing_spec(settings: ServeSettings) -> RoutingSpec:
     )
 
 
+async def _published_routing(link: RedisLink, key: str) -> RoutingDocument | None:
+    """The routing the operator published, if any can be read now."""
+    if not key:
+        return None
+    try:
+        return await read_routing(link, key)
+    except (FraudstackError, TimeoutError) as exc:
+        log.warning("cannot read the published routing at %s (%s); using the settings", key, exc)
+        return None
+
+
+def _apply_published(holder: ModelHolder, document: RoutingDocument | None) -> bool:
+    if document is None:
+        return False
+    try:
+        holder.apply(document)
+    except FraudstackError as exc:
+        log.error("the published routing cannot be served (%s); using the settings", exc)
+        return False
+    return True
+
+
 def create_app(
     settings: ServeSettings | None = None, *, loader: ScorerLoader | None = None
 ) -> FastAPI:
@@ -51,8 +82,6 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         current = app.dependency_overrides.get(get_settings, get_settings)()
-        holder = ModelHolder(current.model_registry_uri, loader)
-        routing = holder.apply(routing_spec(current))
         link = RedisLink(
             current.require("redis_url"),
             timeout=current.store_timeout_ms / 1000,
@@ -60,11 +89,35 @@ def create_app(
         )
         if not await link.ping():
             log.warning("the online store does not answer yet; requests answer 503 until it does")
+        holder = ModelHolder(current.model_registry_uri, loader)
+        published = await _published_routing(link, current.routing_key)
+        if not _apply_published(holder, published):
+            published = None
+            holder.apply(routing_spec(current))  # a model that does not load stops start-up
         service.start(holder, FeatureLookup(link), current)
-        log.info("serving %s", routing.describe())
+        log.info("serving %s", holder.routing.describe())
+        watch = None
+        if current.routing_key:
+
+            async def switch(document: RoutingDocument) -> None:
+                await holder.apply_async(document)
+
+            watch = asyncio.create_task(
+                watch_routing(
+                    link,
+                    current.routing_key,
+                    switch,
+                    current.routing_poll_ms / 1000,
+                    current=published,
+                )
+            )
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await link.close()
 
     app = FastAPI(

@@ -33,10 +33,13 @@ from fraudstack.errors import (
     StoreError,
     StoreUnavailable,
 )
+from fraudstack.serve.metrics import NO_VERSION
 
 log = logging.getLogger(__name__)
 
 OUTCOME_OK = "ok"
+#: A candidate scored in the shadow of the stable model (its answer went to metrics only).
+OUTCOME_SHADOW = "shadow"
 # (exception class, HTTP status, metric outcome), most specific first
 _MAPPING: tuple[tuple[type[FraudstackError], int, str], ...] = (
     (EntityNotFound, 404, "not_found"),
@@ -86,7 +89,7 @@ def install(app: FastAPI) -> None:
         ]
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
-            metrics.observe("none", "invalid", None)
+            metrics.observe(NO_VERSION, "invalid", None)
         return json_response({"detail": "invalid request", "errors": errors}, 422)
 
     async def http(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,8 @@ metric                                 type       labels / meaning
 =====================================  =========  =================================================
 ``inference_requests_total``           counter    ``model_version``, ``outcome`` (``ok``,
                                                   ``not_found``, ``unavailable``, ``invalid``,
-                                                  ``error``)
+                                                  ``error``; ``shadow`` for a candidate that
+                                                  scored in the shadow of the stable model)
 ``inference_latency_seconds``          histogram  same labels; time spent inside the service
 ``feature_age_seconds``                histogram  now minus the newest event in the customer's
                                                   stored features (pipeline lag + inactivity)

@@ -2,12 +2,12 @@
 
 A :class:`Routing` is immutable: the stable scorer, an optional candidate, the share of
 customers the candidate scores and the mode (``canary``: the candidate answers for its share;
-``shadow``: it scores its share too, but only metrics see its answer). The :class:`ModelHolder` keeps the current routing in one
-attribute; a request reads it once and uses that object to the end, so replacing it (one
-reference assignment) never mixes two routings within a request, never blocks a request and
-never fails one. A model is loaded (and its files checked against ``metadata.json``) before the
-routing that needs it is published; a routing that cannot be loaded leaves the current one in
-place.
+``shadow``: it scores its share too, but only metrics see its answer). The :class:`ModelHolder`
+keeps the current routing in one attribute; a request reads it once and uses that object to the
+end, so replacing it (one reference assignment) never mixes two routings within a request, never
+blocks a request and never fails one. A model is loaded (and its files checked against
+``metadata.json``) before the routing that needs it is published; a routing that cannot be
+loaded leaves the current one in place.
 
 Which model scores a customer is sticky: the customer id is hashed (BLAKE2b, the same in every
 process, unlike Python's ``hash``) into one of 10,000 buckets, and buckets below

@@ -173,6 +173,11 @@ class RedisLink:
                 raise StoreError(f"online store refused a command: {reply}")
         return replies
 
+    async def get(self, key: str) -> bytes | None:
+        """The string value at ``key`` (the routing document, for instance)."""
+        (value,) = await self.execute(encode_command(b"GET", key))
+        return cast(bytes | None, value)
+
     async def ping(self) -> bool:
         """Whether Redis answers right now (connecting if needed)."""
         try:

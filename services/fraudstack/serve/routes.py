@@ -4,18 +4,18 @@ model validation, one dict encoded by orjson, metric children reused (see :mod:`
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path
 from starlette.responses import Response
 
-from fraudstack.errors import FraudstackError
+from fraudstack.errors import FraudstackError, ModelError
 from fraudstack.events import Transaction
-from fraudstack.serve.errors import OUTCOME_OK, JSONBytes, classify, json_response
+from fraudstack.serve.errors import OUTCOME_OK, OUTCOME_SHADOW, JSONBytes, classify, json_response
 from fraudstack.serve.lookup import FeatureLookup, Scored
 from fraudstack.serve.metrics import NO_VERSION, ServeMetrics
-from fraudstack.serve.models import ModelHolder, Scorer
+from fraudstack.serve.models import ModelHolder, Routing, Scorer
 from fraudstack.serve.schemas import (
     ERROR_RESPONSES,
     Health,
@@ -44,10 +44,27 @@ class Service:
         self.holder, self.lookup = holder, lookup
         self.risk_medium, self.risk_high = settings.risk_medium, settings.risk_high
 
+    def parts(self) -> tuple[Routing, FeatureLookup]:
+        """The current routing (read once per request) and the store lookup."""
+        if self.holder is None or self.lookup is None:
+            raise ModelError("the service is still starting")
+        return self.holder.routing, self.lookup
+
     def risk_level(self, probability: float) -> str:
         if probability >= self.risk_high:
             return "high"
         return "medium" if probability >= self.risk_medium else "low"
+
+    def score(self, routing: Routing, scorer: Scorer, customer_id: str, scored: Scored) -> float:
+        """The answering model's probability; in shadow mode the candidate scores too."""
+        features = scored.features
+        probability = scorer.score([features[name] for name in scorer.feature_names])
+        shadow = routing.shadow_for(customer_id)
+        if shadow is not None:
+            started = _perf_counter()
+            shadow.score([features[name] for name in shadow.feature_names])
+            self.metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
+        return probability
 
     def failed(self, exc: FraudstackError, version: str, started: float) -> None:
         _, outcome = classify(exc)
@@ -55,16 +72,20 @@ class Service:
             self.metrics.store_unavailable.inc()
         self.metrics.observe(version, outcome, _perf_counter() - started)
 
-    def succeeded(self, version: str, scored: Scored, elapsed: float) -> None:
+    def answer(
+        self, version: str, probability: float, scored: Scored, started: float, body: dict[str, Any]
+    ) -> Response:
+        """Count the success and encode the answer (``body`` already holds the ids)."""
+        elapsed = _perf_counter() - started
         metrics = self.metrics
         metrics.observe(version, OUTCOME_OK, elapsed)
         if scored.event_ts_ms is not None:
             metrics.feature_age.observe(max(0.0, _wall_clock() - scored.event_ts_ms / 1000))
-
-
-def _score(scorer: Scorer, scored: Scored) -> float:
-    features = scored.features
-    return scorer.score([features[name] for name in scorer.feature_names])
+        body["fraud_probability"] = probability
+        body["risk_level"] = self.risk_level(probability)
+        body["latency_ms"] = round(elapsed * 1000, 3)
+        body["model_version"] = version
+        return JSONBytes(_dumps(body))
 
 
 def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
@@ -82,27 +103,15 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         started = _perf_counter()
         version = NO_VERSION
         try:
-            assert service.holder is not None and service.lookup is not None
-            scorer = service.holder.routing.scorer_for(user_id)
+            routing, lookup = service.parts()
+            scorer = routing.scorer_for(user_id)
             version = scorer.version
-            _, scored = await service.lookup.newest(user_id)
-            probability = _score(scorer, scored)
+            _, scored = await lookup.newest(user_id)
+            probability = service.score(routing, scorer, user_id, scored)
         except FraudstackError as exc:
             service.failed(exc, version, started)
             raise
-        elapsed = _perf_counter() - started
-        service.succeeded(version, scored, elapsed)
-        return JSONBytes(
-            _dumps(
-                {
-                    "user_id": user_id,
-                    "fraud_probability": probability,
-                    "risk_level": service.risk_level(probability),
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "model_version": version,
-                }
-            )
-        )
+        return service.answer(version, probability, scored, started, {"user_id": user_id})
 
     @router.post(
         "/v1/score",
@@ -116,28 +125,16 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         started = _perf_counter()
         version = NO_VERSION
         try:
-            assert service.holder is not None and service.lookup is not None
-            scorer = service.holder.routing.scorer_for(txn.customer_id)
+            routing, lookup = service.parts()
+            scorer = routing.scorer_for(txn.customer_id)
             version = scorer.version
-            scored = await service.lookup.transaction(txn)
-            probability = _score(scorer, scored)
+            scored = await lookup.transaction(txn)
+            probability = service.score(routing, scorer, txn.customer_id, scored)
         except FraudstackError as exc:
             service.failed(exc, version, started)
             raise
-        elapsed = _perf_counter() - started
-        service.succeeded(version, scored, elapsed)
-        return JSONBytes(
-            _dumps(
-                {
-                    "txn_id": txn.txn_id,
-                    "user_id": txn.customer_id,
-                    "fraud_probability": probability,
-                    "risk_level": service.risk_level(probability),
-                    "latency_ms": round(elapsed * 1000, 3),
-                    "model_version": version,
-                }
-            )
-        )
+        body = {"txn_id": txn.txn_id, "user_id": txn.customer_id}
+        return service.answer(version, probability, scored, started, body)
 
     @router.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Response:

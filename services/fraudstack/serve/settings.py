@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fraudstack.errors import ConfigurationError
+from fraudstack.routing import DEFAULT_ROUTING_KEY, ROUTING_KEY_VARIABLE
 from fraudstack.settings import CommonSettings
 
 
@@ -63,6 +64,14 @@ class ServeSettings(CommonSettings):
     """``FRAUDSTACK_SERVE_RISK_MEDIUM``: probability from which ``risk_level`` is ``medium``."""
     risk_high: float = Field(default=0.7, ge=0.0, le=1.0, validation_alias=_variable("risk_high"))
     """``FRAUDSTACK_SERVE_RISK_HIGH``: probability from which ``risk_level`` is ``high``."""
+    routing_key: str = Field(default=DEFAULT_ROUTING_KEY, validation_alias=ROUTING_KEY_VARIABLE)
+    """``FRAUDSTACK_ROUTING_KEY``: the Redis key the operator publishes the routing at (the
+    operator reads the same variable); a routing found there wins over the settings above.
+    Empty: the settings' routing only."""
+    routing_poll_ms: float = Field(
+        default=500.0, gt=0, validation_alias=_variable("routing_poll_ms")
+    )
+    """``FRAUDSTACK_SERVE_ROUTING_POLL_MS``: how often each worker reads the routing key."""
     metrics_dir: str = Field(default="", validation_alias=_variable("metrics_dir"))
     """``FRAUDSTACK_SERVE_METRICS_DIR``: Prometheus multiprocess folder, wiped at start; default
     ``PROMETHEUS_MULTIPROC_DIR`` if set, else a fresh temporary folder."""

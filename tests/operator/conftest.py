@@ -1,0 +1,239 @@
+"""Fixtures for the operator tests: every part is the real one.
+
+* the API server (etcd + kube-apiserver) with the CRDs: the session fixtures of
+  ``tests/k8s/conftest.py``, loaded from there (a second API server starts when both folders run
+  in one session; moving those fixtures to ``tests/conftest.py`` would share one);
+* Redis and Prometheus of the test devstack (``tests/conftest.py``);
+* a model registry in a temporary folder, with versions published through
+  :class:`~fraudstack.adapters.registry.ModelRegistry` (metadata and a placeholder file: the
+  operator reads metadata only, it never loads a model);
+* the operator itself, in this process, through ``kopf.testing.KopfRunner``, with a reconcile
+  timer of one second and a 10-second gate window so steps of the CRD's minimum (10 s) run;
+* a scrape target serving the inference metrics (``inference_requests_total``,
+  ``inference_latency_seconds``, ``inference_score``) of whatever versions a test describes, fed
+  continuously by a thread: the gates read real series from the real Prometheus.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from kopf.testing import KopfRunner
+from kubernetes import client
+from operator_support import GROUP, PLURAL, VERSION, delete_and_wait
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from fraudmodel_operator.handlers import build_registry
+from fraudmodel_operator.settings import OperatorSettings
+from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
+from fraudstack.devstack.base import ServerInfo
+from fraudstack.devstack.process import free_port
+from fraudstack.devstack.prometheus_server import register_target
+from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.serve.metrics import LATENCY_BUCKETS
+
+_K8S = Path(__file__).resolve().parents[1] / "k8s"
+if str(_K8S) not in sys.path:
+    sys.path.insert(0, str(_K8S))  # tests/k8s/conftest.py imports k8s_support from there
+_spec = importlib.util.spec_from_file_location("k8s_fixtures", _K8S / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+k8s_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(k8s_fixtures)
+
+kube = k8s_fixtures.kube
+api = k8s_fixtures.api
+crds = k8s_fixtures.crds
+create_namespace = k8s_fixtures.create_namespace
+
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+
+
+@pytest.fixture(scope="session")
+def namespace(crds: list[str], create_namespace: Callable[[str], str]) -> str:
+    return create_namespace("fraudmodel-operator")
+
+
+@pytest.fixture(scope="session")
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+@pytest.fixture(scope="session")
+def core(api: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(api)
+
+
+@pytest.fixture(scope="session")
+def model_registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    return ModelRegistry(tmp_path_factory.mktemp("registry"))
+
+
+@pytest.fixture(scope="session")
+def publish_version(model_registry: ModelRegistry) -> Callable[..., str]:
+    """Publish a version (metadata plus a placeholder artifact); returns its name."""
+
+    def publish(version: str, feature_set_version: str = FEATURE_SET_VERSION) -> str:
+        metadata = ModelMetadata(
+            version=version,
+            model_type="logistic_regression",
+            feature_names=list(FEATURE_NAMES),
+            feature_set_version=feature_set_version,
+            training_window={
+                "start": "2018-04-01T00:00:00+00:00",
+                "end": "2018-04-08T00:00:00+00:00",
+            },
+            metrics={},
+        )
+        model_registry.publish(metadata, {"model.onnx": b"not a model: never loaded here"})
+        return version
+
+    return publish
+
+
+@pytest.fixture(scope="session")
+def routing_key() -> str:
+    return f"fraudstack:routing:test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def store(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    kube: ServerInfo,
+    namespace: str,
+    redis_url: str,
+    prometheus: ServerInfo,
+    model_registry: ModelRegistry,
+    routing_key: str,
+) -> Iterator[KopfRunner]:
+    """The operator, running in a thread of this process for the whole session."""
+    settings = OperatorSettings(
+        namespace=namespace,
+        redis_url=redis_url,
+        prometheus_url=str(prometheus["address"]),
+        model_registry_uri=str(model_registry.root),
+        routing_key=routing_key,
+        reconcile_seconds=1.0,
+        gate_min_window_seconds=10.0,
+    )
+    # kopf logs in with the kubeconfig, as the operator does outside a cluster
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = str(kube["kubeconfig"])
+    try:
+        with KopfRunner(
+            ["run", "--standalone", "--namespace", namespace],
+            registry=build_registry(settings),
+            timeout=60,
+        ) as runner:
+            yield runner
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
+
+
+@pytest.fixture
+def fraudmodels(
+    operator: KopfRunner, objects: client.CustomObjectsApi, namespace: str
+) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
+    """Create FraudModels; each is deleted (and waited for) when the test ends."""
+    created: list[str] = []
+
+    def create(body: dict[str, Any]) -> dict[str, Any]:
+        result = objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+        )
+        created.append(body["metadata"]["name"])
+        assert isinstance(result, dict)
+        return result
+
+    yield create
+    for name in created:
+        delete_and_wait(objects, namespace, name)
+
+
+class MetricsTarget:
+    """A scrape target with the inference service's metrics for the versions in ``profiles``.
+
+    ``profiles[version] = (latency_seconds, error_share, score)``; a thread serves 20 requests a
+    second per version with those figures, so the counters and histograms grow as a live
+    service's do.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model_version", "outcome")
+        self.requests = Counter(
+            "inference_requests_total", "Requests.", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "inference_latency_seconds",
+            "Latency.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.scores = Histogram(
+            "inference_score",
+            "Fraud probability answered.",
+            ("model_version",),
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.profiles: dict[str, tuple[float, float, float]] = {}
+        self.stop = threading.Event()
+        self.port = free_port()
+        self.server, self.server_thread = start_http_server(
+            self.port, addr="127.0.0.1", registry=self.registry
+        )
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+        self.feeder.start()
+
+    def _feed(self) -> None:
+        tick = 0
+        while not self.stop.wait(0.05):
+            tick += 1
+            for version, (latency, error_share, score) in list(self.profiles.items()):
+                failed = error_share > 0 and tick % max(1, round(1 / error_share)) == 0
+                outcome = "error" if failed else "ok"
+                self.requests.labels(version, outcome).inc()
+                self.latency.labels(version, outcome).observe(latency)
+                if not failed:
+                    # a narrow spread around the profile's score, the same for every version
+                    self.scores.labels(version).observe(min(1.0, score + 0.01 * (tick % 5)))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.feeder.join(timeout=5)
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def metrics_target(prometheus: ServerInfo) -> Iterator[MetricsTarget]:
+    target = MetricsTarget()
+    registration = register_target(
+        prometheus["targets_dir"], "operator-gates", f"127.0.0.1:{target.port}"
+    )
+    try:
+        yield target
+    finally:
+        registration.unlink(missing_ok=True)
+        target.close()

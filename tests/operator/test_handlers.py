@@ -1,0 +1,295 @@
+"""The operator against the real API server, Redis and model registry: a FraudModel's routing is
+published to Redis and mirrored in a ConfigMap, follows spec changes, stays put when a version
+is missing, and is withdrawn when the FraudModel goes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from kubernetes import client
+from operator_support import (
+    condition,
+    fraud_model,
+    published,
+    read,
+    wait_for,
+    wait_for_status,
+)
+
+from fraudstack.routing import RoutingDocument
+
+GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
+
+CreateFraudModel = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def versions(publish_version: Callable[..., str]) -> dict[str, str]:
+    return {
+        "stable": publish_version("handlers-2026-01-01"),
+        "candidate": publish_version("handlers-2026-01-15"),
+        "late": "handlers-2026-02-01",  # published by a test, later
+        "other-features": publish_version("handlers-old-features", feature_set_version="fs-v0"),
+    }
+
+
+def ready(body: dict[str, Any]) -> bool:
+    generation = body["metadata"]["generation"]
+    return (
+        body.get("status", {}).get("observedGeneration") == generation
+        and condition(body, "Ready").get("status") == "True"
+    )
+
+
+def patch_spec(
+    objects: client.CustomObjectsApi, namespace: str, name: str, **spec: Any
+) -> dict[str, Any]:
+    result = objects.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name, {"spec": spec}
+    )
+    assert isinstance(result, dict)
+    return result
+
+
+def test_applying_publishes_the_routing_and_sets_ready(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+) -> None:
+    created = fraudmodels(
+        fraud_model(
+            "scorer",
+            stableVersion=versions["stable"],
+            candidateVersion=versions["candidate"],
+            candidateShare=10,
+        )
+    )
+    body = wait_for_status(objects, namespace, "scorer", "Ready", ready)
+    status = body["status"]
+    assert status["phase"] == "Serving"
+    assert status["stableVersion"] == versions["stable"]
+    assert status["candidateVersion"] == versions["candidate"]
+    assert status["candidateShare"] == 10
+    assert condition(body, "Degraded")["status"] == "False"
+    assert condition(body, "Progressing")["reason"] == "ManualSplit"
+
+    document = published(store, routing_key)
+    assert document is not None
+    assert document.routing_fields() == (versions["stable"], versions["candidate"], 10.0, "canary")
+    assert document.source == f"{namespace}/scorer"
+    assert document.generation == 1
+
+    mirror = core.read_namespaced_config_map("scorer-routing", namespace)
+    assert RoutingDocument.from_json(mirror.data["routing.json"]) == document
+    (owner,) = mirror.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("FraudModel", "scorer", created["metadata"]["uid"])
+    assert owner.controller is True
+
+
+def test_changing_the_share_changes_the_routing(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+) -> None:
+    fraudmodels(
+        fraud_model(
+            "share",
+            stableVersion=versions["stable"],
+            candidateVersion=versions["candidate"],
+            candidateShare=5,
+        )
+    )
+    wait_for_status(objects, namespace, "share", "Ready", ready)
+    before = published(store, routing_key)
+    assert before is not None and before.candidate_share == 5.0
+
+    patch_spec(objects, namespace, "share", candidateShare=40)
+    body = wait_for_status(objects, namespace, "share", "share 40 observed", ready)
+    assert body["status"]["candidateShare"] == 40 and body["status"]["observedGeneration"] == 2
+    after = published(store, routing_key)
+    assert after is not None
+    assert after.routing_fields() == (versions["stable"], versions["candidate"], 40.0, "canary")
+    assert after.generation == 2 and after.updated_at >= before.updated_at
+    mirror = wait_for(
+        "the ConfigMap to follow",
+        lambda: (
+            cm := core.read_namespaced_config_map("share-routing", namespace)
+        ).data["candidateShare"]
+        == "40"
+        and cm,
+    )
+    assert json.loads(mirror.data["routing.json"])["candidate_share"] == 40.0
+
+    patch_spec(objects, namespace, "share", mode="shadow")
+    wait_for_status(objects, namespace, "share", "shadow observed", ready)
+    shadow = published(store, routing_key)
+    assert shadow is not None and shadow.mode == "shadow" and shadow.candidate_share == 40.0
+
+
+def test_a_missing_version_degrades_and_leaves_the_routing_alone(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+    publish_version: Callable[..., str],
+) -> None:
+    fraudmodels(
+        fraud_model(
+            "missing",
+            stableVersion=versions["stable"],
+            candidateVersion=versions["candidate"],
+            candidateShare=20,
+        )
+    )
+    wait_for_status(objects, namespace, "missing", "Ready", ready)
+    serving = store.get(routing_key)
+
+    patch_spec(objects, namespace, "missing", candidateVersion=versions["late"], candidateShare=50)
+    body = wait_for_status(
+        objects,
+        namespace,
+        "missing",
+        "Degraded",
+        lambda b: condition(b, "Degraded").get("status") == "True",
+    )
+    degraded = condition(body, "Degraded")
+    assert degraded["reason"] == "VersionNotFound"
+    assert f"candidate version {versions['late']} is not in the model registry" in (
+        degraded["message"]
+    )
+    assert body["status"]["phase"] == "Degraded"
+    assert condition(body, "Ready")["status"] == "False"
+    # the status still shows what is published, and what is published has not moved
+    assert body["status"]["candidateVersion"] == versions["candidate"]
+    assert body["status"]["candidateShare"] == 20
+    assert store.get(routing_key) == serving
+
+    # the training job publishes the version: the operator picks it up by itself
+    publish_version(versions["late"])
+    body = wait_for_status(objects, namespace, "missing", "Ready again", ready)
+    assert body["status"]["candidateVersion"] == versions["late"]
+    document = published(store, routing_key)
+    assert document is not None and document.candidate == versions["late"]
+    assert document.candidate_share == 50.0
+
+
+def test_a_version_of_another_feature_set_degrades(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+) -> None:
+    fraudmodels(fraud_model("features", stableVersion=versions["other-features"]))
+    body = wait_for_status(
+        objects,
+        namespace,
+        "features",
+        "Degraded",
+        lambda b: condition(b, "Degraded").get("status") == "True",
+    )
+    degraded = condition(body, "Degraded")
+    assert degraded["reason"] == "FeatureSetMismatch"
+    assert versions["other-features"] in degraded["message"] and "fs-v0" in degraded["message"]
+    # nothing was ever published for it
+    assert "stableVersion" not in body["status"]
+    document = published(store, routing_key)
+    assert document is None or document.source != f"{namespace}/features"
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"candidateShare": 101}, "should be less than or equal to 100"),
+        ({"candidateShare": 10}, "candidateShare needs a candidateVersion"),
+        ({"candidateVersion": "v1"}, "candidateVersion must differ from stableVersion"),
+        (
+            {"rollout": {"steps": [{"share": 10, "durationSeconds": 60}]}},
+            "rollout steps need a candidateVersion",
+        ),
+        (
+            {
+                "candidateVersion": "v2",
+                "rollout": {"steps": [{"share": 100, "durationSeconds": 60}]},
+            },
+            "a canary rollout step must stay below 100",
+        ),
+        ({"canaryPercent": 10}, 'unknown field "spec.canaryPercent"'),
+    ],
+)
+def test_an_invalid_spec_is_refused_by_the_api_server(
+    objects: client.CustomObjectsApi, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    body = fraud_model("invalid", stableVersion="v1", **spec)
+    with pytest.raises(client.ApiException) as refused:
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+        )
+    assert refused.value.status in (400, 422)
+    assert message in json.loads(refused.value.body)["message"]
+
+
+def test_a_shadow_rollout_may_go_to_100(
+    objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    steps = [{"share": 100, "durationSeconds": 60}]
+    body = fraud_model(
+        "shadow-100",
+        stableVersion="v1",
+        candidateVersion="v2",
+        mode="shadow",
+        rollout={"steps": steps},
+    )
+    objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "shadow-100")
+
+
+def test_deleting_withdraws_the_routing(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+) -> None:
+    """Deleting the FraudModel removes the Redis key through the operator's delete handler (a
+    finalizer holds the deletion until it has run), and the ConfigMap carries the owner
+    reference that makes Kubernetes' garbage collector delete it with the FraudModel. The
+    garbage collector is part of kube-controller-manager, which this local API server does not
+    run, so the ConfigMap's cascading deletion itself is not observed here: the test checks the
+    owner reference and the finalizer."""
+    created = fraudmodels(fraud_model("doomed", stableVersion=versions["stable"]))
+    body = wait_for_status(objects, namespace, "doomed", "Ready", ready)
+    assert "fraudstack.io/operator" in body["metadata"]["finalizers"]
+    assert published(store, routing_key) is not None
+    mirror = core.read_namespaced_config_map("doomed-routing", namespace)
+    (owner,) = mirror.metadata.owner_references
+    assert owner.uid == created["metadata"]["uid"] and owner.block_owner_deletion is True
+
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
+
+    def gone() -> bool:
+        try:
+            read(objects, namespace, "doomed")
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("the FraudModel to be gone", gone)
+    assert store.get(routing_key) is None
