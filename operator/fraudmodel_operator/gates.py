@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from fraudmodel_operator.rollout import GateReport, Gates, Verdict
+from fraudmodel_operator.resource import GateReport, Gates, Verdict
 from fraudstack.errors import FraudstackError
 
 QUANTILE = 0.99

@@ -17,7 +17,7 @@ has not caught up with yet. After a restart the memo is empty and the status sto
 object is the starting point, so the operator carries on where it stopped.
 
 Deleting a FraudModel removes the routing key if it still publishes it (a finalizer makes kopf
-wait for that); the ConfigMap goes with its owner reference.
+wait for that, retrying while Redis is away); the ConfigMap goes with its owner reference.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import httpx
 import kopf
+import urllib3
 from kubernetes import client, config
 from redis.asyncio import Redis
 
@@ -39,6 +40,7 @@ from fraudmodel_operator import rollout
 from fraudmodel_operator.gates import PrometheusGates
 from fraudmodel_operator.publish import ConfigMapMirror, Outcome, RoutingPublisher
 from fraudmodel_operator.registry_check import RegistryCheck
+from fraudmodel_operator.resource import Problem, Spec, Split, Status
 from fraudmodel_operator.settings import OperatorSettings, get_settings
 from fraudstack.errors import StoreUnavailable
 from fraudstack.routing import RoutingDocument
@@ -140,6 +142,16 @@ async def startup(
     memo.services = Services.build(param or get_settings())
 
 
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """The pod's service account in a cluster, else the kubeconfig named by ``KUBECONFIG``.
+
+    kopf's own readers, read when the operator starts (the client library's loader fixes the
+    kubeconfig path when it is imported); enough for tokens and certificates, not for
+    kubeconfigs that run an exec plugin.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     services: Services | None = memo.get("services")
     if services is not None:
@@ -161,8 +173,8 @@ async def reconcile(
         if memo.get("deleted") or meta.get("deletionTimestamp"):
             return  # the delete handler has withdrawn the routing; do not publish it again
         services: Services = memo.services
-        previous = memo.get("status") or rollout.Status.from_dict(status)
-        decision = await _decide(services, body, memo, rollout.Spec.from_dict(spec), previous)
+        previous = memo.get("status") or Status.from_dict(status)
+        decision = await _decide(services, body, memo, Spec.from_dict(spec), previous)
         memo.status = decision.status
         _write_status(patch, status, decision.status)
         for transition in decision.transitions:
@@ -197,8 +209,8 @@ async def _decide(
     services: Services,
     body: kopf.Body,
     memo: kopf.Memo,
-    spec: rollout.Spec,
-    previous: rollout.Status,
+    spec: Spec,
+    previous: Status,
 ) -> rollout.Decision:
     now = time.time()
     generation = int(body.metadata.get("generation") or 0)
@@ -226,10 +238,10 @@ async def _publish(
     services: Services,
     body: kopf.Body,
     memo: kopf.Memo,
-    split: rollout.Split,
+    split: Split,
     generation: int,
     now: float,
-) -> rollout.Problem | None:
+) -> Problem | None:
     """Publish ``split`` to Redis and mirror it; a Problem when Redis does not take it."""
     source = _source(body)
     document = RoutingDocument(
@@ -247,31 +259,41 @@ async def _publish(
         if result.outcome is Outcome.CONFLICT:
             other = result.document.source
             if await services.fraudmodel_exists(other):
-                return rollout.Problem(
+                return Problem(
                     ROUTING_CONFLICT,
                     f"the routing key {publisher.key} is published by FraudModel {other}; "
                     "one FraudModel per routing key",
                 )
             result = await publisher.publish(document, take_over=True)
     except StoreUnavailable as exc:
-        return rollout.Problem(ROUTING_NOT_PUBLISHED, str(exc))
+        return Problem(ROUTING_NOT_PUBLISHED, str(exc))
     published = result.document.to_json()
     if memo.get("mirrored") != published:  # the ConfigMap is written when the routing changes
         try:
             await services.mirror.mirror(body, result.document)
             memo.mirrored = published
-        except client.ApiException as exc:
+        except (client.ApiException, urllib3.exceptions.HTTPError) as exc:
+            # only a mirror: Redis has the routing; the next reconcile writes it again
             logging.getLogger(__name__).warning(
-                "%s: cannot mirror the routing in a ConfigMap (%s); retrying", source, exc.reason
+                "%s: cannot mirror the routing in a ConfigMap (%s); retrying", source, exc
             )
     return None
 
 
-def _write_status(patch: kopf.Patch, stored: Mapping[str, Any], status: rollout.Status) -> None:
+def _write_status(patch: kopf.Patch, stored: Mapping[str, Any], status: Status) -> None:
     """Patch the status fields that differ from what the object holds (None removes one)."""
     for name, value in status.to_dict().items():
-        if stored.get(name) != value:
+        if _without_nulls(stored.get(name)) != _without_nulls(value):
             patch.status[name] = value
+
+
+def _without_nulls(value: Any) -> Any:
+    """What a merge patch leaves stored: a null removes its key, so the object never holds one."""
+    if isinstance(value, Mapping):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
 
 
 def _lock(memo: kopf.Memo) -> asyncio.Lock:
@@ -293,6 +315,7 @@ def build_registry(settings: OperatorSettings | None = None) -> kopf.OperatorReg
     settings = settings or get_settings()
     registry = kopf.OperatorRegistry()
     resource = (GROUP, VERSION, PLURAL)
+    kopf.on.login(registry=registry)(login)
     kopf.on.startup(registry=registry, param=settings)(startup)
     kopf.on.cleanup(registry=registry)(cleanup)
     for on_change in (kopf.on.resume, kopf.on.create, kopf.on.update):
@@ -304,5 +327,7 @@ def build_registry(settings: OperatorSettings | None = None) -> kopf.OperatorReg
         interval=settings.reconcile_seconds,
         initial_delay=settings.reconcile_seconds,
     )(reconcile)
-    kopf.on.delete(*resource, registry=registry)(withdraw)
+    # Redis away for longer than ~5 minutes: let the deletion finish; the key stays behind with
+    # a source that no longer exists, which the next FraudModel may take over
+    kopf.on.delete(*resource, registry=registry, retries=60)(withdraw)
     return registry

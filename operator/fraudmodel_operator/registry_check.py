@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fraudmodel_operator.rollout import Problem, Spec
+from fraudmodel_operator.resource import Problem, Spec
 from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import ModelError, ModelNotFound
 from fraudstack.features.definitions import FEATURE_SET_VERSION

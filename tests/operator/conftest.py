@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,17 +28,14 @@ import pytest
 import redis
 from kopf.testing import KopfRunner
 from kubernetes import client
-from operator_support import GROUP, PLURAL, VERSION, delete_and_wait
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from operator_support import GROUP, PLURAL, VERSION, MetricsTarget, delete_and_wait
 
 from fraudmodel_operator.handlers import build_registry
 from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.devstack.base import ServerInfo
-from fraudstack.devstack.process import free_port
 from fraudstack.devstack.prometheus_server import register_target
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
-from fraudstack.serve.metrics import LATENCY_BUCKETS
 
 _K8S = Path(__file__).resolve().parents[1] / "k8s"
 if str(_K8S) not in sys.path:
@@ -53,8 +49,6 @@ kube = k8s_fixtures.kube
 api = k8s_fixtures.api
 crds = k8s_fixtures.crds
 create_namespace = k8s_fixtures.create_namespace
-
-SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 @pytest.fixture(scope="session")
@@ -167,63 +161,6 @@ def fraudmodels(
     yield create
     for name in created:
         delete_and_wait(objects, namespace, name)
-
-
-class MetricsTarget:
-    """A scrape target with the inference service's metrics for the versions in ``profiles``.
-
-    ``profiles[version] = (latency_seconds, error_share, score)``; a thread serves 20 requests a
-    second per version with those figures, so the counters and histograms grow as a live
-    service's do.
-    """
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        labels = ("model_version", "outcome")
-        self.requests = Counter(
-            "inference_requests_total", "Requests.", labels, registry=self.registry
-        )
-        self.latency = Histogram(
-            "inference_latency_seconds",
-            "Latency.",
-            labels,
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.scores = Histogram(
-            "inference_score",
-            "Fraud probability answered.",
-            ("model_version",),
-            buckets=SCORE_BUCKETS,
-            registry=self.registry,
-        )
-        self.profiles: dict[str, tuple[float, float, float]] = {}
-        self.stop = threading.Event()
-        self.port = free_port()
-        self.server, self.server_thread = start_http_server(
-            self.port, addr="127.0.0.1", registry=self.registry
-        )
-        self.feeder = threading.Thread(target=self._feed, daemon=True)
-        self.feeder.start()
-
-    def _feed(self) -> None:
-        tick = 0
-        while not self.stop.wait(0.05):
-            tick += 1
-            for version, (latency, error_share, score) in list(self.profiles.items()):
-                failed = error_share > 0 and tick % max(1, round(1 / error_share)) == 0
-                outcome = "error" if failed else "ok"
-                self.requests.labels(version, outcome).inc()
-                self.latency.labels(version, outcome).observe(latency)
-                if not failed:
-                    # a narrow spread around the profile's score, the same for every version
-                    self.scores.labels(version).observe(min(1.0, score + 0.01 * (tick % 5)))
-
-    def close(self) -> None:
-        self.stop.set()
-        self.feeder.join(timeout=5)
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
 from kubernetes import client
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from fraudstack.devstack.process import free_port
 from fraudstack.routing import RoutingDocument
+from fraudstack.serve.metrics import LATENCY_BUCKETS
 
 GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
 T = TypeVar("T")
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 def fraud_model(name: str, **spec: Any) -> dict[str, Any]:
@@ -39,7 +44,7 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def published(store: redis.Redis, key: str) -> RoutingDocument | None:
     raw = store.get(key)
-    return None if raw is None else RoutingDocument.from_json(raw)  # type: ignore[arg-type]
+    return None if raw is None else RoutingDocument.from_json(raw)
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) -> T:
@@ -92,3 +97,60 @@ def delete_and_wait(
         return False
 
     wait_for(f"{name} to be deleted", gone, timeout)
+
+
+class MetricsTarget:
+    """A scrape target with the inference service's metrics for the versions in ``profiles``.
+
+    ``profiles[version] = (latency_seconds, error_share, score)``; a thread serves 20 requests a
+    second per version with those figures, so the counters and histograms grow as a live
+    service's do.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("model_version", "outcome")
+        self.requests = Counter(
+            "inference_requests_total", "Requests.", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "inference_latency_seconds",
+            "Latency.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.scores = Histogram(
+            "inference_score",
+            "Fraud probability answered.",
+            ("model_version",),
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.profiles: dict[str, tuple[float, float, float]] = {}
+        self.stop = threading.Event()
+        self.port = free_port()
+        self.server, self.server_thread = start_http_server(
+            self.port, addr="127.0.0.1", registry=self.registry
+        )
+        self.feeder = threading.Thread(target=self._feed, daemon=True)
+        self.feeder.start()
+
+    def _feed(self) -> None:
+        tick = 0
+        while not self.stop.wait(0.05):
+            tick += 1
+            for version, (latency, error_share, score) in list(self.profiles.items()):
+                failed = error_share > 0 and tick % max(1, round(1 / error_share)) == 0
+                outcome = "error" if failed else "ok"
+                self.requests.labels(version, outcome).inc()
+                self.latency.labels(version, outcome).observe(latency)
+                if not failed:
+                    # a narrow spread around the profile's score, the same for every version
+                    self.scores.labels(version).observe(min(1.0, score + 0.01 * (tick % 5)))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.feeder.join(timeout=5)
+        self.server.shutdown()
+        self.server.server_close()

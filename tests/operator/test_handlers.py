@@ -88,9 +88,14 @@ def test_applying_publishes_the_routing_and_sets_ready(
     assert document.generation == 1
 
     mirror = core.read_namespaced_config_map("scorer-routing", namespace)
+    assert mirror.data is not None and mirror.metadata is not None
     assert RoutingDocument.from_json(mirror.data["routing.json"]) == document
-    (owner,) = mirror.metadata.owner_references
-    assert (owner.kind, owner.name, owner.uid) == ("FraudModel", "scorer", created["metadata"]["uid"])
+    (owner,) = mirror.metadata.owner_references or []
+    assert (owner.kind, owner.name, owner.uid) == (
+        "FraudModel",
+        "scorer",
+        created["metadata"]["uid"],
+    )
     assert owner.controller is True
 
 
@@ -122,15 +127,13 @@ def test_changing_the_share_changes_the_routing(
     assert after is not None
     assert after.routing_fields() == (versions["stable"], versions["candidate"], 40.0, "canary")
     assert after.generation == 2 and after.updated_at >= before.updated_at
-    mirror = wait_for(
-        "the ConfigMap to follow",
-        lambda: (
-            cm := core.read_namespaced_config_map("share-routing", namespace)
-        ).data["candidateShare"]
-        == "40"
-        and cm,
-    )
-    assert json.loads(mirror.data["routing.json"])["candidate_share"] == 40.0
+
+    def mirrored() -> dict[str, str] | None:
+        data = core.read_namespaced_config_map("share-routing", namespace).data or {}
+        return data if data.get("candidateShare") == "40" else None
+
+    data = wait_for("the ConfigMap to follow", mirrored)
+    assert json.loads(data["routing.json"])["candidate_share"] == 40.0
 
     patch_spec(objects, namespace, "share", mode="shadow")
     wait_for_status(objects, namespace, "share", "shadow observed", ready)
@@ -168,8 +171,9 @@ def test_a_missing_version_degrades_and_leaves_the_routing_alone(
     )
     degraded = condition(body, "Degraded")
     assert degraded["reason"] == "VersionNotFound"
-    assert f"candidate version {versions['late']} is not in the model registry" in (
-        degraded["message"]
+    assert (
+        f"candidate version {versions['late']} is not in the model registry"
+        in (degraded["message"])
     )
     assert body["status"]["phase"] == "Degraded"
     assert condition(body, "Ready")["status"] == "False"
@@ -241,12 +245,10 @@ def test_an_invalid_spec_is_refused_by_the_api_server(
             GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
         )
     assert refused.value.status in (400, 422)
-    assert message in json.loads(refused.value.body)["message"]
+    assert message in json.loads(refused.value.body or "{}")["message"]
 
 
-def test_a_shadow_rollout_may_go_to_100(
-    objects: client.CustomObjectsApi, namespace: str
-) -> None:
+def test_a_shadow_rollout_may_go_to_100(objects: client.CustomObjectsApi, namespace: str) -> None:
     steps = [{"share": 100, "durationSeconds": 60}]
     body = fraud_model(
         "shadow-100",
@@ -279,7 +281,8 @@ def test_deleting_withdraws_the_routing(
     assert "fraudstack.io/operator" in body["metadata"]["finalizers"]
     assert published(store, routing_key) is not None
     mirror = core.read_namespaced_config_map("doomed-routing", namespace)
-    (owner,) = mirror.metadata.owner_references
+    assert mirror.metadata is not None
+    (owner,) = mirror.metadata.owner_references or []
     assert owner.uid == created["metadata"]["uid"] and owner.block_owner_deletion is True
 
     objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")

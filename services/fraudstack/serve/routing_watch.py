@@ -42,7 +42,7 @@ ApplyRouting = Callable[[RoutingDocument], Awaitable[None]]
 class RoutingSource(Protocol):
     """What the watch needs of a Redis client: ``redis.asyncio.Redis`` has it."""
 
-    async def get(self, name: str) -> bytes | str | None: ...
+    def get(self, name: str) -> Awaitable[bytes | str | None]: ...
 
 
 async def read_routing(
@@ -91,7 +91,9 @@ async def watch_routing(
             if outage_since is None:
                 outage_since = loop.time()
                 log.warning(
-                    "cannot read the routing at %s (%s); keeping the current routing", key, exc
+                    "cannot read the routing at %s (%s); keeping the current routing",
+                    key,
+                    str(exc) or type(exc).__name__,
                 )
             delay = min(max_backoff_s, max(interval_s, (loop.time() - outage_since) / 2))
             continue

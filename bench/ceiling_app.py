@@ -1,0 +1,48 @@
+"""The ceiling: a bare FastAPI endpoint that answers a constant, under the service's settings.
+
+Same URL, same gunicorn configuration and worker count as the service; it reads nothing and
+scores nothing, so its throughput is what FastAPI, uvicorn and the load generator manage on
+this machine with no work at all. Two flavours:
+
+* ``create_app()``: the bare endpoint as FastAPI's documentation writes one, returning a dict
+  that FastAPI serializes; this is the ceiling the targets are measured against;
+* ``create_raw_app()``: the same constant already encoded (a ``Response`` of bytes), so not even
+  serialization is left; reported alongside as the strict ceiling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+from starlette.responses import Response
+
+_ANSWER: dict[str, Any] = {
+    "user_id": "0",
+    "fraud_probability": 0.0,
+    "risk_level": "low",
+    "latency_ms": 0.0,
+    "model_version": "constant",
+}
+_ENCODED = orjson.dumps(_ANSWER)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="ceiling")
+
+    @app.get("/predict/{user_id}")
+    async def predict(user_id: str) -> dict[str, Any]:
+        return _ANSWER
+
+    return app
+
+
+def create_raw_app() -> FastAPI:
+    app = FastAPI(title="strict ceiling")
+
+    @app.get("/predict/{user_id}")
+    async def predict(user_id: str) -> Response:
+        return Response(_ENCODED, media_type="application/json")
+
+    return app

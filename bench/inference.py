@@ -1,0 +1,394 @@
+"""Inference benchmark: our service against the naive reference design and a bare endpoint.
+
+One command (``make bench``) does everything, on this machine, in this run:
+
+1. data: a private ``redis-server`` on a free port, filled with a simulated month or two of
+   transactions exactly as the stream would (:func:`fraudstack.aggregate.bulk.load_table`);
+2. model: one model trained on that data with the training code, exported to ONNX and published
+   to a temporary registry (or ``--registry``/``--model-version`` to bench an existing one);
+   single-row evaluation is timed for our scorer and for scikit-learn's ``predict_proba``;
+3. three servers under the same gunicorn configuration and worker count: ours (``fraudstack
+   serve``), the naive reference (``bench/naive_app.py``) and the bare-endpoint ceiling
+   (``bench/ceiling_app.py``, plus its strict variant that skips serialization);
+4. load from vegeta, ``GET /predict/<customer>`` with customers drawn at random from the store:
+   maximum throughput (``-rate=0``, interleaved rounds so each design meets the same machine
+   load, best round kept) and a fixed-rate ladder at fractions of each design's maximum.
+
+Other processes share this machine, so absolute figures move from run to run; the ratios
+between designs measured in the same run are what the targets are about. Prints Markdown and
+writes ``bench/results/inference.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from fraudstack.adapters.registry import ModelMetadata, ModelRegistry  # noqa: E402
+from fraudstack.aggregate.bulk import load_table  # noqa: E402
+from fraudstack.devstack.process import free_port  # noqa: E402
+from fraudstack.paths import cache_dir  # noqa: E402
+from fraudstack.simulate import SimulationConfig, simulate  # noqa: E402
+from inference_report import TARGETS, checks, markdown, plot  # noqa: E402
+from machine import machine  # noqa: E402
+
+RESULTS = BENCH / "results"
+VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"
+LADDER_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 0.9)
+DESIGNS = ("ours", "baseline", "ceiling", "ceiling_strict")
+APPS = {
+    "baseline": "naive_app:create_app()",
+    "ceiling": "ceiling_app:create_app()",
+    "ceiling_strict": "ceiling_app:create_raw_app()",
+}
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def vegeta_binary() -> str:
+    binary = cache_dir() / "bin" / "vegeta"
+    if not binary.exists():
+        say(f"installing vegeta into {binary.parent} (go install {VEGETA_MODULE})")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
+        subprocess.run(["go", "install", VEGETA_MODULE], env=env, check=True)
+    return str(binary)
+
+
+def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited during start-up; see {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer within 120 s; see {log}")
+
+
+def prepare_model(
+    table: Any, registry_root: str, model_name: str, rows: int, seed: int
+) -> tuple[str, Any, np.ndarray]:
+    """Train ``model_name`` on the table's features as ``fraudstack train`` does, publish it."""
+    from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+    from fraudstack.features.offline import compute_features
+    from fraudstack.train.export import check_equivalence, to_joblib, to_onnx
+    from fraudstack.train.models import fit
+
+    features = compute_features(table)
+    matrix = np.column_stack([features[name].to_numpy() for name in FEATURE_NAMES])
+    target = np.asarray(table["is_fraud"].to_numpy(zero_copy_only=False), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    train = rng.choice(len(matrix), size=min(rows, len(matrix)), replace=False)
+    model = fit(model_name, matrix[train], target[train], seed=seed, jobs=2)
+    onnx_model = to_onnx(model, len(FEATURE_NAMES))
+    check = matrix[rng.choice(len(matrix), size=min(5_000, len(matrix)), replace=False)]
+    difference = check_equivalence(model, onnx_model, check)
+    version = f"bench-{model_name.replace('_', '-')}"
+    metadata = ModelMetadata(
+        version=version,
+        model_type=model_name,
+        feature_names=list(FEATURE_NAMES),
+        feature_set_version=FEATURE_SET_VERSION,
+        training_window={},
+        metrics={"onnx_max_abs_diff": difference},
+        extra={"rows": len(train)},
+    )
+    ModelRegistry(registry_root).publish(
+        metadata, {"model.onnx": onnx_model, "model.joblib": to_joblib(model)}
+    )
+    return version, model, check
+
+
+def model_eval(registry_root: str, version: str, model: Any, rows: np.ndarray) -> dict[str, Any]:
+    """Median single-row evaluation time, ours and scikit-learn's, on the same rows."""
+    from fraudstack.scoring import load_scorer
+
+    scorer = load_scorer(registry_root, version)
+    vectors = [row.tolist() for row in rows[:1_000]]
+
+    def median_us(score: Any, repeats: int) -> float:
+        times = []
+        for index in range(repeats):
+            vector = vectors[index % len(vectors)]
+            started = time.perf_counter()
+            score(vector)
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times) * 1e6, 2)
+
+    for vector in vectors[:200]:  # warm both
+        scorer.score(vector)
+        model.predict_proba([vector])
+    ours = median_us(scorer.score, 20_000)
+    sklearn = median_us(lambda vector: model.predict_proba([vector]), 1_000)
+    difference = max(
+        abs(scorer.score(vector) - float(model.predict_proba([vector])[0, 1])) for vector in vectors
+    )
+    return {"ours": ours, "scikit_learn": sklearn, "max_abs_diff": difference}
+
+
+def attack(vegeta: str, targets: Path, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+    """One vegeta run; ``rate`` 0 means as fast as ``workers`` concurrent requests allow."""
+    argv = [vegeta, "attack", f"-targets={targets}", f"-duration={seconds}s", "-timeout=5s"]
+    argv += [f"-rate={round(rate)}/s" if rate else "-rate=0", f"-max-workers={workers}"]
+    attack_run = subprocess.run(argv, capture_output=True, check=True)
+    report = subprocess.run(
+        [vegeta, "report", "-type=json"], input=attack_run.stdout, capture_output=True, check=True
+    )
+    data = json.loads(report.stdout)
+    latencies = data["latencies"]
+    return {
+        "rate": round(rate) if rate else None,
+        "throughput": round(data["throughput"], 1),
+        "success": round(data["success"], 4),
+        "p50_ms": round(latencies["50th"] / 1e6, 3),
+        "p95_ms": round(latencies["95th"] / 1e6, 3),
+        "p99_ms": round(latencies["99th"] / 1e6, 3),
+        "max_ms": round(latencies["max"] / 1e6, 3),
+        "requests": data["requests"],
+        "status_codes": data.get("status_codes", {}),
+    }
+
+
+def same_answers(ports: dict[str, int], customers: list[str]) -> float:
+    """Largest |P_ours - P_baseline| over some customers: same model, same data."""
+    worst = 0.0
+    with httpx.Client(timeout=10) as client:
+        for customer in customers:
+            ours = client.get(f"http://127.0.0.1:{ports['ours']}/predict/{customer}").json()
+            naive = client.get(f"http://127.0.0.1:{ports['baseline']}/predict/{customer}").json()
+            worst = max(worst, abs(ours["fraud_probability"] - naive["fraud_probability"]))
+    return worst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument(
+        "--model",
+        default="gradient_boosting",
+        help="a fraudstack.train model name, trained on the simulated data",
+    )
+    parser.add_argument("--train-rows", type=int, default=100_000)
+    parser.add_argument("--registry", help="bench an existing registry's model instead")
+    parser.add_argument("--model-version", help="with --registry: the version to bench")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="gunicorn workers, the same for every design",
+    )
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each vegeta run")
+    parser.add_argument("--rounds", type=int, default=2, help="max-throughput rounds per design")
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="vegeta workers for the max-throughput runs"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="fraudstack-bench-inference-"))
+    vegeta = vegeta_binary()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        say("starting a private redis-server")
+        redis_port = free_port()
+        processes.append(
+            start(
+                [
+                    "redis-server",
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    str(redis_port),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ],
+                {},
+                work / "redis.log",
+            )
+        )
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        time.sleep(0.5)
+
+        config = SimulationConfig(
+            customers=args.customers, terminals=2 * args.customers, days=args.days, seed=args.seed
+        )
+        say(f"simulating {args.customers:,} customers over {args.days} days")
+        table = simulate(config)
+        say(f"loading {table.num_rows:,} transactions into the online store")
+        customers, terminals = load_table(redis_url, table)
+        say(f"store holds {customers:,} customers and {terminals:,} terminals")
+
+        if args.registry and args.model_version:
+            registry_root, version = args.registry, args.model_version
+            import joblib
+
+            model = joblib.load(ModelRegistry(registry_root).path(version) / "model.joblib")
+            from fraudstack.features.definitions import FEATURE_NAMES
+            from fraudstack.features.offline import compute_features
+
+            sample = compute_features(table.slice(0, 5_000))
+            rows = np.column_stack([sample[name].to_numpy() for name in FEATURE_NAMES])
+        else:
+            registry_root = str(work / "registry")
+            say(f"training {args.model} on {args.train_rows:,} transactions")
+            version, model, rows = prepare_model(
+                table, registry_root, args.model, args.train_rows, args.seed
+            )
+        say(f"timing single-row evaluation of {version}")
+        evaluation = model_eval(registry_root, version, model, rows)
+        say(f"ours {evaluation['ours']} µs, scikit-learn {evaluation['scikit_learn']} µs")
+
+        env = {
+            "FRAUDSTACK_REDIS_URL": redis_url,
+            "FRAUDSTACK_MODEL_REGISTRY_URI": registry_root,
+            "FRAUDSTACK_SERVE_MODEL_VERSION": version,
+            "FRAUDSTACK_SERVE_WORKERS": str(args.workers),
+            "FRAUDSTACK_SERVE_METRICS_DIR": str(work / "metrics"),
+        }
+        ports = {design: free_port() for design in DESIGNS}
+        for design in DESIGNS:
+            bind = {"FRAUDSTACK_SERVE_BIND": f"127.0.0.1:{ports[design]}"}
+            if design == "ours":
+                argv = [sys.executable, "-m", "fraudstack.cli", "serve"]
+            else:
+                argv = [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "-c",
+                    "python:fraudstack.serve.gunicorn_conf",
+                    "--chdir",
+                    str(BENCH),
+                    APPS[design],
+                ]
+            processes.append(start(argv, {**env, **bind}, work / f"{design}.log"))
+        ids = [str(customer) for customer in set(table["customer_id"].to_pylist())]
+        rng = random.Random(args.seed)
+        picks = [rng.choice(ids) for _ in range(100_000)]
+        targets: dict[str, Path] = {}
+        for design in DESIGNS:
+            targets[design] = work / f"{design}.targets"
+            targets[design].write_text(
+                "".join(
+                    f"GET http://127.0.0.1:{ports[design]}/predict/{customer}\n"
+                    for customer in picks
+                )
+            )
+            wait_answering(
+                f"http://127.0.0.1:{ports[design]}/predict/{ids[0]}",
+                processes[-len(DESIGNS) + DESIGNS.index(design)],
+                work / f"{design}.log",
+            )
+        say(f"all servers answer ({args.workers} gunicorn workers each)")
+        difference = same_answers(ports, rng.sample(ids, 50))
+        say(f"ours and the baseline agree to {difference:.1e} on 50 customers")
+
+        for design in DESIGNS:
+            attack(vegeta, targets[design], 0, 2, args.concurrency)  # warm-up
+        results: dict[str, dict[str, Any]] = {d: {"rounds": []} for d in DESIGNS}
+        for round_number in range(1, args.rounds + 1):
+            for design in DESIGNS:
+                row = attack(vegeta, targets[design], 0, args.seconds, args.concurrency)
+                results[design]["rounds"].append(row)
+                say(
+                    f"max throughput, round {round_number}, {design}: {row['throughput']:,.0f} "
+                    f"req/s ({row['success']:.2%} ok, p99 {row['p99_ms']} ms)"
+                )
+        for design in DESIGNS:
+            best = max(results[design]["rounds"], key=lambda row: row["throughput"])
+            results[design]["max_rps"] = round(best["throughput"] * best["success"], 1)
+        for design in ("ours", "baseline", "ceiling"):
+            ladder = []
+            for fraction in LADDER_FRACTIONS:
+                rate = max(1.0, fraction * results[design]["max_rps"])
+                row = attack(vegeta, targets[design], rate, args.seconds, 1_000)
+                row["fraction_of_max"] = fraction
+                ladder.append(row)
+                say(
+                    f"ladder {design} at {row['rate']:,} req/s: {row['success']:.2%} ok, "
+                    f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
+                )
+            results[design]["ladder"] = ladder
+    finally:
+        for process in reversed(processes):
+            stop(process)
+
+    document: dict[str, Any] = {
+        "ours": results["ours"],
+        "baseline": results["baseline"],
+        "ceiling": results["ceiling"],
+        "ceiling_strict": results["ceiling_strict"],
+        "model_eval_us": evaluation,
+        "model": {"version": version, "kind": args.model if not args.registry else "registry"},
+        "probability_max_abs_diff_ours_vs_baseline": difference,
+        "config": {
+            "workers": args.workers,
+            "seconds_per_run": args.seconds,
+            "rounds": args.rounds,
+            "max_throughput_concurrency": args.concurrency,
+            "customers": args.customers,
+            "days": args.days,
+            "transactions": table.num_rows,
+            "endpoint": "GET /predict/{user_id}",
+            "targets": TARGETS,
+        },
+        "machine": {**machine(), "load_average_after": os.getloadavg()},
+    }
+    document["checks"] = checks(document)
+    (RESULTS / "inference.json").write_text(json.dumps(document, indent=2) + "\n")
+    text = markdown(document)
+    (RESULTS / "inference.md").write_text(text)
+    plot(document, RESULTS / "inference.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The targets, the Markdown table and the latency plot of the inference benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "max_vs_baseline": 5.0,
+    "max_vs_ceiling": 0.75,
+    "half_max_p99_ms": 10.0,
+    "half_max_success": 1.0,
+    "model_eval_us": 50.0,
+}
+NAMES = {
+    "ours": "ours (fraudstack serve)",
+    "baseline": "naive reference",
+    "ceiling": "bare endpoint (ceiling)",
+    "ceiling_strict": "bare endpoint, pre-encoded",
+}
+
+
+def _half_max_row(document: dict[str, Any]) -> dict[str, Any]:
+    return next(row for row in document["ours"]["ladder"] if row["fraction_of_max"] == 0.5)
+
+
+def checks(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with the measured value and whether it is met."""
+    ours = document["ours"]["max_rps"]
+    half = _half_max_row(document)
+    measured = {
+        "max_vs_baseline": round(ours / document["baseline"]["max_rps"], 2),
+        "max_vs_ceiling": round(ours / document["ceiling"]["max_rps"], 3),
+        "half_max_p99_ms": half["p99_ms"],
+        "half_max_success": half["success"],
+        "model_eval_us": document["model_eval_us"]["ours"],
+    }
+    result = {}
+    for name, target in TARGETS.items():
+        value = measured[name]
+        at_most = name in ("half_max_p99_ms", "model_eval_us")
+        met = value <= target if at_most else value >= target
+        result[name] = {"target": target, "measured": value, "met": met}
+    result["max_vs_ceiling_strict"] = {
+        "target": None,
+        "measured": round(ours / document["ceiling_strict"]["max_rps"], 3),
+        "met": None,
+    }
+    return result
+
+
+def markdown(document: dict[str, Any]) -> str:
+    machine = document["machine"]
+    config = document["config"]
+    lines = [
+        "# Inference benchmark",
+        "",
+        f"`{config['endpoint']}`, customers drawn at random from a store of "
+        f"{config['customers']:,} customers ({config['transactions']:,} transactions, "
+        f"{config['days']} days); {config['workers']} gunicorn workers (uvicorn, uvloop, "
+        f"httptools) for every design; vegeta on the same machine; model "
+        f"`{document['model']['version']}`.",
+        "",
+        f"Machine: {machine['cpus']} CPUs ({machine['processor']}), {machine['memory_gib']} GiB, "
+        f"Python {machine['python']}, {machine['measured_at']}; shared with other work "
+        f"(load average after the run: "
+        f"{', '.join(f'{value:.1f}' for value in machine['load_average_after'])}), so compare "
+        "designs within this run.",
+        "",
+        "## Maximum throughput (best of interleaved rounds)",
+        "",
+        "| design | max req/s | rounds (req/s) | vs ours |",
+        "|---|---:|---|---:|",
+    ]
+    ours = document["ours"]["max_rps"]
+    for design in ("ours", "baseline", "ceiling", "ceiling_strict"):
+        entry = document[design]
+        rounds = ", ".join(f"{row['throughput']:,.0f}" for row in entry["rounds"])
+        lines.append(
+            f"| {NAMES[design]} | {entry['max_rps']:,.0f} | {rounds} | "
+            f"{entry['max_rps'] / ours:.2f}× |"
+        )
+    lines += [
+        "",
+        "## Fixed-rate ladder (fractions of each design's maximum)",
+        "",
+        "| design | rate (req/s) | success | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for design in ("ours", "baseline", "ceiling"):
+        for row in document[design]["ladder"]:
+            lines.append(
+                f"| {NAMES[design]} | {row['rate']:,} ({row['fraction_of_max']:.0%}) | "
+                f"{row['success']:.2%} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
+                f"{row['p99_ms']:.2f} | {row['max_ms']:.2f} |"
+            )
+    evaluation = document["model_eval_us"]
+    lines += [
+        "",
+        "## Single-row model evaluation (median)",
+        "",
+        f"ours (ONNX Runtime): **{evaluation['ours']} µs**; scikit-learn `predict_proba`: "
+        f"{evaluation['scikit_learn']} µs; largest difference between the two "
+        f"{evaluation['max_abs_diff']:.1e}. Ours and the naive service answered the same "
+        f"probabilities to {document['probability_max_abs_diff_ours_vs_baseline']:.1e}.",
+        "",
+        "## Targets",
+        "",
+        "| target | wanted | measured | met |",
+        "|---|---:|---:|:---:|",
+    ]
+    labels = {
+        "max_vs_baseline": "max throughput / naive reference",
+        "max_vs_ceiling": "max throughput / bare endpoint",
+        "half_max_p99_ms": "p99 at half our max (ms)",
+        "half_max_success": "success at half our max",
+        "model_eval_us": "single-row evaluation (µs)",
+        "max_vs_ceiling_strict": "max throughput / pre-encoded bare endpoint (shown only)",
+    }
+    for name, check in document["checks"].items():
+        wanted = (
+            ""
+            if check["target"] is None
+            else (
+                f"≤ {check['target']}"
+                if name in ("half_max_p99_ms", "model_eval_us")
+                else f"≥ {check['target']}"
+            )
+        )
+        met = "" if check["met"] is None else ("yes" if check["met"] else "**no**")
+        lines.append(f"| {labels[name]} | {wanted} | {check['measured']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    """p50 and p99 latency against the offered rate, one colour per design."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    colours = {"ours": "tab:green", "baseline": "tab:red", "ceiling": "tab:blue"}
+    for design, colour in colours.items():
+        ladder = document[design]["ladder"]
+        rates = [row["rate"] for row in ladder]
+        axis.plot(
+            rates,
+            [row["p99_ms"] for row in ladder],
+            "o-",
+            color=colour,
+            label=f"{NAMES[design]} p99",
+        )
+        axis.plot(
+            rates,
+            [row["p50_ms"] for row in ladder],
+            "s--",
+            color=colour,
+            alpha=0.6,
+            label=f"{NAMES[design]} p50",
+        )
+        axis.axvline(document[design]["max_rps"], color=colour, linestyle=":", alpha=0.5)
+    axis.axhline(
+        TARGETS["half_max_p99_ms"],
+        color="grey",
+        linestyle="-.",
+        alpha=0.5,
+        label="10 ms p99 target",
+    )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("offered rate (requests/s); dotted lines: maximum throughput")
+    axis.set_ylabel("latency (ms)")
+    axis.set_title("GET /predict/{user_id}: latency against rate, same machine, same run")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -1,0 +1,90 @@
+"""The reference design, kept as the benchmark's comparison point (not a straw man).
+
+What the reference system did, as a new user would build it: a synchronous Redis client
+(redis-py with hiredis) called from a plain ``def`` endpoint, which FastAPI runs in its thread
+pool, and scikit-learn's ``predict_proba`` on one row per request. Everything else is the same as
+the service it is compared with: the same model (the version's ``model.joblib``, from which the
+ONNX graph was exported), the same stored data and feature code (so both answer the same
+probability for a customer), the same response shape and the same gunicorn settings.
+
+Run by ``bench/inference.py`` as ``naive_app:create_app()`` with ``FRAUDSTACK_REDIS_URL``,
+``FRAUDSTACK_MODEL_REGISTRY_URI`` and ``FRAUDSTACK_SERVE_MODEL_VERSION`` set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import joblib
+import redis
+from fastapi import FastAPI, HTTPException
+
+from fraudstack.adapters.online_store import (
+    LAST_TXN_FIELD,
+    LastTransaction,
+    customer_key,
+    terminal_key,
+)
+from fraudstack.adapters.registry import ModelRegistry
+from fraudstack.features.definitions import CUSTOMER_FEATURES
+from fraudstack.features.online import (
+    TerminalHistory,
+    terminal_features,
+    transaction_features,
+)
+
+
+def _risk_level(probability: float) -> str:
+    if probability >= 0.7:
+        return "high"
+    return "medium" if probability >= 0.3 else "low"
+
+
+def create_app() -> FastAPI:
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = ModelRegistry(os.environ["FRAUDSTACK_MODEL_REGISTRY_URI"])
+        version = os.environ["FRAUDSTACK_SERVE_MODEL_VERSION"]
+        metadata = registry.verify(version)
+        state["model"] = joblib.load(registry.path(version) / "model.joblib")
+        state["version"] = version
+        state["feature_names"] = metadata.feature_names
+        state["redis"] = redis.Redis.from_url(os.environ["FRAUDSTACK_REDIS_URL"])
+        yield
+        state["redis"].close()
+
+    app = FastAPI(title="naive reference", lifespan=lifespan)
+
+    @app.get("/predict/{user_id}")
+    def predict(user_id: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        client: redis.Redis = state["redis"]
+        fields = client.hgetall(customer_key(user_id))
+        if LAST_TXN_FIELD.encode() not in fields:
+            raise HTTPException(status_code=404, detail=f"unknown customer {user_id}")
+        last = LastTransaction.decode(fields[LAST_TXN_FIELD.encode()])
+        features = transaction_features(last.ts_ms, last.amount_cents)
+        features.update({name: float(fields[name.encode()]) for name in CUSTOMER_FEATURES})
+        terminal = TerminalHistory.from_fields(client.hgetall(terminal_key(last.terminal_id)))
+        features.update(terminal_features(terminal, last.ts_ms))
+        vector = [[features[name] for name in state["feature_names"]]]
+        probability = float(state["model"].predict_proba(vector)[0, 1])
+        return {
+            "user_id": user_id,
+            "fraud_probability": probability,
+            "risk_level": "high"
+            if probability >= 0.7
+            else "medium"
+            if probability >= 0.3
+            else "low",
+            "latency_ms": (time.perf_counter() - started) * 1000,
+            "model_version": state["version"],
+        }
+
+    return app

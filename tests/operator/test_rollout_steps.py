@@ -1,0 +1,157 @@
+"""Rollouts end to end: the operator walks the steps, reads the gates from the real Prometheus
+(which scrapes a target serving the inference metrics of both versions), and promotes the
+candidate, or rolls it back by itself when it is slow. Steps last the CRD's minimum, 10 s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from kubernetes import client
+from operator_support import (
+    MetricsTarget,
+    condition,
+    fraud_model,
+    published,
+    wait_for,
+    wait_for_status,
+)
+
+from fraudstack.routing import RoutingDocument
+
+CreateFraudModel = Callable[[dict[str, Any]], dict[str, Any]]
+GATES = {"minRequests": 20, "maxLatencyP99Ratio": 1.5, "maxErrorRateDelta": 0.05}
+
+
+def routing(store: redis.Redis, key: str, *fields: object) -> Callable[[], RoutingDocument | None]:
+    def probe() -> RoutingDocument | None:
+        document = published(store, key)
+        return document if document is not None and document.routing_fields() == fields else None
+
+    return probe
+
+
+def test_the_rollout_walks_its_steps_and_promotes(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    publish_version: Callable[..., str],
+    metrics_target: MetricsTarget,
+) -> None:
+    stable, candidate = publish_version("steps-stable"), publish_version("steps-candidate")
+    metrics_target.profiles[stable] = (0.002, 0.0, 0.10)
+    metrics_target.profiles[candidate] = (0.002, 0.0, 0.10)  # as good as stable
+    steps = [{"share": 10, "durationSeconds": 10}, {"share": 30, "durationSeconds": 10}]
+    fraudmodels(
+        fraud_model(
+            "walker",
+            stableVersion=stable,
+            candidateVersion=candidate,
+            rollout={"steps": steps},
+            gates=GATES,
+        )
+    )
+
+    wait_for("step 1 published", routing(store, routing_key, stable, candidate, 10.0, "canary"))
+    body = wait_for_status(
+        objects,
+        namespace,
+        "walker",
+        "step 1",
+        lambda b: b.get("status", {}).get("currentStep") == 1,
+    )
+    assert body["status"]["phase"] == "Progressing"
+    assert condition(body, "Progressing")["status"] == "True"
+
+    wait_for(
+        "step 2 published",
+        routing(store, routing_key, stable, candidate, 30.0, "canary"),
+        timeout=30,
+    )
+    body = read_status(objects, namespace, "walker")
+    assert body["currentStep"] == 2 and body["candidateShare"] == 30
+    assert body["rollout"]["lastGateCheck"]["verdict"] == "Pass"
+
+    wait_for(
+        "promotion published",
+        routing(store, routing_key, candidate, None, 0.0, "canary"),
+        timeout=30,
+    )
+    body = wait_for_status(
+        objects,
+        namespace,
+        "walker",
+        "Promoted",
+        lambda b: b.get("status", {}).get("phase") == "Promoted",
+    )
+    assert body["status"]["stableVersion"] == candidate
+    assert condition(body, "Progressing")["reason"] == "Promoted"
+    assert condition(body, "Ready")["status"] == "True"
+    assert condition(body, "Degraded")["status"] == "False"
+
+
+def test_a_slow_candidate_is_rolled_back_by_the_operator(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    publish_version: Callable[..., str],
+    metrics_target: MetricsTarget,
+) -> None:
+    stable, candidate = publish_version("slow-stable"), publish_version("slow-candidate")
+    metrics_target.profiles[stable] = (0.002, 0.0, 0.10)
+    metrics_target.profiles[candidate] = (0.2, 0.0, 0.10)  # a hundred times slower
+    steps = [{"share": 20, "durationSeconds": 10}, {"share": 50, "durationSeconds": 10}]
+    fraudmodels(
+        fraud_model(
+            "slowpoke",
+            stableVersion=stable,
+            candidateVersion=candidate,
+            rollout={"steps": steps},
+            gates=GATES,
+        )
+    )
+    wait_for("step 1 published", routing(store, routing_key, stable, candidate, 20.0, "canary"))
+
+    body = wait_for_status(
+        objects,
+        namespace,
+        "slowpoke",
+        "RolledBack",
+        lambda b: b.get("status", {}).get("phase") == "RolledBack",
+        timeout=40,
+    )
+    degraded = condition(body, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "GateFailed"
+    assert "p99 latency" in degraded["message"] and candidate in degraded["message"]
+    progressing = condition(body, "Progressing")
+    assert progressing["status"] == "False" and progressing["reason"] == "RolledBack"
+    assert body["status"]["rollout"]["lastGateCheck"]["verdict"] == "Fail"
+    assert body["status"]["rollout"]["lastGateCheck"]["figures"]["latencyP99Ratio"] > 1.5
+    assert body["status"]["candidateShare"] == 0 and "candidateVersion" not in body["status"]
+    document = published(store, routing_key)
+    assert document is not None
+    assert document.routing_fields() == (stable, None, 0.0, "canary")
+
+    # and `kubectl describe` tells the story
+    def rolled_back_events() -> list[client.CoreV1Event]:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=slowpoke"
+        ).items
+        return [event for event in events if event.reason == "RolledBack"]
+
+    (event,) = wait_for("the RolledBack event", rolled_back_events)
+    assert event.type == "Warning" and "p99 latency" in (event.message or "")
+
+
+def read_status(objects: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
+    found = objects.get_namespaced_custom_object(
+        "fraudstack.io", "v1alpha1", namespace, "fraudmodels", name
+    )
+    assert isinstance(found, dict)
+    return dict(found["status"])

@@ -1,0 +1,233 @@
+"""The inference workers' side of the routing contract: ``watch_routing`` against real Redis
+servers (the test devstack's, and a private one that the outage test stops and starts)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+
+from fraudstack.devstack.process import free_port
+from fraudstack.devstack.system import ensure_binary
+from fraudstack.routing import RoutingDocument
+from fraudstack.serve.routing_watch import read_routing, watch_routing
+
+INTERVAL = 0.05
+
+
+def document(share: float = 10.0, generation: int = 1, **changes: object) -> RoutingDocument:
+    fields: dict[str, object] = {
+        "stable": "v1",
+        "candidate": "v2",
+        "candidate_share": share,
+        "source": "fraudstack/scorer",
+        "generation": generation,
+        "updated_at": 1_768_471_200_000 + generation,
+    }
+    fields.update(changes)
+    return RoutingDocument(**fields)  # type: ignore[arg-type]
+
+
+class Worker:
+    """What a worker's ``apply`` sees, and a switch to make it fail."""
+
+    def __init__(self) -> None:
+        self.applied: list[RoutingDocument] = []
+        self.failures = 0
+
+    async def apply(self, routing: RoutingDocument) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("model does not load")
+        self.applied.append(routing)
+
+
+async def eventually(what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(INTERVAL)
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
+    connection = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        yield connection
+    finally:
+        await connection.aclose()
+
+
+@pytest.fixture
+def key(redis_url: str) -> Iterator[str]:
+    name = f"fraudstack:routing:watch-{uuid.uuid4().hex[:8]}"
+    yield name
+    with redis.Redis.from_url(redis_url) as connection:
+        connection.delete(name)
+
+
+@pytest.fixture
+async def watching(
+    client: redis.asyncio.Redis, key: str
+) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(**options: Any) -> Worker:
+        worker = Worker()
+        tasks.append(
+            asyncio.create_task(
+                watch_routing(client, key, worker.apply, interval_s=INTERVAL, **options)
+            )
+        )
+        return worker
+
+    yield start
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_published_routing_is_applied_and_followed(
+    client: redis.asyncio.Redis, key: str, watching: Callable[..., Awaitable[Worker]]
+) -> None:
+    worker = await watching()
+    await asyncio.sleep(INTERVAL * 3)
+    assert worker.applied == []  # nothing published: the worker keeps its own routing
+
+    await client.set(key, document(10).to_json())
+    await eventually("the first routing", lambda: len(worker.applied) == 1)
+    assert worker.applied[0] == document(10)
+    assert await read_routing(client, key) == document(10)
+
+    # the same routing republished (a new generation for another reason): not applied again
+    await client.set(key, document(10, generation=2).to_json())
+    await client.set(key, document(40, generation=3).to_json())
+    await eventually("the new share", lambda: worker.applied[-1].candidate_share == 40.0)
+    assert [routing.candidate_share for routing in worker.applied] == [10.0, 40.0]
+
+    # the FraudModel is deleted: the key goes, the routing stays
+    await client.delete(key)
+    await asyncio.sleep(INTERVAL * 4)
+    assert len(worker.applied) == 2
+
+
+async def test_a_bad_document_is_ignored_and_the_worker_carries_on(
+    client: redis.asyncio.Redis,
+    key: str,
+    watching: Callable[..., Awaitable[Worker]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await client.set(key, document(10).to_json())
+    worker = await watching()
+    await eventually("the first routing", lambda: len(worker.applied) == 1)
+
+    await client.set(
+        key, b'{"stable": "v1", "source": "fraudstack/scorer", "candidate_share": 300}'
+    )
+    await asyncio.sleep(INTERVAL * 4)
+    assert len(worker.applied) == 1
+    refused = [r for r in caplog.records if "ignoring the routing" in r.getMessage()]
+    assert len(refused) == 1  # logged once, not on every poll
+    assert "candidate_share 300.0 is outside 0-100" in refused[0].getMessage()
+
+    await client.set(key, b"not json at all")
+    await client.set(key, document(20, generation=2).to_json())
+    await eventually("the next good routing", lambda: len(worker.applied) == 2)
+
+
+async def test_a_routing_that_cannot_be_applied_is_retried(
+    client: redis.asyncio.Redis, key: str, watching: Callable[..., Awaitable[Worker]]
+) -> None:
+    worker = await watching(retry_apply_s=0.3)
+    worker.failures = 2
+    started = time.monotonic()
+    await client.set(key, document(10).to_json())
+    await eventually("the routing after two failures", lambda: len(worker.applied) == 1)
+    assert time.monotonic() - started >= 0.6  # two retries, 0.3 s apart
+    assert worker.failures == 0
+
+
+@pytest.fixture
+def private_redis() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """A Redis of this test's own on a fixed port, to stop and start again."""
+    binary = ensure_binary("redis-server", "redis-server")
+    port = free_port()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(process)
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=port, socket_timeout=0.5) as probe:
+            while True:
+                try:
+                    probe.ping()
+                    return process
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "private redis-server did not start"
+                    time.sleep(0.05)
+
+    start.port = port  # type: ignore[attr-defined]
+    yield start
+    for process in started:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+async def test_the_watch_survives_a_redis_outage(
+    private_redis: Callable[[], subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fraudstack.serve.routing")
+    server = private_redis()
+    port = private_redis.port  # type: ignore[attr-defined]
+    connection = redis.asyncio.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    worker = Worker()
+    task = asyncio.create_task(
+        watch_routing(connection, "routing", worker.apply, interval_s=INTERVAL, max_backoff_s=0.2)
+    )
+    try:
+        await connection.set("routing", document(10).to_json())
+        await eventually("the first routing", lambda: len(worker.applied) == 1)
+
+        server.terminate()
+        server.wait(timeout=10)
+
+        def outage_logs() -> int:
+            return sum("cannot read the routing" in r.getMessage() for r in caplog.records)
+
+        await eventually("the outage to be noticed", lambda: outage_logs() > 0)
+        await asyncio.sleep(1.0)
+        assert not task.done() and len(worker.applied) == 1
+        assert outage_logs() == 1  # once per outage, not once per poll
+
+        private_redis()  # back, empty (no persistence): the operator would publish again
+        await connection.set("routing", document(30, generation=2).to_json())
+        await eventually("the routing after the outage", lambda: len(worker.applied) == 2)
+        assert worker.applied[-1].candidate_share == 30.0
+        assert any("readable again" in r.getMessage() for r in caplog.records)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await connection.aclose()

@@ -1,0 +1,126 @@
+"""The features the service scores equal the offline definition's, bit for bit.
+
+``POST /v1/score`` finishes every window at the transaction's own time with the transaction
+included, so what the store kept from the customer's previous transaction (its aggregates, at
+its time) must not leak in: the stale case below checks a 1-day count that drops what fell out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import redis
+
+from fraudstack.adapters.online_store import customer_key
+from fraudstack.events import Transaction
+from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY
+from fraudstack.features.offline import compute_features
+from fraudstack.serve.lookup import FeatureLookup
+from fraudstack.serve.redis_link import RedisLink
+
+from .conftest import RedisProcess
+
+
+@pytest.fixture
+async def lookup(store: RedisProcess) -> AsyncIterator[FeatureLookup]:
+    link = RedisLink(store.url)
+    yield FeatureLookup(link)
+    await link.close()
+
+
+def offline_row(transactions: pa.Table, extra: list[dict[str, Any]], txn_id: str) -> dict[str, float]:
+    """The offline features of ``txn_id`` with ``extra`` transactions added to the table."""
+    rows = pa.Table.from_pylist(
+        [{**row, "is_fraud": False, "fraud_scenario": 0} for row in extra],
+        schema=transactions.schema,
+    )
+    table = pa.concat_tables([transactions, rows])
+    features = compute_features(table)
+    index = features["txn_id"].to_pylist().index(txn_id)
+    return {name: features[name][index].as_py() for name in FEATURE_NAMES}
+
+
+def busiest_customer(transactions: pa.Table) -> dict[str, Any]:
+    """The newest transaction of a customer whose last day holds several transactions."""
+    rows = sorted(transactions.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
+                  .to_pylist(), key=lambda row: (row["ts"], row["txn_id"]))
+    by_customer: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_customer.setdefault(row["customer_id"], []).append(row)
+    for history in by_customer.values():
+        newest = history[-1]
+        same_day = [row for row in history if row["ts"] > newest["ts"] - MS_PER_DAY]
+        if len(same_day) >= 3:
+            return newest
+    raise AssertionError("no customer with three transactions in a day")
+
+
+async def test_a_new_transaction_gets_the_offline_features_at_its_own_time(
+    lookup: FeatureLookup, transactions: pa.Table
+) -> None:
+    newest = busiest_customer(transactions)
+    for minutes in (1, 45, 300):
+        event = {"txn_id": f"probe-{minutes}", "ts": newest["ts"] + minutes * 60_000,
+                 "customer_id": newest["customer_id"], "terminal_id": newest["terminal_id"],
+                 "amount": 42.5}
+        scored = await lookup.transaction(Transaction(**event))
+        assert scored.features == offline_row(transactions, [event], event["txn_id"])
+
+
+async def test_stale_aggregates_of_the_previous_transaction_are_not_used(
+    lookup: FeatureLookup, transactions: pa.Table, store: RedisProcess
+) -> None:
+    newest = busiest_customer(transactions)
+    stored = redis.Redis.from_url(store.url).hget(customer_key(newest["customer_id"]),
+                                                   "customer_nb_tx_1d")
+    assert stored is not None and float(stored) >= 3  # what the last write left behind
+    event = {"txn_id": "probe-late", "ts": newest["ts"] + 36 * 3_600_000,
+             "customer_id": newest["customer_id"], "terminal_id": newest["terminal_id"],
+             "amount": 10.0}
+    scored = await lookup.transaction(Transaction(**event))
+    assert scored.features["customer_nb_tx_1d"] == 1.0  # only itself: the rest fell out
+    assert scored.features["customer_avg_amount_1d"] == 10.0
+    assert scored.features == offline_row(transactions, [event], event["txn_id"])
+
+
+async def test_a_transaction_already_in_the_store_counts_once(
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table
+) -> None:
+    newest = busiest_customer(transactions)
+    scored = await lookup.transaction(Transaction(**newest))
+    index = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
+    assert scored.features == {name: offline_features[name][index].as_py()
+                               for name in FEATURE_NAMES}
+
+
+async def test_predict_reads_the_newest_transaction_with_its_offline_features(
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table
+) -> None:
+    index = {txn: i for i, txn in enumerate(offline_features["txn_id"].to_pylist())}
+    newest = busiest_customer(transactions)
+    last, scored = await lookup.newest(newest["customer_id"])
+    assert last.txn_id == newest["txn_id"]
+    row = index[newest["txn_id"]]
+    assert scored.features == {name: offline_features[name][row].as_py()
+                               for name in FEATURE_NAMES}
+    assert scored.event_ts_ms == newest["ts"]
+
+
+async def test_predict_falls_back_to_the_events_when_stored_features_are_missing(
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: RedisProcess
+) -> None:
+    newest = busiest_customer(transactions)
+    client = redis.Redis.from_url(store.url)
+    key = customer_key(newest["customer_id"])
+    saved = client.hget(key, "customer_avg_amount_7d")
+    client.hdel(key, "customer_avg_amount_7d")
+    try:
+        _, scored = await lookup.newest(newest["customer_id"])
+    finally:
+        client.hset(key, "customer_avg_amount_7d", saved)  # type: ignore[arg-type]
+    row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
+    assert scored.features == {name: offline_features[name][row].as_py()
+                               for name in FEATURE_NAMES}
