@@ -26,7 +26,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,15 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from fraudstack.adapters.registry import ModelMetadata, ModelRegistry  # noqa: E402
 from fraudstack.aggregate.bulk import load_table  # noqa: E402
 from fraudstack.devstack.process import free_port  # noqa: E402
 from fraudstack.paths import cache_dir  # noqa: E402
 from fraudstack.simulate import SimulationConfig, simulate  # noqa: E402
+from inference_model import existing_model, model_eval, prepare_model  # noqa: E402
 from inference_report import TARGETS, checks, markdown, plot  # noqa: E402
 from machine import machine  # noqa: E402
 
@@ -108,67 +106,6 @@ def wait_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> Non
     raise SystemExit(f"{url} did not answer within 120 s; see {log}")
 
 
-def prepare_model(
-    table: Any, registry_root: str, model_name: str, rows: int, seed: int
-) -> tuple[str, Any, np.ndarray]:
-    """Train ``model_name`` on the table's features as ``fraudstack train`` does, publish it."""
-    from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
-    from fraudstack.features.offline import compute_features
-    from fraudstack.train.export import check_equivalence, to_joblib, to_onnx
-    from fraudstack.train.models import fit
-
-    features = compute_features(table)
-    matrix = np.column_stack([features[name].to_numpy() for name in FEATURE_NAMES])
-    target = np.asarray(table["is_fraud"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    train = rng.choice(len(matrix), size=min(rows, len(matrix)), replace=False)
-    model = fit(model_name, matrix[train], target[train], seed=seed, jobs=2)
-    onnx_model = to_onnx(model, len(FEATURE_NAMES))
-    check = matrix[rng.choice(len(matrix), size=min(5_000, len(matrix)), replace=False)]
-    difference = check_equivalence(model, onnx_model, check)
-    version = f"bench-{model_name.replace('_', '-')}"
-    metadata = ModelMetadata(
-        version=version,
-        model_type=model_name,
-        feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION,
-        training_window={},
-        metrics={"onnx_max_abs_diff": difference},
-        extra={"rows": len(train)},
-    )
-    ModelRegistry(registry_root).publish(
-        metadata, {"model.onnx": onnx_model, "model.joblib": to_joblib(model)}
-    )
-    return version, model, check
-
-
-def model_eval(registry_root: str, version: str, model: Any, rows: np.ndarray) -> dict[str, Any]:
-    """Median single-row evaluation time, ours and scikit-learn's, on the same rows."""
-    from fraudstack.scoring import load_scorer
-
-    scorer = load_scorer(registry_root, version)
-    vectors = [row.tolist() for row in rows[:1_000]]
-
-    def median_us(score: Any, repeats: int) -> float:
-        times = []
-        for index in range(repeats):
-            vector = vectors[index % len(vectors)]
-            started = time.perf_counter()
-            score(vector)
-            times.append(time.perf_counter() - started)
-        return round(statistics.median(times) * 1e6, 2)
-
-    for vector in vectors[:200]:  # warm both
-        scorer.score(vector)
-        model.predict_proba([vector])
-    ours = median_us(scorer.score, 20_000)
-    sklearn = median_us(lambda vector: model.predict_proba([vector]), 1_000)
-    difference = max(
-        abs(scorer.score(vector) - float(model.predict_proba([vector])[0, 1])) for vector in vectors
-    )
-    return {"ours": ours, "scikit_learn": sklearn, "max_abs_diff": difference}
-
-
 def attack(vegeta: str, targets: Path, rate: float, seconds: float, workers: int) -> dict[str, Any]:
     """One vegeta run; ``rate`` 0 means as fast as ``workers`` concurrent requests allow."""
     argv = [vegeta, "attack", f"-targets={targets}", f"-duration={seconds}s", "-timeout=5s"]
@@ -209,8 +146,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=60)
     parser.add_argument(
         "--model",
-        default="gradient_boosting",
-        help="a fraudstack.train model name, trained on the simulated data",
+        default="auto",
+        help="a fraudstack.train model name; auto: the best of its default candidates",
     )
     parser.add_argument("--train-rows", type=int, default=100_000)
     parser.add_argument("--registry", help="bench an existing registry's model instead")
@@ -265,20 +202,13 @@ def main() -> int:
         customers, terminals = load_table(redis_url, table)
         say(f"store holds {customers:,} customers and {terminals:,} terminals")
 
+        precision: dict[str, float] = {}
         if args.registry and args.model_version:
             registry_root, version = args.registry, args.model_version
-            import joblib
-
-            model = joblib.load(ModelRegistry(registry_root).path(version) / "model.joblib")
-            from fraudstack.features.definitions import FEATURE_NAMES
-            from fraudstack.features.offline import compute_features
-
-            sample = compute_features(table.slice(0, 5_000))
-            rows = np.column_stack([sample[name].to_numpy() for name in FEATURE_NAMES])
+            model, rows = existing_model(registry_root, version, table)
         else:
             registry_root = str(work / "registry")
-            say(f"training {args.model} on {args.train_rows:,} transactions")
-            version, model, rows = prepare_model(
+            version, model, rows, precision = prepare_model(
                 table, registry_root, args.model, args.train_rows, args.seed
             )
         say(f"timing single-row evaluation of {version}")
@@ -366,7 +296,7 @@ def main() -> int:
         "ceiling": results["ceiling"],
         "ceiling_strict": results["ceiling_strict"],
         "model_eval_us": evaluation,
-        "model": {"version": version, "kind": args.model if not args.registry else "registry"},
+        "model": {"version": version, "validation_average_precision": precision},
         "probability_max_abs_diff_ours_vs_baseline": difference,
         "config": {
             "workers": args.workers,

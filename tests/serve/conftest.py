@@ -50,9 +50,22 @@ class RedisProcess:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (closed with the process)
         self.process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -89,8 +102,9 @@ def offline_features(transactions: pa.Table) -> pa.Table:
 
 
 @pytest.fixture(scope="session")
-def registry_root(tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table,
-                  offline_features: pa.Table) -> str:
+def registry_root(
+    tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table, offline_features: pa.Table
+) -> str:
     """A registry with two real models trained on the table: logistic regression and a tree."""
     from fraudstack.train.export import to_joblib, to_onnx
     from fraudstack.train.models import fit
@@ -101,8 +115,12 @@ def registry_root(tmp_path_factory: pytest.TempPathFactory, transactions: pa.Tab
     for version, name in ((STABLE, "logistic_regression"), (CANDIDATE, "decision_tree_depth_2")):
         model = fit(name, matrix, target, seed=0, jobs=1)
         metadata = ModelMetadata(
-            version=version, model_type=name, feature_names=list(FEATURE_NAMES),
-            feature_set_version=FEATURE_SET_VERSION, training_window={}, metrics={},
+            version=version,
+            model_type=name,
+            feature_names=list(FEATURE_NAMES),
+            feature_set_version=FEATURE_SET_VERSION,
+            training_window={},
+            metrics={},
         )
         ModelRegistry(root).publish(
             metadata,
@@ -112,7 +130,9 @@ def registry_root(tmp_path_factory: pytest.TempPathFactory, transactions: pa.Tab
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table) -> Iterator[RedisProcess]:
+def store(
+    tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table
+) -> Iterator[RedisProcess]:
     """A private redis-server holding the table, as the stream would have written it."""
     server = start_redis(tmp_path_factory.mktemp("redis"))
     load_table(server.url, transactions)
@@ -122,9 +142,12 @@ def store(tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table) -> I
 
 def serve_settings(redis_url: str, registry_root: str, **overrides: object) -> ServeSettings:
     values: dict[str, object] = {
-        "redis_url": redis_url, "kafka_bootstrap": "unused:9092",
-        "prometheus_url": "http://unused:9090", "model_registry_uri": registry_root,
-        "model_version": STABLE, "routing_key": "",
+        "redis_url": redis_url,
+        "kafka_bootstrap": "unused:9092",
+        "prometheus_url": "http://unused:9090",
+        "model_registry_uri": registry_root,
+        "model_version": STABLE,
+        "routing_key": "",
     }
     values.update(overrides)
     return ServeSettings(**values)
@@ -150,8 +173,9 @@ class RunningService:
                 self.process.wait()
 
 
-def start_service(folder: Path, redis_url: str, registry_root: str, workers: int = 2,
-                  **env: str) -> RunningService:
+def start_service(
+    folder: Path, redis_url: str, registry_root: str, workers: int = 2, **env: str
+) -> RunningService:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     metrics_dir = folder / "metrics"
@@ -169,8 +193,11 @@ def start_service(folder: Path, redis_url: str, registry_root: str, workers: int
     }
     with open(log, "ab") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fraudstack.cli", "serve"], env=variables,
-            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "fraudstack.cli", "serve"],
+            env=variables,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     service = RunningService(f"http://127.0.0.1:{port}", port, metrics_dir, process, log)

@@ -41,7 +41,8 @@ def exactly_scorable(transactions: pa.Table) -> dict[str, dict[str, Any]]:
             terminal_newest.get(row["terminal_id"], 0), row["ts"]
         )
     return {
-        customer: row for customer, row in newest.items()
+        customer: row
+        for customer, row in newest.items()
         if row["ts"] >= terminal_newest[row["terminal_id"]] - DEFAULT_ALLOWED_LATENESS_MS
     }
 
@@ -58,8 +59,13 @@ def test_predict_answers_the_reference_shape_with_the_newest_transaction_scored(
         assert response.status_code == 200
         assert response.headers["content-type"] == "application/json"
         body = response.json()
-        assert list(body) == ["user_id", "fraud_probability", "risk_level", "latency_ms",
-                              "model_version"]
+        assert list(body) == [
+            "user_id",
+            "fraud_probability",
+            "risk_level",
+            "latency_ms",
+            "model_version",
+        ]
         Prediction.model_validate(body)
         assert body["user_id"] == customer and body["model_version"] == STABLE
         row = position[newest[customer]["txn_id"]]
@@ -72,8 +78,13 @@ def test_score_answers_the_same_shape_plus_the_transaction_id(
     client: TestClient, transactions: pa.Table
 ) -> None:
     row = transactions.slice(transactions.num_rows - 1, 1).to_pylist()[0]
-    event = {"txn_id": "new-1", "ts": row["ts"] + 60_000, "customer_id": row["customer_id"],
-             "terminal_id": row["terminal_id"], "amount": 12.34}
+    event = {
+        "txn_id": "new-1",
+        "ts": row["ts"] + 60_000,
+        "customer_id": row["customer_id"],
+        "terminal_id": row["terminal_id"],
+        "amount": 12.34,
+    }
     response = client.post("/v1/score", json=event)
     assert response.status_code == 200
     body = TransactionScore.model_validate(response.json())
@@ -82,8 +93,13 @@ def test_score_answers_the_same_shape_plus_the_transaction_id(
 
 
 def test_a_first_transaction_of_an_unseen_customer_is_scored(client: TestClient) -> None:
-    event = {"txn_id": "first", "ts": 1_530_000_000_000, "customer_id": "never-seen",
-             "terminal_id": "never-seen-either", "amount": 5.0}
+    event = {
+        "txn_id": "first",
+        "ts": 1_530_000_000_000,
+        "customer_id": "never-seen",
+        "terminal_id": "never-seen-either",
+        "amount": 5.0,
+    }
     assert client.post("/v1/score", json=event).status_code == 200
 
 
@@ -98,10 +114,21 @@ def test_an_unknown_customer_is_a_404_with_a_reason(client: TestClient) -> None:
     [
         {"txn_id": "x"},
         {"txn_id": "x", "ts": "yesterday", "customer_id": "1", "terminal_id": "2", "amount": 1},
-        {"txn_id": "x", "ts": 1_530_000_000_000, "customer_id": "1", "terminal_id": "2",
-         "amount": -3},
-        {"txn_id": "x", "ts": 1_530_000_000_000, "customer_id": "1", "terminal_id": "2",
-         "amount": 1, "surprise": True},
+        {
+            "txn_id": "x",
+            "ts": 1_530_000_000_000,
+            "customer_id": "1",
+            "terminal_id": "2",
+            "amount": -3,
+        },
+        {
+            "txn_id": "x",
+            "ts": 1_530_000_000_000,
+            "customer_id": "1",
+            "terminal_id": "2",
+            "amount": 1,
+            "surprise": True,
+        },
     ],
 )
 def test_a_malformed_body_is_a_422_listing_the_problems(
@@ -114,8 +141,9 @@ def test_a_malformed_body_is_a_422_listing_the_problems(
 
 
 def test_a_body_that_is_not_json_is_a_422(client: TestClient) -> None:
-    response = client.post("/v1/score", content=b"{not json",
-                           headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/score", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422
 
 

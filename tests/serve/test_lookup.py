@@ -31,7 +31,9 @@ async def lookup(store: RedisProcess) -> AsyncIterator[FeatureLookup]:
     await link.close()
 
 
-def offline_row(transactions: pa.Table, extra: list[dict[str, Any]], txn_id: str) -> dict[str, float]:
+def offline_row(
+    transactions: pa.Table, extra: list[dict[str, Any]], txn_id: str
+) -> dict[str, float]:
     """The offline features of ``txn_id`` with ``extra`` transactions added to the table."""
     rows = pa.Table.from_pylist(
         [{**row, "is_fraud": False, "fraud_scenario": 0} for row in extra],
@@ -45,8 +47,10 @@ def offline_row(transactions: pa.Table, extra: list[dict[str, Any]], txn_id: str
 
 def busiest_customer(transactions: pa.Table) -> dict[str, Any]:
     """The newest transaction of a customer whose last day holds several transactions."""
-    rows = sorted(transactions.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
-                  .to_pylist(), key=lambda row: (row["ts"], row["txn_id"]))
+    rows = sorted(
+        transactions.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"]).to_pylist(),
+        key=lambda row: (row["ts"], row["txn_id"]),
+    )
     by_customer: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_customer.setdefault(row["customer_id"], []).append(row)
@@ -63,9 +67,13 @@ async def test_a_new_transaction_gets_the_offline_features_at_its_own_time(
 ) -> None:
     newest = busiest_customer(transactions)
     for minutes in (1, 45, 300):
-        event = {"txn_id": f"probe-{minutes}", "ts": newest["ts"] + minutes * 60_000,
-                 "customer_id": newest["customer_id"], "terminal_id": newest["terminal_id"],
-                 "amount": 42.5}
+        event = {
+            "txn_id": f"probe-{minutes}",
+            "ts": newest["ts"] + minutes * 60_000,
+            "customer_id": newest["customer_id"],
+            "terminal_id": newest["terminal_id"],
+            "amount": 42.5,
+        }
         scored = await lookup.transaction(Transaction(**event))
         assert scored.features == offline_row(transactions, [event], event["txn_id"])
 
@@ -74,12 +82,17 @@ async def test_stale_aggregates_of_the_previous_transaction_are_not_used(
     lookup: FeatureLookup, transactions: pa.Table, store: RedisProcess
 ) -> None:
     newest = busiest_customer(transactions)
-    stored = redis.Redis.from_url(store.url).hget(customer_key(newest["customer_id"]),
-                                                   "customer_nb_tx_1d")
+    stored = redis.Redis.from_url(store.url).hget(
+        customer_key(newest["customer_id"]), "customer_nb_tx_1d"
+    )
     assert stored is not None and float(stored) >= 3  # what the last write left behind
-    event = {"txn_id": "probe-late", "ts": newest["ts"] + 36 * 3_600_000,
-             "customer_id": newest["customer_id"], "terminal_id": newest["terminal_id"],
-             "amount": 10.0}
+    event = {
+        "txn_id": "probe-late",
+        "ts": newest["ts"] + 36 * 3_600_000,
+        "customer_id": newest["customer_id"],
+        "terminal_id": newest["terminal_id"],
+        "amount": 10.0,
+    }
     scored = await lookup.transaction(Transaction(**event))
     assert scored.features["customer_nb_tx_1d"] == 1.0  # only itself: the rest fell out
     assert scored.features["customer_avg_amount_1d"] == 10.0
@@ -92,8 +105,9 @@ async def test_a_transaction_already_in_the_store_counts_once(
     newest = busiest_customer(transactions)
     scored = await lookup.transaction(Transaction(**newest))
     index = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
-    assert scored.features == {name: offline_features[name][index].as_py()
-                               for name in FEATURE_NAMES}
+    assert scored.features == {
+        name: offline_features[name][index].as_py() for name in FEATURE_NAMES
+    }
 
 
 async def test_predict_reads_the_newest_transaction_with_its_offline_features(
@@ -104,8 +118,7 @@ async def test_predict_reads_the_newest_transaction_with_its_offline_features(
     last, scored = await lookup.newest(newest["customer_id"])
     assert last.txn_id == newest["txn_id"]
     row = index[newest["txn_id"]]
-    assert scored.features == {name: offline_features[name][row].as_py()
-                               for name in FEATURE_NAMES}
+    assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
     assert scored.event_ts_ms == newest["ts"]
 
 
@@ -122,5 +135,4 @@ async def test_predict_falls_back_to_the_events_when_stored_features_are_missing
     finally:
         client.hset(key, "customer_avg_amount_7d", saved)  # type: ignore[arg-type]
     row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
-    assert scored.features == {name: offline_features[name][row].as_py()
-                               for name in FEATURE_NAMES}
+    assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}

@@ -67,18 +67,17 @@ from fraudstack.settings import Topics
 # Event fields (e:) carry "<ts>", label fields (f:) "<ts>:<reported_at>".
 _TERMINAL_SCRIPT = """
 local key = KEYS[1]
-local newest = tonumber(redis.call('HGET', key, '_event_ts') or '0')
+local stored = redis.call('HMGET', key, '_event_ts', '_pruned_at')
+local newest = tonumber(stored[1] or '0')
+local pruned = tonumber(stored[2] or '0')
 for i = 4, #ARGV, 2 do
-  local name, value = ARGV[i], ARGV[i + 1]
-  redis.call('HSET', key, name, value)
-  if string.sub(name, 1, 2) == 'e:' then
-    local ts = tonumber(value)
+  if string.sub(ARGV[i], 1, 2) == 'e:' then
+    local ts = tonumber(ARGV[i + 1])
     if ts > newest then newest = ts end
   end
 end
-redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1])
+redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 4))
 local cutoff = newest - tonumber(ARGV[2])
-local pruned = tonumber(redis.call('HGET', key, '_pruned_at') or '0')
 if cutoff - pruned > 86400000 then
   local fields = redis.call('HGETALL', key)
   for i = 1, #fields, 2 do

@@ -25,30 +25,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import FraudstackError
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve import errors
 from fraudstack.serve.errors import JSONBytes
 from fraudstack.serve.lookup import FeatureLookup
-from fraudstack.serve.metrics import ServeMetrics
-from fraudstack.serve.models import ModelHolder, RoutingSpec, ScorerLoader
+from fraudstack.serve.metrics import FLUSH_SECONDS, ServeMetrics
+from fraudstack.serve.models import ModelHolder, ScorerLoader, routing_spec
 from fraudstack.serve.redis_link import RedisLink
 from fraudstack.serve.routes import Service, add_routes
 from fraudstack.serve.routing_watch import read_routing, watch_routing
 from fraudstack.serve.settings import ServeSettings, get_settings
 
 log = logging.getLogger("fraudstack.serve")
-
-
-def routing_spec(settings: ServeSettings) -> RoutingSpec:
-    """The routing the settings ask for; no stable version means the registry's newest."""
-    stable = settings.model_version or ModelRegistry(settings.model_registry_uri).latest()
-    return RoutingSpec(
-        stable=stable,
-        candidate=settings.candidate_version or None,
-        candidate_share=settings.candidate_share,
-    )
 
 
 async def _published_routing(link: RedisLink, key: str) -> RoutingDocument | None:
@@ -71,6 +60,12 @@ def _apply_published(holder: ModelHolder, document: RoutingDocument | None) -> b
         log.error("the published routing cannot be served (%s); using the settings", exc)
         return False
     return True
+
+
+async def _flush_metrics(metrics: ServeMetrics) -> None:
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        metrics.flush()
 
 
 def create_app(
@@ -111,13 +106,16 @@ def create_app(
                     current=published,
                 )
             )
+        flusher = asyncio.create_task(_flush_metrics(service.metrics))
         try:
             yield
         finally:
-            if watch is not None:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
+            for task in (watch, flusher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            service.metrics.flush()
             await link.close()
 
     app = FastAPI(

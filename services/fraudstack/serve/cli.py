@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             os.environ[variable] = str(value)
 
-    from fraudstack.serve.app import routing_spec
+    # not the app: prometheus_client must not be imported before gunicorn_conf sets its folder
+    from fraudstack.serve.models import routing_spec
     from fraudstack.serve.settings import get_settings
 
     get_settings.cache_clear()

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
+from fraudstack.errors import ConfigurationError
 from fraudstack.serve.settings import get_settings
 
 #: Allocations between two young-generation collections in a worker (the default is 700).
@@ -47,6 +49,11 @@ _metrics_dir = (
     or tempfile.mkdtemp(prefix="fraudstack-serve-metrics-")
 )
 # before prometheus_client is imported anywhere: it picks its storage at import time
+if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    raise ConfigurationError(
+        "prometheus_client was imported before the gunicorn configuration: the workers' "
+        "metrics would not be shared"
+    )
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 bind = _settings.bind

@@ -8,7 +8,11 @@ own time, so a value never carries what fell out of its window since the last wr
   Its customer windows were finished at its own time when it was written, so they are read as
   stored (one ``HMGET`` of a dozen fields instead of the whole history); its terminal is only
   known from that answer, hence a second round trip for the terminal's events. A hash written
-  without those fields falls back to the customer's events.
+  without those fields falls back to the customer's events. The store keeps a terminal's events
+  for 37 days plus the allowed lateness behind the terminal's newest event, so when a customer's
+  newest transaction is older than its terminal's newest event by more than the lateness, the
+  far end of its 30-day terminal window may already be pruned and count short (the 1- and 7-day
+  windows are whole).
 * ``transaction(txn)`` (``POST /v1/score``): both hashes in ONE round trip (two ``HGETALL`` in
   one send); the customer windows are computed from the customer's events at the transaction's
   time with the transaction included, the terminal windows from the terminal's events and fraud

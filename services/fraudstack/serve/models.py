@@ -27,6 +27,7 @@ from typing import Protocol
 from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import ModelError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.serve.settings import ServeSettings
 
 BUCKETS = 10_000
 MODES = ("canary", "shadow")
@@ -82,6 +83,16 @@ class RoutingSpec:
             raise ModelError("a candidate share needs a candidate version")
         if self.mode not in MODES:
             raise ModelError(f"routing mode {self.mode!r} is not one of {', '.join(MODES)}")
+
+
+def routing_spec(settings: ServeSettings) -> RoutingSpec:
+    """The routing the settings ask for; no stable version means the registry's newest."""
+    stable = settings.model_version or ModelRegistry(settings.model_registry_uri).latest()
+    return RoutingSpec(
+        stable=stable,
+        candidate=settings.candidate_version or None,
+        candidate_share=settings.candidate_share,
+    )
 
 
 def customer_bucket(customer_id: str) -> int:
@@ -172,7 +183,7 @@ class ModelHolder:
         candidate = self._scorer(spec.candidate) if spec.candidate else None
         routing = Routing.build(stable, candidate, spec.candidate_share, spec.mode)
         self._routing = routing  # the one step that switches every later request
-        keep = {stable.version} | ({candidate.version} if candidate is not None else set())
+        keep = [version for version in (spec.stable, spec.candidate) if version]
         # requests still holding the old routing keep their scorers alive until they finish
         self._loaded = {version: self._loaded[version] for version in keep}
         return routing

@@ -204,6 +204,7 @@ class RedisLink:
     async def _connect(self, done: asyncio.Future[_Protocol]) -> None:
         loop = asyncio.get_running_loop()
         kind, address, tls = self._target
+        protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 if kind == "unix":
@@ -228,6 +229,8 @@ class RedisLink:
                             f"later): {refused[0]}"
                         )
         except (OSError, TimeoutError, StoreUnavailable) as exc:
+            if protocol is not None:
+                protocol.abort("the session could not be opened")
             self._last_error = str(exc) or type(exc).__name__
             self._retry_at = loop.time() + self._retry_after
             self._connecting = None
@@ -241,6 +244,7 @@ class RedisLink:
             done.set_exception(failure)
             done.exception()  # retrieved here: nobody may be waiting any more
             return
+        assert protocol is not None
         self._protocol = protocol
         self._connecting = None
         done.set_result(protocol)

@@ -1,5 +1,6 @@
 """The endpoints. The two scoring routes are the hot path: no dependency injection, no response
-model validation, one dict encoded by orjson, metric children reused (see :mod:`.metrics`)."""
+model validation (the models in :mod:`.schemas` document the answers), one dict encoded by orjson,
+metrics added to in-process tallies (see :mod:`.metrics`)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ class Service:
     def failed(self, exc: FraudstackError, version: str, started: float) -> None:
         _, outcome = classify(exc)
         if outcome == "unavailable":
-            self.metrics.store_unavailable.inc()
+            self.metrics.store_down()
         self.metrics.observe(version, outcome, _perf_counter() - started)
 
     def answer(
@@ -80,7 +81,7 @@ class Service:
         metrics = self.metrics
         metrics.observe(version, OUTCOME_OK, elapsed)
         if scored.event_ts_ms is not None:
-            metrics.feature_age.observe(max(0.0, _wall_clock() - scored.event_ts_ms / 1000))
+            metrics.observe_age(max(0.0, _wall_clock() - scored.event_ts_ms / 1000))
         body["fraud_probability"] = probability
         body["risk_level"] = self.risk_level(probability)
         body["latency_ms"] = round(elapsed * 1000, 3)

@@ -1,0 +1,105 @@
+"""The model of the inference benchmark: trained as ``fraudstack train`` does, and timed."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def prepare_model(
+    table: Any, registry_root: str, model_name: str, rows: int, seed: int
+) -> tuple[str, Any, np.ndarray, dict[str, float]]:
+    """Train as ``fraudstack train`` does and publish; ``auto`` picks its default candidates'
+    best by validation average precision (the last week, after a one-week gap)."""
+    from sklearn.metrics import average_precision_score
+
+    from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, MS_PER_DAY
+    from fraudstack.features.offline import compute_features
+    from fraudstack.train.export import check_equivalence, to_joblib, to_onnx
+    from fraudstack.train.models import DEFAULT_MODELS, fit
+
+    features = compute_features(table)
+    matrix = np.column_stack([features[name].to_numpy() for name in FEATURE_NAMES])
+    target = np.asarray(table["is_fraud"].to_numpy(zero_copy_only=False), dtype=np.int64)
+    day = (table["ts"].to_numpy() - int(table["ts"][0].as_py())) // MS_PER_DAY
+    last_day = int(day.max())
+    rng = np.random.default_rng(seed)
+    train = np.flatnonzero(day < last_day - 13)
+    train = rng.choice(train, size=min(rows, len(train)), replace=False)
+    valid = np.flatnonzero(day > last_day - 7)
+    candidates = list(DEFAULT_MODELS) if model_name == "auto" else [model_name]
+    fitted: dict[str, Any] = {}
+    precision: dict[str, float] = {}
+    for name in candidates:
+        say(f"training {name} on {len(train):,} transactions")
+        fitted[name] = fit(name, matrix[train], target[train], seed=seed, jobs=2)
+        score = fitted[name].predict_proba(matrix[valid])[:, 1]
+        precision[name] = round(float(average_precision_score(target[valid], score)), 4)
+        say(f"{name}: validation average precision {precision[name]}")
+    chosen = max(precision, key=lambda name: precision[name])
+    model = fitted[chosen]
+    onnx_model = to_onnx(model, len(FEATURE_NAMES))
+    check = matrix[rng.choice(len(matrix), size=min(5_000, len(matrix)), replace=False)]
+    difference = check_equivalence(model, onnx_model, check)
+    version = f"bench-{chosen.replace('_', '-')}"
+    metadata = ModelMetadata(
+        version=version,
+        model_type=chosen,
+        feature_names=list(FEATURE_NAMES),
+        feature_set_version=FEATURE_SET_VERSION,
+        training_window={},
+        metrics={"onnx_max_abs_diff": difference, "validation_average_precision": precision},
+        extra={"rows": len(train)},
+    )
+    ModelRegistry(registry_root).publish(
+        metadata, {"model.onnx": onnx_model, "model.joblib": to_joblib(model)}
+    )
+    return version, model, check, precision
+
+
+def existing_model(registry_root: str, version: str, table: Any) -> tuple[Any, np.ndarray]:
+    import joblib
+
+    from fraudstack.features.definitions import FEATURE_NAMES
+    from fraudstack.features.offline import compute_features
+
+    ModelRegistry(registry_root).verify(version)
+    model = joblib.load(ModelRegistry(registry_root).path(version) / "model.joblib")
+    sample = compute_features(table.slice(0, 5_000))
+    return model, np.column_stack([sample[name].to_numpy() for name in FEATURE_NAMES])
+
+
+def model_eval(registry_root: str, version: str, model: Any, rows: np.ndarray) -> dict[str, Any]:
+    """Median single-row evaluation time, ours and scikit-learn's, on the same rows."""
+    from fraudstack.scoring import load_scorer
+
+    scorer = load_scorer(registry_root, version)
+    vectors = [row.tolist() for row in rows[:1_000]]
+
+    def median_us(score: Any, repeats: int) -> float:
+        times = []
+        for index in range(repeats):
+            vector = vectors[index % len(vectors)]
+            started = time.perf_counter()
+            score(vector)
+            times.append(time.perf_counter() - started)
+        return round(statistics.median(times) * 1e6, 2)
+
+    for vector in vectors[:200]:  # warm both
+        scorer.score(vector)
+        model.predict_proba([vector])
+    ours = median_us(scorer.score, 20_000)
+    sklearn = median_us(lambda vector: model.predict_proba([vector]), 1_000)
+    difference = max(
+        abs(scorer.score(vector) - float(model.predict_proba([vector])[0, 1])) for vector in vectors
+    )
+    return {"ours": ours, "scikit_learn": sklearn, "max_abs_diff": difference}

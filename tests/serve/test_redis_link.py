@@ -1,0 +1,102 @@
+"""The pipelined Redis connection: replies in order, errors, timeouts, reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from fraudstack.devstack.process import free_port
+from fraudstack.errors import StoreError, StoreUnavailable
+from fraudstack.serve.redis_link import RedisLink, encode_command
+
+from .conftest import RedisProcess, start_redis
+
+
+def test_commands_are_encoded_in_the_redis_protocol() -> None:
+    assert encode_command(b"HGET", "fs:{customer:1}", b"_event_ts") == (
+        b"*3\r\n$4\r\nHGET\r\n$15\r\nfs:{customer:1}\r\n$9\r\n_event_ts\r\n"
+    )
+
+
+async def test_concurrent_requests_share_one_connection_and_get_their_own_replies(
+    store: RedisProcess,
+) -> None:
+    redis.Redis.from_url(store.url).mset({f"link-test-{n}": str(n) for n in range(200)})
+    link = RedisLink(store.url)
+    replies = await asyncio.gather(*(link.get(f"link-test-{n}") for n in range(200)))
+    assert replies == [str(n).encode() for n in range(200)]
+    pair = await link.execute(
+        encode_command(b"GET", b"link-test-1") + encode_command(b"GET", b"link-test-2"), 2
+    )
+    assert pair == [b"1", b"2"]
+    await link.close()
+
+
+async def test_an_error_reply_fails_that_request_only(store: RedisProcess) -> None:
+    link = RedisLink(store.url)
+    with pytest.raises(StoreError, match="refused a command"):
+        await link.execute(encode_command(b"NO-SUCH-COMMAND"))
+    assert await link.ping()
+    await link.close()
+
+
+async def test_a_database_number_in_the_url_is_selected(store: RedisProcess) -> None:
+    redis.Redis(port=store.port, db=3).set("link-db-test", "three")
+    link = RedisLink(f"redis://127.0.0.1:{store.port}/3")
+    assert await link.get("link-db-test") == b"three"
+    await link.close()
+
+
+async def test_a_server_that_does_not_answer_times_out() -> None:
+    silent = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", timeout=0.2, connect_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await link.execute(encode_command(b"PING"))
+    assert time.monotonic() - started < 2.0
+    silent.close()
+    await link.close()
+
+
+async def test_no_server_fails_fast_then_retries_after_the_delay(tmp_path: Path) -> None:
+    port = free_port()
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_after=0.3)
+    with pytest.raises(StoreUnavailable, match="unreachable"):
+        await link.get("anything")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await link.get("anything")  # within the delay: no new attempt
+    assert time.monotonic() - started < 0.05
+    server = RedisProcess(port, tmp_path)
+    server.start()
+    try:
+        await asyncio.sleep(0.35)
+        assert await link.ping()
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            await link.get("anything")
+        server.start()
+        await asyncio.sleep(0.35)
+        assert await link.get("anything") is None  # reconnected by itself
+    finally:
+        await link.close()
+        server.stop()
+
+
+async def test_a_restart_under_load_fails_pending_requests_and_recovers(tmp_path: Path) -> None:
+    server = start_redis(tmp_path / "redis")
+    link = RedisLink(server.url, retry_after=0.05)
+    assert await link.ping()
+    server.stop()
+    results = await asyncio.gather(*(link.ping() for _ in range(50)))
+    assert not any(results)
+    server.start()
+    await asyncio.sleep(0.1)
+    assert all(await asyncio.gather(*(link.ping() for _ in range(50))))
+    await link.close()
+    server.stop()
