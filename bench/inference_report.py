@@ -82,7 +82,8 @@ def markdown(document: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Fixed-rate ladder (fractions of each design's maximum)",
+        f"## Fixed-rate ladder (fractions of each design's maximum; least disturbed of "
+        f"{config.get('ladder_runs', 1)} interleaved runs)",
         "",
         "| design | rate (req/s) | success | p50 ms | p95 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -178,6 +178,9 @@ class BrokenScorer:
     def score(self, vector: Any) -> float:
         raise RuntimeError("a bug, with a secret in its message")
 
+    def score_many(self, matrix: Any) -> list[float]:
+        raise RuntimeError("a bug, with a secret in its message")
+
 
 def test_an_unexpected_error_is_a_500_without_a_stack_trace(
     store: RedisProcess, registry_root: str, transactions: pa.Table

@@ -52,7 +52,7 @@ def test_a_swap_is_one_step_and_leaves_earlier_routings_whole(holder: ModelHolde
     # a request that read the routing before the swap finishes with the model it started with
     assert before.scorer_for("7").version == STABLE
     assert after.scorer_for("7").version == CANDIDATE
-    assert before.stable.score([0.0] * len(before.stable.feature_names)) >= 0.0
+    assert before.stable.scorer.score([0.0] * len(before.stable.feature_names)) >= 0.0
 
 
 def test_shadow_mode_answers_with_stable_and_scores_the_candidate_aside(

@@ -39,7 +39,16 @@ def test_metrics_of_every_worker_reach_the_real_prometheus(
     service: RunningService, prometheus: ServerInfo, transactions: pa.Table
 ) -> None:
     name = f"serve-test-{service.port}"
-    register_target(prometheus["targets_dir"], name, f"127.0.0.1:{service.port}")
+    target = register_target(prometheus["targets_dir"], name, f"127.0.0.1:{service.port}")
+    try:
+        check_scraped_metrics(service, str(prometheus["address"]), name, transactions)
+    finally:
+        target.unlink()
+
+
+def check_scraped_metrics(
+    service: RunningService, address: str, name: str, transactions: pa.Table
+) -> None:
     customers = sorted(set(transactions["customer_id"].to_pylist()))
     sent = 0
     # a fresh connection per request lets gunicorn hand them to both workers
@@ -53,22 +62,17 @@ def test_metrics_of_every_worker_reach_the_real_prometheus(
     deadline = time.monotonic() + 60
     value = None
     while time.monotonic() < deadline:
-        value = prometheus_value(str(prometheus["address"]), query)
+        value = prometheus_value(address, query)
         if value == sent:
             break
         time.sleep(1)
     assert value == sent
     by_version = prometheus_value(
-        str(prometheus["address"]),
+        address,
         f'sum(inference_latency_seconds_count{{service="{name}",model_version="{STABLE}"}})',
     )
     assert by_version == sent
-    assert (
-        prometheus_value(
-            str(prometheus["address"]), f'feature_age_seconds_count{{service="{name}"}}'
-        )
-        == sent
-    )
+    assert prometheus_value(address, f'feature_age_seconds_count{{service="{name}"}}') == sent
 
 
 def test_redis_down_answers_503_and_the_service_recovers_by_itself(

@@ -19,7 +19,7 @@ candidate, never back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Protocol
@@ -27,24 +27,15 @@ from typing import Protocol
 from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import ModelError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.serve.batching import BatchableScorer, BatchingScorer
 from fraudstack.serve.settings import ServeSettings
 
 BUCKETS = 10_000
 MODES = ("canary", "shadow")
 
 
-class Scorer(Protocol):
-    """What the service needs of a loaded model (see :mod:`fraudstack.scoring`)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def feature_names(self) -> Sequence[str]: ...
-
-    def score(self, vector: Sequence[float]) -> float: ...
-
-
+#: What the service needs of a loaded model (see :class:`fraudstack.scoring.Scorer`).
+Scorer = BatchableScorer
 #: ``(registry_root, version) -> Scorer``; loads and verifies one version.
 ScorerLoader = Callable[[str, str], Scorer]
 
@@ -103,8 +94,8 @@ def customer_bucket(customer_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Routing:
-    stable: Scorer
-    candidate: Scorer | None = None
+    stable: BatchingScorer
+    candidate: BatchingScorer | None = None
     candidate_share: float = 0.0
     mode: str = "canary"
     #: Buckets below this go to the candidate (0 in shadow mode: the stable model answers).
@@ -115,8 +106,8 @@ class Routing:
     @classmethod
     def build(
         cls,
-        stable: Scorer,
-        candidate: Scorer | None = None,
+        stable: BatchingScorer,
+        candidate: BatchingScorer | None = None,
         candidate_share: float = 0.0,
         mode: str = "canary",
     ) -> Routing:
@@ -125,7 +116,7 @@ class Routing:
             return cls(stable, candidate, candidate_share, mode, 0, cutoff)
         return cls(stable, candidate, candidate_share, mode, cutoff, 0)
 
-    def scorer_for(self, customer_id: str) -> Scorer:
+    def scorer_for(self, customer_id: str) -> BatchingScorer:
         """The model whose answer this customer gets."""
         if not self._answer_cutoff or self.candidate is None:
             return self.stable
@@ -133,7 +124,7 @@ class Routing:
             return self.candidate
         return self.stable
 
-    def shadow_for(self, customer_id: str) -> Scorer | None:
+    def shadow_for(self, customer_id: str) -> BatchingScorer | None:
         """The candidate, when it scores this customer in the shadow of the stable model."""
         if not self._shadow_cutoff or self.candidate is None:
             return None
@@ -161,7 +152,7 @@ class ModelHolder:
     def __init__(self, registry_root: str, loader: ScorerLoader | None = None) -> None:
         self.registry_root = registry_root
         self._loader = loader
-        self._loaded: dict[str, Scorer] = {}
+        self._loaded: dict[str, BatchingScorer] = {}
         self._routing: Routing | None = None
 
     @property
@@ -195,13 +186,13 @@ class ModelHolder:
             self._loaded[version] = await asyncio.to_thread(self._load, version)
         return self.apply(spec)
 
-    def _scorer(self, version: str) -> Scorer:
+    def _scorer(self, version: str) -> BatchingScorer:
         scorer = self._loaded.get(version)
         if scorer is None:
             scorer = self._loaded[version] = self._load(version)
         return scorer
 
-    def _load(self, version: str) -> Scorer:
+    def _load(self, version: str) -> BatchingScorer:
         loader = self._loader
         if loader is None:
             from fraudstack.scoring import load_scorer  # onnxruntime only where it is used
@@ -220,4 +211,4 @@ class ModelHolder:
                 f"model {version} needs features this service does not compute: "
                 f"{', '.join(unknown)}"
             )
-        return scorer
+        return BatchingScorer(scorer)

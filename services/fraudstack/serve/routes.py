@@ -13,10 +13,11 @@ from starlette.responses import Response
 
 from fraudstack.errors import FraudstackError, ModelError
 from fraudstack.events import Transaction
+from fraudstack.serve.batching import BatchingScorer
 from fraudstack.serve.errors import OUTCOME_OK, OUTCOME_SHADOW, JSONBytes, classify, json_response
 from fraudstack.serve.lookup import FeatureLookup, Scored
 from fraudstack.serve.metrics import NO_VERSION, ServeMetrics
-from fraudstack.serve.models import ModelHolder, Routing, Scorer
+from fraudstack.serve.models import ModelHolder, Routing
 from fraudstack.serve.schemas import (
     ERROR_RESPONSES,
     Health,
@@ -56,14 +57,16 @@ class Service:
             return "high"
         return "medium" if probability >= self.risk_medium else "low"
 
-    def score(self, routing: Routing, scorer: Scorer, customer_id: str, scored: Scored) -> float:
+    async def score(
+        self, routing: Routing, scorer: BatchingScorer, customer_id: str, scored: Scored
+    ) -> float:
         """The answering model's probability; in shadow mode the candidate scores too."""
         features = scored.features
-        probability = scorer.score([features[name] for name in scorer.feature_names])
+        probability = await scorer.score([features[name] for name in scorer.feature_names])
         shadow = routing.shadow_for(customer_id)
         if shadow is not None:
             started = _perf_counter()
-            shadow.score([features[name] for name in shadow.feature_names])
+            await shadow.score([features[name] for name in shadow.feature_names])
             self.metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
         return probability
 
@@ -108,7 +111,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             scorer = routing.scorer_for(user_id)
             version = scorer.version
             _, scored = await lookup.newest(user_id)
-            probability = service.score(routing, scorer, user_id, scored)
+            probability = await service.score(routing, scorer, user_id, scored)
         except FraudstackError as exc:
             service.failed(exc, version, started)
             raise
@@ -130,7 +133,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             scorer = routing.scorer_for(txn.customer_id)
             version = scorer.version
             scored = await lookup.transaction(txn)
-            probability = service.score(routing, scorer, txn.customer_id, scored)
+            probability = await service.score(routing, scorer, txn.customer_id, scored)
         except FraudstackError as exc:
             service.failed(exc, version, started)
             raise

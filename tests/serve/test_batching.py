@@ -1,0 +1,49 @@
+"""Dynamic batching gives every request the probability it would get alone (trees exactly; a
+linear model to float32 rounding, as onnxruntime's matrix kernels sum in another order)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fraudstack.features.definitions import FEATURE_NAMES
+from fraudstack.scoring import load_scorer
+from fraudstack.serve.batching import BatchingScorer
+
+from .conftest import CANDIDATE, STABLE
+
+
+@pytest.mark.parametrize("version", [STABLE, CANDIDATE])
+async def test_rows_scored_together_get_their_own_probabilities(
+    registry_root: str, offline_features: pa.Table, version: str
+) -> None:
+    scorer = load_scorer(registry_root, version)
+    matrix = np.column_stack([offline_features[name].to_numpy() for name in FEATURE_NAMES])
+    rows = [row.tolist() for row in matrix[:150]]
+    batching = BatchingScorer(scorer, max_batch=64)
+    together = await asyncio.gather(*(batching.score(row) for row in rows))
+    assert together == pytest.approx([scorer.score(row) for row in rows], abs=1e-6, rel=0)
+    assert await batching.score(rows[0]) == scorer.score(rows[0])  # a batch of one
+
+
+class Failing:
+    version = "failing"
+    feature_names = FEATURE_NAMES
+
+    def score(self, vector: Any) -> float:
+        raise ValueError("bad row")
+
+    def score_many(self, matrix: Any) -> list[float]:
+        raise ValueError("bad batch")
+
+
+async def test_a_failing_model_fails_every_request_of_the_batch() -> None:
+    batching = BatchingScorer(Failing())
+    results = await asyncio.gather(
+        *(batching.score([0.0] * len(FEATURE_NAMES)) for _ in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(result, ValueError) for result in results)
