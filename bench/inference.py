@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,6 +182,9 @@ def main() -> int:
         "--concurrency", type=int, default=32, help="vegeta workers for the max-throughput runs"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--keep-work", action="store_true", help="keep the logs, targets and registry afterwards"
+    )
     args = parser.parse_args()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -311,6 +315,10 @@ def main() -> int:
     finally:
         for process in reversed(processes):
             stop(process)
+        if args.keep_work:
+            say(f"servers' logs, targets and the registry are kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     document: dict[str, Any] = {
         "ours": results["ours"],

@@ -18,13 +18,13 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
 from fraudstack.errors import ConfigurationError
+from fraudstack.paths import state_dir
 from fraudstack.serve.settings import get_settings
 
 #: Allocations between two young-generation collections in a worker (the default is 700).
@@ -46,7 +46,7 @@ _settings = get_settings()
 _metrics_dir = (
     _settings.metrics_dir
     or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    or tempfile.mkdtemp(prefix="fraudstack-serve-metrics-")
+    or str(state_dir() / "serve-metrics" / _settings.bind.replace(":", "-"))
 )
 # before prometheus_client is imported anywhere: it picks its storage at import time
 if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -74,7 +74,7 @@ class ServeSettings(CommonSettings):
     """``FRAUDSTACK_SERVE_ROUTING_POLL_MS``: how often each worker reads the routing key."""
     metrics_dir: str = Field(default="", validation_alias=_variable("metrics_dir"))
     """``FRAUDSTACK_SERVE_METRICS_DIR``: Prometheus multiprocess folder, wiped at start; default
-    ``PROMETHEUS_MULTIPROC_DIR`` if set, else a fresh temporary folder."""
+    ``PROMETHEUS_MULTIPROC_DIR`` if set, else ``serve-metrics/<bind>`` in the state folder."""
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> ServeSettings:
