@@ -117,24 +117,39 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
     rows = [
-        ("simulate (book size)", f"{min(simulate_seconds):.2f} s",
-         f"median {statistics.median(simulate_seconds):.2f} s"),
-        ("compute_features", f"{min(feature_seconds):.2f} s",
-         f"median {statistics.median(feature_seconds):.2f} s, "
-         f"{transactions / min(feature_seconds):,.0f} rows/s"),
-        ("transactions", f"{transactions:,}",
-         f"book {BOOK_TRANSACTIONS:,} ({100 * size_vs_book:+.2f} %)"),
+        (
+            "simulate (book size)",
+            f"{min(simulate_seconds):.2f} s",
+            f"median {statistics.median(simulate_seconds):.2f} s",
+        ),
+        (
+            "compute_features",
+            f"{min(feature_seconds):.2f} s",
+            f"median {statistics.median(feature_seconds):.2f} s, "
+            f"{transactions / min(feature_seconds):,.0f} rows/s",
+        ),
+        (
+            "transactions",
+            f"{transactions:,}",
+            f"book {BOOK_TRANSACTIONS:,} ({100 * size_vs_book:+.2f} %)",
+        ),
         ("frauds", f"{frauds:,}", f"book {BOOK_FRAUDS:,}"),
-        ("fraud rate", f"{rate:.3%}",
-         f"book {book_rate:.3%} ({100 * (rate - book_rate):+.3f} points)"),
+        (
+            "fraud rate",
+            f"{rate:.3%}",
+            f"book {book_rate:.3%} ({100 * (rate - book_rate):+.3f} points)",
+        ),
         ("frauds per day", f"{frauds / config.days:.1f}", f"book {BOOK_FRAUDS / BOOK_DAYS:.1f}"),
         ("peak RSS", f"{peak_rss_mb:.0f} MB", ""),
     ]
     print("| measure | value | notes |\n|---|---:|---|")
     for name, value, note in rows:
         print(f"| {name} | {value} | {note} |")
-    print(f"\n{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"written to {args.out}", file=sys.stderr)
+    print(
+        f"\n{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"written to {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

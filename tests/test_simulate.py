@@ -24,15 +24,17 @@ from fraudstack.simulate import (
 )
 
 SMALL = SimulationConfig(customers=400, terminals=800, days=40, seed=11)
-SCHEMA = pa.schema([
-    ("txn_id", pa.string()),
-    ("ts", pa.int64()),
-    ("customer_id", pa.string()),
-    ("terminal_id", pa.string()),
-    ("amount", pa.float64()),
-    ("is_fraud", pa.bool_()),
-    ("fraud_scenario", pa.int8()),
-])
+SCHEMA = pa.schema(
+    [
+        ("txn_id", pa.string()),
+        ("ts", pa.int64()),
+        ("customer_id", pa.string()),
+        ("terminal_id", pa.string()),
+        ("amount", pa.float64()),
+        ("is_fraud", pa.bool_()),
+        ("fraud_scenario", pa.int8()),
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +128,27 @@ def test_cli_writes_transactions_and_labels(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, labels_out = tmp_path / "tx.parquet", tmp_path / "labels" / "labels.parquet"
-    code = run_cli("--customers", "50", "--terminals", "100", "--days", "10", "--seed", "1",
-                   "--start-date", "2024-01-01", "--out", str(out), "--labels-out", str(labels_out))
+    code = run_cli(
+        "--customers",
+        "50",
+        "--terminals",
+        "100",
+        "--days",
+        "10",
+        "--seed",
+        "1",
+        "--start-date",
+        "2024-01-01",
+        "--out",
+        str(out),
+        "--labels-out",
+        str(labels_out),
+    )
     assert code == 0
     table = pq.read_table(out)
-    expected = simulate(SimulationConfig(customers=50, terminals=100, days=10, seed=1,
-                                         start_date=date(2024, 1, 1)))
+    expected = simulate(
+        SimulationConfig(customers=50, terminals=100, days=10, seed=1, start_date=date(2024, 1, 1))
+    )
     assert table.equals(expected)
     assert pq.read_table(labels_out).num_rows == pc.sum(expected["is_fraud"].cast("int64")).as_py()
     assert "| transactions |" in capsys.readouterr().out

@@ -31,12 +31,21 @@ EXIT_BAD_INPUT = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", required=True, metavar="PATH",
-                        help="transactions: a Parquet file or a folder of Parquet files")
-    parser.add_argument("--out", required=True, metavar="PATH",
-                        help="the Parquet file to write (replaced atomically)")
-    parser.add_argument("--labels", metavar="PATH",
-                        help="label events (chargebacks): a Parquet file or folder")
+    parser.add_argument(
+        "--events",
+        required=True,
+        metavar="PATH",
+        help="transactions: a Parquet file or a folder of Parquet files",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="PATH",
+        help="the Parquet file to write (replaced atomically)",
+    )
+    parser.add_argument(
+        "--labels", metavar="PATH", help="label events (chargebacks): a Parquet file or folder"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -53,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
     metadata = {"feature_set_version": FEATURE_SET_VERSION}
     write_parquet_atomically(features, args.out, metadata=metadata)
     elapsed = time.perf_counter() - started
-    print(f"{features.num_rows:,} transactions, {features.num_columns - 1} features "
-          f"({FEATURE_SET_VERSION}) -> {args.out} in {elapsed:.1f} s", file=sys.stderr)
+    print(
+        f"{features.num_rows:,} transactions, {features.num_columns - 1} features "
+        f"({FEATURE_SET_VERSION}) -> {args.out} in {elapsed:.1f} s",
+        file=sys.stderr,
+    )
     return 0
 
 

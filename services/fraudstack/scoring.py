@@ -39,17 +39,18 @@ class Scorer:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self._session = ort.InferenceSession(
-                model, options, providers=["CPUExecutionProvider"]
-            )
+            self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelIntegrityError(f"model {self.version}: onnxruntime cannot load it: {exc}") \
-                from exc
+            raise ModelIntegrityError(
+                f"model {self.version}: onnxruntime cannot load it: {exc}"
+            ) from exc
         inputs = self._session.get_inputs()
         outputs = [output.name for output in self._session.get_outputs()]
         width = inputs[0].shape[1] if len(inputs[0].shape) == 2 else None
-        if len(inputs) != 1 or PROBABILITIES_OUTPUT not in outputs or (
-            isinstance(width, int) and width != len(self.feature_names)
+        if (
+            len(inputs) != 1
+            or PROBABILITIES_OUTPUT not in outputs
+            or (isinstance(width, int) and width != len(self.feature_names))
         ):
             raise ModelIntegrityError(
                 f"model {self.version}: expected one input of {len(self.feature_names)} "

@@ -174,9 +174,7 @@ def _draw_transactions(
     return customer, day * SECONDS_PER_DAY + second, cents
 
 
-def _draw_terminals(
-    rng: np.random.Generator, customer: Ints, offsets: Ints, nearby: Ints
-) -> Ints:
+def _draw_terminals(rng: np.random.Generator, customer: Ints, offsets: Ints, nearby: Ints) -> Ints:
     """A terminal in reach of each transaction's customer, or -1 when there is none."""
     available = (offsets[1:] - offsets[:-1])[customer]
     pick = rng.integers(0, np.maximum(available, 1))
@@ -300,39 +298,78 @@ def _steps(progress: bool) -> Iterator[Callable[[str], None]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SimulationConfig()
-    parser.add_argument("--customers", type=int, default=defaults.customers,
-                        help="number of customers; default %(default)s")
-    parser.add_argument("--terminals", type=int, default=defaults.terminals,
-                        help="number of terminals; default %(default)s")
-    parser.add_argument("--days", type=int, default=defaults.days,
-                        help="number of simulated days; default %(default)s")
     parser.add_argument(
-        "--start-date", type=date.fromisoformat, default=defaults.start_date,
+        "--customers",
+        type=int,
+        default=defaults.customers,
+        help="number of customers; default %(default)s",
+    )
+    parser.add_argument(
+        "--terminals",
+        type=int,
+        default=defaults.terminals,
+        help="number of terminals; default %(default)s",
+    )
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=defaults.days,
+        help="number of simulated days; default %(default)s",
+    )
+    parser.add_argument(
+        "--start-date",
+        type=date.fromisoformat,
+        default=defaults.start_date,
         help="first simulated day, YYYY-MM-DD (UTC); default %(default)s",
     )
-    parser.add_argument("--radius", type=float, default=defaults.radius,
-                        help="a customer pays at terminals closer than this; default %(default)s")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help="same seed, same transactions; default %(default)s")
+    parser.add_argument(
+        "--radius",
+        type=float,
+        default=defaults.radius,
+        help="a customer pays at terminals closer than this; default %(default)s",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="same seed, same transactions; default %(default)s",
+    )
     parser.add_argument("--out", metavar="PATH", help="write the transactions to this Parquet file")
-    parser.add_argument("--labels-out", metavar="PATH",
-                        help="write the chargebacks (one per fraud) to this Parquet file")
-    parser.add_argument("--to-kafka", action="store_true",
-                        help="produce transactions and labels to Kafka in event-time order")
-    parser.add_argument("--rate", type=float, default=None, metavar="EVENTS_PER_SECOND",
-                        help="with --to-kafka: throttle to this many events per second")
+    parser.add_argument(
+        "--labels-out",
+        metavar="PATH",
+        help="write the chargebacks (one per fraud) to this Parquet file",
+    )
+    parser.add_argument(
+        "--to-kafka",
+        action="store_true",
+        help="produce transactions and labels to Kafka in event-time order",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="EVENTS_PER_SECOND",
+        help="with --to-kafka: throttle to this many events per second",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     if not (args.out or args.labels_out or args.to_kafka):
-        print("fraudstack simulate: nothing to do: give --out, --labels-out or --to-kafka",
-              file=sys.stderr)
+        print(
+            "fraudstack simulate: nothing to do: give --out, --labels-out or --to-kafka",
+            file=sys.stderr,
+        )
         return 2
     try:
         config = SimulationConfig(
-            customers=args.customers, terminals=args.terminals, days=args.days,
-            start_date=args.start_date, radius=args.radius, seed=args.seed,
+            customers=args.customers,
+            terminals=args.terminals,
+            days=args.days,
+            start_date=args.start_date,
+            radius=args.radius,
+            seed=args.seed,
         )
     except ValueError as exc:
         print(f"fraudstack simulate: {exc}", file=sys.stderr)

@@ -24,13 +24,15 @@ START = epoch_ms(date(2018, 8, 1))
 
 
 def events(count: int, first_offset: int = 0) -> pa.Table:
-    return pa.table({
-        "txn_id": [f"t{first_offset + i}" for i in range(count)],
-        "ts": pa.array([START + i * DAY // 4 for i in range(count)], type=pa.int64()),
-        "customer_id": ["c1"] * count,
-        "terminal_id": ["m1"] * count,
-        "amount": [1.5] * count,
-    })
+    return pa.table(
+        {
+            "txn_id": [f"t{first_offset + i}" for i in range(count)],
+            "ts": pa.array([START + i * DAY // 4 for i in range(count)], type=pa.int64()),
+            "customer_id": ["c1"] * count,
+            "terminal_id": ["m1"] * count,
+            "amount": [1.5] * count,
+        }
+    )
 
 
 def test_a_batch_is_split_by_date_into_offset_named_files(tmp_path: Path) -> None:
@@ -73,11 +75,16 @@ def test_read_a_time_window(tmp_path: Path) -> None:
 
 def test_labels_are_partitioned_by_the_day_they_became_known(tmp_path: Path) -> None:
     store = OfflineStore(str(tmp_path))
-    labels = pa.table({
-        "txn_id": ["t1"], "customer_id": ["c1"], "terminal_id": ["m1"],
-        "ts": pa.array([START], type=pa.int64()), "is_fraud": [True],
-        "reported_at": pa.array([START + 3 * DAY + 5], type=pa.int64()),
-    })
+    labels = pa.table(
+        {
+            "txn_id": ["t1"],
+            "customer_id": ["c1"],
+            "terminal_id": ["m1"],
+            "ts": pa.array([START], type=pa.int64()),
+            "is_fraud": [True],
+            "reported_at": pa.array([START + 3 * DAY + 5], type=pa.int64()),
+        }
+    )
     store.write_partitioned(LABELS, labels, OffsetRange("labels", 0, 7, 7))
     assert store.days(LABELS) == [date(2018, 8, 4)]
     assert store.read(LABELS, end_ms=START + 3 * DAY).num_rows == 0

@@ -31,8 +31,17 @@ from fraudstack.simulate import SimulationConfig, make_labels, simulate
 CONFIG = SimulationConfig(customers=300, terminals=600, days=45, seed=3)
 # Offsets that put a second transaction exactly on a window edge of a first one (same customer,
 # same terminal): customer windows (t - w, t], terminal windows (t - (n + 7) d, t - 7 d].
-EDGE_OFFSETS_MS = [0, 10 * MS_PER_MINUTE, MS_PER_HOUR, MS_PER_DAY, 7 * MS_PER_DAY,
-                   8 * MS_PER_DAY, 14 * MS_PER_DAY, 30 * MS_PER_DAY, 37 * MS_PER_DAY]
+EDGE_OFFSETS_MS = [
+    0,
+    10 * MS_PER_MINUTE,
+    MS_PER_HOUR,
+    MS_PER_DAY,
+    7 * MS_PER_DAY,
+    8 * MS_PER_DAY,
+    14 * MS_PER_DAY,
+    30 * MS_PER_DAY,
+    37 * MS_PER_DAY,
+]
 
 
 def with_edge_cases(table: pa.Table, rng: np.random.Generator) -> pa.Table:
@@ -40,15 +49,17 @@ def with_edge_cases(table: pa.Table, rng: np.random.Generator) -> pa.Table:
     picks = rng.choice(table.num_rows, 3_000, replace=False)
     offsets = np.array(EDGE_OFFSETS_MS)[rng.integers(0, len(EDGE_OFFSETS_MS), len(picks))]
     source = table.take(picks)
-    extra = pa.table({
-        "txn_id": pa.array(np.arange(len(picks)) + table.num_rows).cast(pa.string()),
-        "ts": pc.add(source.column("ts"), pa.array(offsets)),
-        "customer_id": source.column("customer_id"),
-        "terminal_id": source.column("terminal_id"),
-        "amount": pa.array(rng.integers(0, 30_000, len(picks)) / 100.0),
-        "is_fraud": pa.array(np.zeros(len(picks), dtype=bool)),
-        "fraud_scenario": pa.array(np.zeros(len(picks), dtype=np.int8)),
-    })
+    extra = pa.table(
+        {
+            "txn_id": pa.array(np.arange(len(picks)) + table.num_rows).cast(pa.string()),
+            "ts": pc.add(source.column("ts"), pa.array(offsets)),
+            "customer_id": source.column("customer_id"),
+            "terminal_id": source.column("terminal_id"),
+            "amount": pa.array(rng.integers(0, 30_000, len(picks)) / 100.0),
+            "is_fraud": pa.array(np.zeros(len(picks), dtype=bool)),
+            "fraud_scenario": pa.array(np.zeros(len(picks), dtype=np.int8)),
+        }
+    )
     return pa.concat_tables([table, extra])
 
 
@@ -59,21 +70,25 @@ def with_unusable_labels(labels: pa.Table, table: pa.Table, rng: np.random.Gener
     not_fraud = genuine.take(rng.choice(genuine.num_rows, 300, replace=False))
 
     def label_rows(rows: pa.Table, is_fraud: bool, delay_ms: int) -> pa.Table:
-        return pa.table({
-            "txn_id": rows.column("txn_id"),
-            "customer_id": rows.column("customer_id"),
-            "terminal_id": rows.column("terminal_id"),
-            "ts": rows.column("ts"),
-            "is_fraud": pa.array([is_fraud] * rows.num_rows),
-            "reported_at": pc.add(rows.column("ts"), delay_ms),
-        })
+        return pa.table(
+            {
+                "txn_id": rows.column("txn_id"),
+                "customer_id": rows.column("customer_id"),
+                "terminal_id": rows.column("terminal_id"),
+                "ts": rows.column("ts"),
+                "is_fraud": pa.array([is_fraud] * rows.num_rows),
+                "reported_at": pc.add(rows.column("ts"), delay_ms),
+            }
+        )
 
-    return pa.concat_tables([
-        labels,
-        label_rows(late, True, 7 * MS_PER_DAY + 1),
-        label_rows(not_fraud, False, MS_PER_DAY),
-        labels.slice(0, 100),
-    ])
+    return pa.concat_tables(
+        [
+            labels,
+            label_rows(late, True, 7 * MS_PER_DAY + 1),
+            label_rows(not_fraud, False, MS_PER_DAY),
+            labels.slice(0, 100),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +108,16 @@ def offline(dataset: tuple[pa.Table, pa.Table]) -> np.ndarray[Any, Any]:
 
 def rows(table: pa.Table) -> list[tuple[str, int, str, str, int]]:
     return [
-        (row["txn_id"], row["ts"], row["customer_id"], row["terminal_id"],
-         amount_to_cents(row["amount"]))
-        for row in table.select(["txn_id", "ts", "customer_id", "terminal_id", "amount"])
-        .to_pylist()
+        (
+            row["txn_id"],
+            row["ts"],
+            row["customer_id"],
+            row["terminal_id"],
+            amount_to_cents(row["amount"]),
+        )
+        for row in table.select(
+            ["txn_id", "ts", "customer_id", "terminal_id", "amount"]
+        ).to_pylist()
     ]
 
 
@@ -105,16 +126,21 @@ def online_features(
     customers: dict[str, CustomerHistory],
     terminals: dict[str, TerminalHistory],
 ) -> np.ndarray[Any, Any]:
-    return np.array([
-        feature_vector(all_features(customers[customer], terminals[terminal], txn_id, ts, cents))
-        for txn_id, ts, customer, terminal, cents in rows(table)
-    ])
+    return np.array(
+        [
+            feature_vector(
+                all_features(customers[customer], terminals[terminal], txn_id, ts, cents)
+            )
+            for txn_id, ts, customer, terminal, cents in rows(table)
+        ]
+    )
 
 
 def round_trip_through_fields(
     customers: dict[str, CustomerHistory], terminals: dict[str, TerminalHistory]
 ) -> None:
     """Store every history as Redis would hand it back (bytes, other fields too) and reload."""
+
     def as_redis(fields: dict[str, str]) -> dict[bytes, bytes]:
         stored = {key.encode(): value.encode() for key, value in fields.items()}
         return stored | {b"_event_ts": b"0", b"_updated_at": b"0", b"terminal_risk_1d": b"0.5"}
@@ -127,8 +153,9 @@ def round_trip_through_fields(
 
 def assert_same(online: np.ndarray[Any, Any], offline: np.ndarray[Any, Any]) -> None:
     for index, name in enumerate(FEATURE_NAMES):
-        np.testing.assert_allclose(online[:, index], offline[:, index], rtol=1e-9, atol=0,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            online[:, index], offline[:, index], rtol=1e-9, atol=0, err_msg=name
+        )
     # the design promises more than the tolerance: the very same floats
     assert np.array_equal(online, offline)
 
@@ -139,8 +166,16 @@ def test_online_in_random_order_with_duplicates_equals_offline(
     table, labels = dataset
     stream: list[tuple[str, tuple[Any, ...]]] = [("transaction", row) for row in rows(table)]
     stream += [
-        ("label", (label["txn_id"], label["terminal_id"], label["is_fraud"],
-                   label["reported_at"], label["ts"]))
+        (
+            "label",
+            (
+                label["txn_id"],
+                label["terminal_id"],
+                label["is_fraud"],
+                label["reported_at"],
+                label["ts"],
+            ),
+        )
         for label in labels.to_pylist()
     ]
     shuffler = random.Random(7)
@@ -173,8 +208,10 @@ def test_chronological_stream_with_pruning_equals_offline(
     stream: list[tuple[int, int, str, int, Any]] = [
         (row[1], 1, row[0], index, row) for index, row in enumerate(rows(table))
     ]
-    stream += [(label["reported_at"], 0, label["txn_id"], index, label)
-               for index, label in enumerate(labels.to_pylist())]
+    stream += [
+        (label["reported_at"], 0, label["txn_id"], index, label)
+        for index, label in enumerate(labels.to_pylist())
+    ]
     stream.sort(key=lambda item: item[:4])
     customers: dict[str, CustomerHistory] = defaultdict(CustomerHistory)
     terminals: dict[str, TerminalHistory] = defaultdict(TerminalHistory)
@@ -182,8 +219,9 @@ def test_chronological_stream_with_pruning_equals_offline(
     for now, kind, _, index, event in stream:
         if kind == 0:
             terminal = terminals[event["terminal_id"]]
-            terminal.add_label(event["txn_id"], event["is_fraud"], event["reported_at"],
-                               event["ts"])
+            terminal.add_label(
+                event["txn_id"], event["is_fraud"], event["reported_at"], event["ts"]
+            )
             terminal.prune(now)
             continue
         txn_id, ts, customer_id, terminal_id, cents = event
@@ -218,7 +256,7 @@ def test_input_order_and_duplicate_rows_change_nothing(
     features = compute_features(shuffled, labels, progress=True)
     matrix = np.column_stack([features.column(name).to_numpy() for name in FEATURE_NAMES])
     assert np.array_equal(matrix[: table.num_rows], offline[permutation])
-    assert np.array_equal(matrix[table.num_rows:], offline[replays])
+    assert np.array_equal(matrix[table.num_rows :], offline[replays])
 
 
 def small_table(events: list[tuple[str, int, str, str, float]]) -> pa.Table:
@@ -229,17 +267,25 @@ def small_table(events: list[tuple[str, int, str, str, float]]) -> pa.Table:
 def test_window_edges_and_ties() -> None:
     t = 1_700_000_000_000
     day = MS_PER_DAY
-    table = small_table([
-        ("edge-1d", t - day, "c", "k", 1.0),
-        ("inside-1d", t - day + 1, "c", "k", 2.0),
-        ("9", t, "c", "k", 4.0),
-        ("10", t, "c", "k", 8.0),
-        ("terminal-8d", t + day, "other", "k", 0.5),
-        ("terminal-7d", t + 2 * day, "other", "k", 0.5),
-        ("query", t + 9 * day, "c2", "k", 0.5),
-    ])
-    labels = pa.table({"txn_id": ["terminal-7d"], "ts": [t + 2 * day], "is_fraud": [True],
-                       "reported_at": [t + 9 * day]})
+    table = small_table(
+        [
+            ("edge-1d", t - day, "c", "k", 1.0),
+            ("inside-1d", t - day + 1, "c", "k", 2.0),
+            ("9", t, "c", "k", 4.0),
+            ("10", t, "c", "k", 8.0),
+            ("terminal-8d", t + day, "other", "k", 0.5),
+            ("terminal-7d", t + 2 * day, "other", "k", 0.5),
+            ("query", t + 9 * day, "c2", "k", 0.5),
+        ]
+    )
+    labels = pa.table(
+        {
+            "txn_id": ["terminal-7d"],
+            "ts": [t + 2 * day],
+            "is_fraud": [True],
+            "reported_at": [t + 9 * day],
+        }
+    )
     features = compute_features(table, labels).to_pylist()
     by_id = {row["txn_id"]: row for row in features}
     assert by_id["10"]["customer_nb_tx_1d"] == 2.0  # inside-1d and itself; "9" sorts after
@@ -286,8 +332,12 @@ def test_cli_writes_features_atomically(
     pq.write_table(table.slice(10_000), folder / "part-1.parquet")
     pq.write_table(labels, tmp_path / "labels.parquet")
     out = tmp_path / "out" / "features.parquet"
-    assert cli("--events", str(folder), "--labels", str(tmp_path / "labels.parquet"),
-               "--out", str(out)) == 0
+    assert (
+        cli(
+            "--events", str(folder), "--labels", str(tmp_path / "labels.parquet"), "--out", str(out)
+        )
+        == 0
+    )
     written = pq.read_table(out)
     assert written.num_rows == table.num_rows
     assert written.schema.metadata[b"feature_set_version"] == FEATURE_SET_VERSION.encode()
@@ -295,8 +345,9 @@ def test_cli_writes_features_atomically(
 
     assert cli("--events", str(tmp_path / "missing"), "--out", str(tmp_path / "x.parquet")) == 2
     pq.write_table(table.drop_columns(["ts"]), tmp_path / "no-ts.parquet")
-    assert cli("--events", str(tmp_path / "no-ts.parquet"), "--out",
-               str(tmp_path / "x.parquet")) == 2
+    assert (
+        cli("--events", str(tmp_path / "no-ts.parquet"), "--out", str(tmp_path / "x.parquet")) == 2
+    )
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors[-2:] == [
         f"fraudstack features: no such file or folder: {tmp_path / 'missing'}",

@@ -40,14 +40,17 @@ def ms(text: str) -> int:
 
 def test_feature_names_and_version() -> None:
     assert len(FEATURE_NAMES) == 19 == len(set(FEATURE_NAMES))
-    assert FEATURE_NAMES[:4] == ("amount", "tx_during_weekend", "tx_during_night",
-                                 "customer_nb_tx_1d")
+    assert FEATURE_NAMES[:4] == (
+        "amount",
+        "tx_during_weekend",
+        "tx_during_night",
+        "customer_nb_tx_1d",
+    )
     assert FEATURE_NAMES[-1] == "terminal_risk_30d"
     assert FEATURE_SET_VERSION.startswith("fs-")
     from_windows = [name for window in CUSTOMER_WINDOWS for name in window[:2]]
     from_windows += [name for window in TERMINAL_WINDOWS for name in window[:2]]
-    assert list(FEATURE_NAMES) == ["amount", "tx_during_weekend", "tx_during_night",
-                                   *from_windows]
+    assert list(FEATURE_NAMES) == ["amount", "tx_during_weekend", "tx_during_night", *from_windows]
 
 
 @pytest.mark.parametrize(
@@ -92,8 +95,13 @@ def test_customer_windows_include_the_transaction_once() -> None:
 
 @pytest.mark.parametrize(
     ("suffix", "window_ms"),
-    [("10m", 10 * MS_PER_MINUTE), ("1h", MS_PER_HOUR), ("1d", MS_PER_DAY),
-     ("7d", 7 * MS_PER_DAY), ("30d", 30 * MS_PER_DAY)],
+    [
+        ("10m", 10 * MS_PER_MINUTE),
+        ("1h", MS_PER_HOUR),
+        ("1d", MS_PER_DAY),
+        ("7d", 7 * MS_PER_DAY),
+        ("30d", 30 * MS_PER_DAY),
+    ],
 )
 def test_customer_window_edges(suffix: str, window_ms: int) -> None:
     history = CustomerHistory()
@@ -213,8 +221,12 @@ def test_terminal_fields_round_trip_with_labels() -> None:
     history.add_label("2", True, T + 10, T + 5)
     history.add_label("3", True, T + 20, T + 7)  # its transaction has not arrived
     fields = history.to_fields()
-    assert fields == {"e:1": str(T), "e:2": str(T + 5), label_field("2"): f"{T + 5}:{T + 10}",
-                      "f:3": f"{T + 7}:{T + 20}"}
+    assert fields == {
+        "e:1": str(T),
+        "e:2": str(T + 5),
+        label_field("2"): f"{T + 5}:{T + 10}",
+        "f:3": f"{T + 7}:{T + 20}",
+    }
     parsed = TerminalHistory.from_fields({k.encode(): v.encode() for k, v in fields.items()})
     assert parsed == history
     parsed.add("3", T + 7)

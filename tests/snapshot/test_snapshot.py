@@ -34,15 +34,21 @@ def transaction(index: int, day_span: int = 3, count: int = 1) -> dict[str, obje
     # spread over a few days so that a flush writes several date partitions
     ts = START_MS + (index * day_span * DAY_MS) // max(count, 1) + index % 1000
     return {
-        "txn_id": f"t{index}", "ts": ts, "customer_id": f"c{index % 37}",
-        "terminal_id": f"m{index % 53}", "amount": round(10 + (index % 997) / 10, 2),
+        "txn_id": f"t{index}",
+        "ts": ts,
+        "customer_id": f"c{index % 37}",
+        "terminal_id": f"m{index % 53}",
+        "amount": round(10 + (index % 997) / 10, 2),
     }
 
 
 def label(event: dict[str, object]) -> dict[str, object]:
     return {
-        "txn_id": event["txn_id"], "customer_id": event["customer_id"],
-        "terminal_id": event["terminal_id"], "ts": event["ts"], "is_fraud": True,
+        "txn_id": event["txn_id"],
+        "customer_id": event["customer_id"],
+        "terminal_id": event["terminal_id"],
+        "ts": event["ts"],
+        "is_fraud": True,
         "reported_at": int(event["ts"]) + DAY_MS,  # type: ignore[call-overload]
     }
 
@@ -79,11 +85,28 @@ def start_snapshot(
     bootstrap: str, store: Path, names: dict[str, str], log: Path
 ) -> subprocess.Popen[bytes]:
     command = [
-        sys.executable, "-m", "fraudstack.cli", "snapshot",
-        "--store", str(store), "--bootstrap", bootstrap, "--group", names["group"],
-        "--transactions-topic", names["transactions"], "--labels-topic", names["labels"],
-        "--dead-letter-topic", names["dlq"], "--flush-rows", "150", "--flush-seconds", "0.3",
-        "--metrics-port", "0",
+        sys.executable,
+        "-m",
+        "fraudstack.cli",
+        "snapshot",
+        "--store",
+        str(store),
+        "--bootstrap",
+        bootstrap,
+        "--group",
+        names["group"],
+        "--transactions-topic",
+        names["transactions"],
+        "--labels-topic",
+        names["labels"],
+        "--dead-letter-topic",
+        names["dlq"],
+        "--flush-rows",
+        "150",
+        "--flush-seconds",
+        "0.3",
+        "--metrics-port",
+        "0",
     ]
     return subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
@@ -105,8 +128,10 @@ def stored_rows(store: OfflineStore, dataset: str) -> int:
 def names() -> Iterator[dict[str, str]]:
     suffix = uuid.uuid4().hex[:8]
     yield {
-        "transactions": f"transactions-{suffix}", "labels": f"labels-{suffix}",
-        "dlq": f"dlq-{suffix}", "group": f"snapshot-{suffix}",
+        "transactions": f"transactions-{suffix}",
+        "labels": f"labels-{suffix}",
+        "dlq": f"dlq-{suffix}",
+        "group": f"snapshot-{suffix}",
     }
 
 
@@ -118,14 +143,17 @@ def test_sigkill_mid_stream_then_restart_gives_every_event_exactly_once(
     labels = [label(event) for event in events[::25]]
     bad = [b"not json at all", orjson.dumps({"txn_id": "x1", "ts": START_MS}), b""]
     encoded = [orjson.dumps(event) for event in events]
-    asyncio.run(create_topics(
-        kafka_bootstrap, [names["transactions"], names["labels"], names["dlq"]], partitions=3
-    ))
+    asyncio.run(
+        create_topics(
+            kafka_bootstrap, [names["transactions"], names["labels"], names["dlq"]], partitions=3
+        )
+    )
     asyncio.run(
         produce(kafka_bootstrap, names["transactions"], encoded[:1_000] + bad, "customer_id")
     )
-    asyncio.run(produce(kafka_bootstrap, names["labels"], [orjson.dumps(x) for x in labels],
-                        "terminal_id"))
+    asyncio.run(
+        produce(kafka_bootstrap, names["labels"], [orjson.dumps(x) for x in labels], "terminal_id")
+    )
 
     store_root = tmp_path / "offline"
     store = OfflineStore(str(store_root))
@@ -135,16 +163,27 @@ def test_sigkill_mid_stream_then_restart_gives_every_event_exactly_once(
         wait_for(lambda: stored_rows(store, EVENTS) >= 300, 60, "the first files")
         # keep producing while the process is killed: it dies mid-stream
         for chunk in range(1_000, total, 250):
-            asyncio.run(produce(kafka_bootstrap, names["transactions"],
-                                encoded[chunk:chunk + 250], "customer_id"))
+            asyncio.run(
+                produce(
+                    kafka_bootstrap,
+                    names["transactions"],
+                    encoded[chunk : chunk + 250],
+                    "customer_id",
+                )
+            )
             if chunk == 1_500:
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=10)
         written_before_restart = stored_rows(store, EVENTS)
         assert 300 <= written_before_restart < total
         process = start_snapshot(kafka_bootstrap, store_root, names, log)
-        wait_for(lambda: stored_rows(store, EVENTS) >= total
-                 and stored_rows(store, LABELS) >= len(labels), 90, "every event in Parquet")
+        wait_for(
+            lambda: (
+                stored_rows(store, EVENTS) >= total and stored_rows(store, LABELS) >= len(labels)
+            ),
+            90,
+            "every event in Parquet",
+        )
         time.sleep(1.5)  # a duplicate, if any, would land now
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()[-3_000:]
@@ -208,16 +247,24 @@ async def test_a_range_half_written_before_a_crash_is_completed_not_duplicated(
     await produce(kafka_bootstrap, names["transactions"], encoded)
 
     store = OfflineStore(str(tmp_path / "offline"))
-    first_day = [row for row in (transaction_row(v, 0, i) for i, v in enumerate(encoded[:40]))
-                 if row[1] < START_MS + DAY_MS]
+    first_day = [
+        row
+        for row in (transaction_row(v, 0, i) for i, v in enumerate(encoded[:40]))
+        if row[1] < START_MS + DAY_MS
+    ]
     crashed = OffsetRange(names["transactions"], 0, 0, 39)
     store.write_partitioned(EVENTS, rows_to_table(first_day, EVENT_SCHEMA), crashed)
     assert len(store.files(EVENTS)) == 1
 
     config = SnapshotConfig(
-        bootstrap=kafka_bootstrap, store_uri=store.uri, group_id=names["group"],
-        transactions_topic=names["transactions"], labels_topic=names["labels"],
-        dead_letter_topic=names["dlq"], flush_rows=15, flush_seconds=0.2,
+        bootstrap=kafka_bootstrap,
+        store_uri=store.uri,
+        group_id=names["group"],
+        transactions_topic=names["transactions"],
+        labels_topic=names["labels"],
+        dead_letter_topic=names["dlq"],
+        flush_rows=15,
+        flush_seconds=0.2,
     )
     snapshot = SnapshotConsumer(config)
     task = asyncio.create_task(snapshot.run())
@@ -240,7 +287,10 @@ async def test_a_range_half_written_before_a_crash_is_completed_not_duplicated(
 def test_snapshot_help_runs_without_kafka() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fraudstack.cli", "snapshot", "--help"],
-        capture_output=True, text=True, timeout=60, env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
     )
     assert result.returncode == 0
     assert "--flush-rows" in result.stdout

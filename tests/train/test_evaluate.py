@@ -28,8 +28,10 @@ def _set(day_offsets: list[int], customers: list[int], frauds: list[int]) -> Lab
     first = (TRAIN_START - date(1970, 1, 1)).days
     ts = (first + np.array(day_offsets, dtype=np.int64)) * 86_400_000 + 3_600_000
     return LabelledSet(
-        txn_id=np.array([str(i) for i in range(len(ts))], dtype=object), ts=ts,
-        customer=np.array(customers, dtype=np.int64), features=np.zeros((len(ts), 2)),
+        txn_id=np.array([str(i) for i in range(len(ts))], dtype=object),
+        ts=ts,
+        customer=np.array(customers, dtype=np.int64),
+        features=np.zeros((len(ts), 2)),
         is_fraud=np.array(frauds, dtype=bool),
     )
 
@@ -45,7 +47,9 @@ def test_split_removes_known_compromised_cards_from_each_test_day() -> None:
     assert list(train.customer) == [1]
     # day 14: card 1 known (training); card 2's fraud (day 7) is known from day 15 on
     assert sorted(zip(test.day - test.day.min(), test.customer, strict=True)) == [
-        (0, 2), (0, 3), (1, 3)
+        (0, 2),
+        (0, 3),
+        (1, 3),
     ]
 
 

@@ -36,8 +36,12 @@ def test_scorer_single_row_equals_batch_and_scikit_learn(
 ) -> None:
     model = fitted["gradient_boosting"]
     metadata = ModelMetadata(
-        version="v-test", model_type="gradient_boosting", feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION, training_window={}, metrics={},
+        version="v-test",
+        model_type="gradient_boosting",
+        feature_names=list(FEATURE_NAMES),
+        feature_set_version=FEATURE_SET_VERSION,
+        training_window={},
+        metrics={},
     )
     scorer = Scorer(to_onnx(model, len(FEATURE_NAMES)), metadata)
     rows = labelled.features[:500]

@@ -23,8 +23,9 @@ def _prefixed(table: pa.Table, prefix: str) -> pa.Table:
     # ids of our own, so no other test's keys in the shared Redis are read or overwritten
     for column in ("customer_id", "terminal_id"):
         index = table.column_names.index(column)
-        table = table.set_column(index, column, pc.binary_join_element_wise(
-            prefix, table.column(column), ""))
+        table = table.set_column(
+            index, column, pc.binary_join_element_wise(prefix, table.column(column), "")
+        )
     return table
 
 
@@ -42,8 +43,11 @@ def test_offline_features_equal_online_features(
     compared = frauds_seen = 0
     for day in (22, 27, 32, 37):
         moment = (first_day + day) * MS_PER_DAY + 14 * 3_600_000
-        load_table(redis_url, transactions.filter(pc.field("ts") <= moment),
-                   labels.filter(pc.field("reported_at") <= moment))
+        load_table(
+            redis_url,
+            transactions.filter(pc.field("ts") <= moment),
+            labels.filter(pc.field("reported_at") <= moment),
+        )
         rows = np.flatnonzero((ts <= moment) & (ts > moment - DEFAULT_ALLOWED_LATENESS_MS))
         online = asyncio.run(_read_online(redis_url, transactions.take(rows).to_pylist()))
         for expected, actual in zip(offline.take(rows).to_pylist(), online, strict=True):
@@ -64,8 +68,11 @@ async def _read_online(redis_url: str, rows: list[dict]) -> list[dict[str, float
                 row["customer_id"], row["terminal_id"]
             )
             history = customer.history if customer is not None else CustomerHistory()
-            results.append(all_features(history, terminal, row["txn_id"], row["ts"],
-                                        round(row["amount"] * 100)))
+            results.append(
+                all_features(
+                    history, terminal, row["txn_id"], row["ts"], round(row["amount"] * 100)
+                )
+            )
         return results
     finally:
         await store.close()

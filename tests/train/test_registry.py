@@ -15,10 +15,11 @@ from fraudstack.train.export import to_onnx
 
 def metadata(version: str) -> ModelMetadata:
     return ModelMetadata(
-        version=version, model_type="logistic_regression", feature_names=list(FEATURE_NAMES),
+        version=version,
+        model_type="logistic_regression",
+        feature_names=list(FEATURE_NAMES),
         feature_set_version=FEATURE_SET_VERSION,
-        training_window={"start": "2018-04-21T00:00:00+00:00",
-                         "end": "2018-04-28T00:00:00+00:00"},
+        training_window={"start": "2018-04-21T00:00:00+00:00", "end": "2018-04-28T00:00:00+00:00"},
         metrics={"validation": {"auc_roc": 0.9}},
     )
 

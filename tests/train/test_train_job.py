@@ -31,13 +31,14 @@ def fill_store(root: Path, transactions: pa.Table, labels: pa.Table) -> OfflineS
 
 
 def test_train_writes_a_valid_version(
-    tmp_path: Path, simulation: tuple[pa.Table, pa.Table], labelled: LabelledSet,
+    tmp_path: Path,
+    simulation: tuple[pa.Table, pa.Table],
+    labelled: LabelledSet,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store = fill_store(tmp_path / "offline", *simulation)
     registry_root = tmp_path / "registry"
-    code = main(["train", "--store", store.uri, "--registry", str(registry_root),
-                 "--no-progress"])
+    code = main(["train", "--store", store.uri, "--registry", str(registry_root), "--no-progress"])
     output = capsys.readouterr().out
     assert code == 0, output
     version = output.strip().splitlines()[-1]
@@ -48,7 +49,9 @@ def test_train_writes_a_valid_version(
     assert metadata.feature_set_version == FEATURE_SET_VERSION
     assert set(metadata.files) == {"model.onnx", "model.joblib", "pr_curve.png", "score_hist.png"}
     assert set(metadata.metrics["candidates"]) == {
-        "logistic_regression", "random_forest", "gradient_boosting"
+        "logistic_regression",
+        "random_forest",
+        "gradient_boosting",
     }
     assert metadata.metrics["onnx_max_abs_diff"] <= 1e-5
     validation = metadata.metrics["validation"]
@@ -64,14 +67,21 @@ def test_train_writes_a_valid_version(
     scorer = load_scorer(str(registry_root), version)
     model = joblib.load(io.BytesIO((folder / "model.joblib").read_bytes()))
     rows = labelled.features[-300:]
-    np.testing.assert_allclose(scorer.score_many(rows), model.predict_proba(rows)[:, 1],
-                               atol=1e-5)
+    np.testing.assert_allclose(scorer.score_many(rows), model.predict_proba(rows)[:, 1], atol=1e-5)
 
 
 def test_train_on_an_empty_store_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["train", "--store", str(tmp_path / "nothing"), "--registry",
-                 str(tmp_path / "registry"), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--store",
+            str(tmp_path / "nothing"),
+            "--registry",
+            str(tmp_path / "registry"),
+            "--no-progress",
+        ]
+    )
     assert code == 1
     assert "offline store" in capsys.readouterr().err

@@ -102,9 +102,9 @@ class ModelRegistry:
         if not self.models.is_dir():
             return []
         return sorted(
-            entry.name for entry in self.models.iterdir()
-            if entry.is_dir() and _VERSION.match(entry.name)
-            and (entry / METADATA_FILE).is_file()
+            entry.name
+            for entry in self.models.iterdir()
+            if entry.is_dir() and _VERSION.match(entry.name) and (entry / METADATA_FILE).is_file()
         )
 
     def latest(self) -> str:

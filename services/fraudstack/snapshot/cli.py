@@ -70,8 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flush-rows", type=int, help="rows per partition buffer before a flush")
     parser.add_argument("--flush-seconds", type=float, help="age of a buffer before a flush")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port; 0 for none")
-    parser.add_argument("--features-every", type=float, metavar="SECONDS",
-                        help="snapshot the online feature values this often; 0 = never")
+    parser.add_argument(
+        "--features-every",
+        type=float,
+        metavar="SECONDS",
+        help="snapshot the online feature values this often; 0 = never",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
     flush_rows = args.flush_rows or settings.snapshot_flush_rows
     flush_seconds = args.flush_seconds or settings.snapshot_flush_seconds
     if flush_rows < 1 or flush_seconds <= 0:
-        print("fraudstack snapshot: --flush-rows and --flush-seconds must be positive",
-              file=sys.stderr)
+        print(
+            "fraudstack snapshot: --flush-rows and --flush-seconds must be positive",
+            file=sys.stderr,
+        )
         return 2
     config = SnapshotConfig(
         bootstrap=args.bootstrap or settings.require("kafka_bootstrap"),
@@ -101,9 +107,7 @@ def run(args: argparse.Namespace) -> int:
         flush_seconds=flush_seconds,
     )
     port = settings.snapshot_metrics_port if args.metrics_port is None else args.metrics_port
-    every = (
-        settings.snapshot_features_every if args.features_every is None else args.features_every
-    )
+    every = settings.snapshot_features_every if args.features_every is None else args.features_every
     redis_url = settings.require("redis_url") if every > 0 else ""
     asyncio.run(_serve(config, port, every, redis_url))
     return 0
@@ -126,10 +130,17 @@ async def _serve(config: SnapshotConfig, port: int, every: float, redis_url: str
         loop.add_signal_handler(signal_number, snapshot.stop)
     tasks = []
     if every > 0:
-        tasks.append(asyncio.create_task(run_periodically(
-            redis_url, snapshot.store, every, snapshot.stopping,
-            on_written=snapshot.metrics.feature_rows.inc,
-        )))
+        tasks.append(
+            asyncio.create_task(
+                run_periodically(
+                    redis_url,
+                    snapshot.store,
+                    every,
+                    snapshot.stopping,
+                    on_written=snapshot.metrics.feature_rows.inc,
+                )
+            )
+        )
     try:
         await snapshot.run()
     finally:

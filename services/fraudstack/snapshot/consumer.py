@@ -191,8 +191,12 @@ class SnapshotConsumer:
         except InvalidEvent as exc:
             reason = "; ".join(exc.reasons)
             log.warning(
-                "bad record %s[%d]@%d to %s: %s", record.topic, record.partition,
-                record.offset, self.config.dead_letter_topic, reason,
+                "bad record %s[%d]@%d to %s: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                self.config.dead_letter_topic,
+                reason,
             )
             buffer.dead_letters.append(asyncio.ensure_future(self._dead_letter(record, reason)))
             self.metrics.dead_letters.labels(record.topic).inc()
@@ -205,7 +209,9 @@ class SnapshotConsumer:
             ("source_offset", str(record.offset).encode()),
         ]
         delivery = await self.producer.send(
-            self.config.dead_letter_topic, value=record.value or b"", key=record.key,
+            self.config.dead_letter_topic,
+            value=record.value or b"",
+            key=record.key,
             headers=headers,
         )
         await delivery
@@ -282,7 +288,8 @@ class SnapshotConsumer:
             committed = await self.consumer.committed(topic_partition)
             position = committed if committed is not None else 0
             replay = deque(
-                item for item in stored[dataset]
+                item
+                for item in stored[dataset]
                 if item.topic == topic_partition.topic
                 and item.partition == topic_partition.partition
                 and item.last >= position
@@ -291,8 +298,12 @@ class SnapshotConsumer:
                 topic_partition, dataset, replay, next_offset=position
             )
             if replay:
-                log.info("%s: %d stored range(s) past offset %d will be reproduced",
-                         topic_partition, len(replay), position)
+                log.info(
+                    "%s: %d stored range(s) past offset %d will be reproduced",
+                    topic_partition,
+                    len(replay),
+                    position,
+                )
 
     def _all_ranges(self, dataset: str) -> list[OffsetRange]:
         ranges = set()

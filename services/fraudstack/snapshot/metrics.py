@@ -14,17 +14,22 @@ class SnapshotMetrics:
     def __post_init__(self) -> None:
         registry = self.registry
         self.rows_written = Counter(
-            "snapshot_rows_written_total", "Rows committed to the offline store",
-            ["dataset"], registry=registry,
+            "snapshot_rows_written_total",
+            "Rows committed to the offline store",
+            ["dataset"],
+            registry=registry,
         )
         self.files_written = Counter(
-            "snapshot_files_written_total", "Parquet files committed to the offline store",
-            ["dataset"], registry=registry,
+            "snapshot_files_written_total",
+            "Parquet files committed to the offline store",
+            ["dataset"],
+            registry=registry,
         )
         self.files_skipped = Counter(
             "snapshot_files_skipped_total",
             "Files not rewritten because an earlier run had committed the same offsets",
-            ["dataset"], registry=registry,
+            ["dataset"],
+            registry=registry,
         )
         self.flush_latency = Histogram(
             "snapshot_flush_latency_seconds",
@@ -35,11 +40,14 @@ class SnapshotMetrics:
         self.consumer_lag = Gauge(
             "snapshot_consumer_lag_records",
             "Records in the partition after the last one this consumer read",
-            ["topic", "partition"], registry=registry,
+            ["topic", "partition"],
+            registry=registry,
         )
         self.dead_letters = Counter(
-            "snapshot_dead_letters_total", "Bad records sent to the dead-letter topic",
-            ["topic"], registry=registry,
+            "snapshot_dead_letters_total",
+            "Bad records sent to the dead-letter topic",
+            ["topic"],
+            registry=registry,
         )
         self.last_commit = Gauge(
             "snapshot_last_commit_timestamp_seconds",

@@ -72,7 +72,7 @@ async def _features_of(
     for key, fields in zip(keys, customers, strict=True):
         record = customer_record(fields)
         if record is not None and record.last is not None:
-            customer_id = key.decode()[len("fs:{customer:"):-1]
+            customer_id = key.decode()[len("fs:{customer:") : -1]
             records.append((customer_id, record))
     async with client.pipeline(transaction=False) as pipe:
         for _, record in records:
@@ -84,11 +84,21 @@ async def _features_of(
         last = record.last
         assert last is not None
         values = all_features(
-            record.history, TerminalHistory.from_fields(terminal_fields),
-            last.txn_id, last.ts_ms, last.amount_cents,
+            record.history,
+            TerminalHistory.from_fields(terminal_fields),
+            last.txn_id,
+            last.ts_ms,
+            last.amount_cents,
         )
-        rows.append((customer_id, last.terminal_id, last.txn_id, last.ts_ms,
-                     [values[name] for name in FEATURE_NAMES]))
+        rows.append(
+            (
+                customer_id,
+                last.terminal_id,
+                last.txn_id,
+                last.ts_ms,
+                [values[name] for name in FEATURE_NAMES],
+            )
+        )
     return rows
 
 
@@ -108,7 +118,10 @@ def _table(rows: list[tuple[str, str, str, int, list[float]]], now_ms: int) -> p
 
 
 async def run_periodically(
-    redis_url: str, store: OfflineStore, every_seconds: float, stopping: asyncio.Event,
+    redis_url: str,
+    store: OfflineStore,
+    every_seconds: float,
+    stopping: asyncio.Event,
     on_written: Callable[[int], None] | None = None,
 ) -> None:
     """Take a snapshot every ``every_seconds`` until ``stopping`` is set."""

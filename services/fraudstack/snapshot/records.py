@@ -48,8 +48,13 @@ def transaction_row(value: bytes | None, partition: int, offset: int) -> Row:
         raise InvalidEvent(["event: empty record value"])
     event = parse_transaction(value)
     return (
-        event.txn_id, event.ts, event.customer_id, event.terminal_id, event.amount,
-        partition, offset,
+        event.txn_id,
+        event.ts,
+        event.customer_id,
+        event.terminal_id,
+        event.amount,
+        partition,
+        offset,
     )
 
 
@@ -59,8 +64,14 @@ def label_row(value: bytes | None, partition: int, offset: int) -> Row:
         raise InvalidEvent(["event: empty record value"])
     label = parse_label(value)
     return (
-        label.txn_id, label.customer_id, label.terminal_id, label.ts, label.is_fraud,
-        label.reported_at, partition, offset,
+        label.txn_id,
+        label.customer_id,
+        label.terminal_id,
+        label.ts,
+        label.is_fraud,
+        label.reported_at,
+        partition,
+        offset,
     )
 
 

@@ -33,33 +33,54 @@ def _models(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--protocol", choices=("store", "handbook"), default="store",
-                        help="store: train from the offline store and register (default); "
-                             "handbook: the book's evaluation protocol on its simulation")
-    parser.add_argument("--models", type=_models, default=None,
-                        help=f"comma-separated candidates (default {','.join(DEFAULT_MODELS)}; "
-                             f"handbook: {','.join(HANDBOOK_MODELS)})")
+    parser.add_argument(
+        "--protocol",
+        choices=("store", "handbook"),
+        default="store",
+        help="store: train from the offline store and register (default); "
+        "handbook: the book's evaluation protocol on its simulation",
+    )
+    parser.add_argument(
+        "--models",
+        type=_models,
+        default=None,
+        help=f"comma-separated candidates (default {','.join(DEFAULT_MODELS)}; "
+        f"handbook: {','.join(HANDBOOK_MODELS)})",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="CPU cores for the forest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     store = parser.add_argument_group("store protocol")
     store.add_argument("--store", metavar="URI", help="offline store root")
     store.add_argument("--registry", metavar="URI", help="model registry root")
-    store.add_argument("--end", type=date.fromisoformat,
-                       help="first day after the validation window (default: newest label "
-                            "report minus the delay)")
-    store.add_argument("--as-of", type=date.fromisoformat,
-                       help="use only labels reported before this day (default: all)")
+    store.add_argument(
+        "--end",
+        type=date.fromisoformat,
+        help="first day after the validation window (default: newest label report minus the delay)",
+    )
+    store.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        help="use only labels reported before this day (default: all)",
+    )
     store.add_argument("--train-days", type=int, default=7)
     store.add_argument("--delay-days", type=int, default=7)
     store.add_argument("--valid-days", type=int, default=7)
     store.add_argument("--select-by", choices=SELECTABLE, default="average_precision")
-    store.add_argument("--genuine-fraction", type=float, default=1.0,
-                       help="keep this share of genuine training transactions (all frauds)")
+    store.add_argument(
+        "--genuine-fraction",
+        type=float,
+        default=1.0,
+        help="keep this share of genuine training transactions (all frauds)",
+    )
     handbook = parser.add_argument_group("handbook protocol")
     handbook.add_argument("--folds", type=int, default=4, help="prequential validation folds")
-    handbook.add_argument("--results", default="bench/results", metavar="FOLDER",
-                          help="where model_quality.md/.json go (default %(default)s)")
+    handbook.add_argument(
+        "--results",
+        default="bench/results",
+        metavar="FOLDER",
+        help="where model_quality.md/.json go (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,12 +90,17 @@ def run(args: argparse.Namespace) -> int:
         from fraudstack.train.handbook import run_protocol
 
         results = run_protocol(
-            models=args.models or HANDBOOK_MODELS, folds=args.folds, seed=args.seed,
-            jobs=args.jobs, progress=progress,
+            models=args.models or HANDBOOK_MODELS,
+            folds=args.folds,
+            seed=args.seed,
+            jobs=args.jobs,
+            progress=progress,
         )
         print(report.table(results))
-        print(f"selected: {results['selected']}; offline features "
-              f"{results['offline_features_seconds']:.1f} s")
+        print(
+            f"selected: {results['selected']}; offline features "
+            f"{results['offline_features_seconds']:.1f} s"
+        )
         for path in report.write(results, args.results):
             print(f"wrote {path}")
         return 0
@@ -87,16 +113,30 @@ def run(args: argparse.Namespace) -> int:
     store_uri = args.store or settings.offline_store_uri
     registry = args.registry or settings.model_registry_uri
     as_of_ms = epoch_ms(args.as_of) - 1 if args.as_of else None
-    window = plan_window(OfflineStore(store_uri), args.end, as_of_ms, args.train_days,
-                         args.delay_days, args.valid_days)
+    window = plan_window(
+        OfflineStore(store_uri),
+        args.end,
+        as_of_ms,
+        args.train_days,
+        args.delay_days,
+        args.valid_days,
+    )
     version, metrics = train_and_register(
-        store_uri, registry, window, models=args.models or DEFAULT_MODELS,
-        select_by=args.select_by, seed=args.seed, jobs=args.jobs,
-        genuine_fraction=args.genuine_fraction, progress=progress,
+        store_uri,
+        registry,
+        window,
+        models=args.models or DEFAULT_MODELS,
+        select_by=args.select_by,
+        seed=args.seed,
+        jobs=args.jobs,
+        genuine_fraction=args.genuine_fraction,
+        progress=progress,
     )
     validation = metrics["validation"]
-    print(f"published {version} to {registry}: validation AUC ROC "
-          f"{validation['auc_roc']:.3f}, AP {validation['average_precision']:.3f}, "
-          f"CP@100 {validation['card_precision_at_100']:.3f}")
+    print(
+        f"published {version} to {registry}: validation AUC ROC "
+        f"{validation['auc_roc']:.3f}, AP {validation['average_precision']:.3f}, "
+        f"CP@100 {validation['card_precision_at_100']:.3f}"
+    )
     print(version)
     return 0

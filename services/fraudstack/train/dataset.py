@@ -58,7 +58,10 @@ class LabelledSet:
 
     def select(self, mask: Flags | Ints) -> LabelledSet:
         return LabelledSet(
-            self.txn_id[mask], self.ts[mask], self.customer[mask], self.features[mask],
+            self.txn_id[mask],
+            self.ts[mask],
+            self.customer[mask],
+            self.features[mask],
             self.is_fraud[mask],
         )
 
@@ -81,9 +84,9 @@ def build(
     ``timings``, when given, receives ``offline_features_seconds``: the time spent in the
     shared feature code.
     """
-    transactions = _first_of_each_txn_id(transactions.select(
-        [*TRANSACTION_COLUMNS, *(["is_fraud"] if labels is None else [])]
-    ))
+    transactions = _first_of_each_txn_id(
+        transactions.select([*TRANSACTION_COLUMNS, *(["is_fraud"] if labels is None else [])])
+    )
     if labels is not None:
         labels = labels.select(LABEL_COLUMNS)
         if labels_known_at_ms is not None:
@@ -130,10 +133,16 @@ def load_from_store(
     return build(events, labels, labels_known_at_ms, progress).window(start_ms, end_ms)
 
 
-_NO_LABELS = pa.schema([
-    ("txn_id", pa.string()), ("customer_id", pa.string()), ("terminal_id", pa.string()),
-    ("ts", pa.int64()), ("is_fraud", pa.bool_()), ("reported_at", pa.int64()),
-]).empty_table()
+_NO_LABELS = pa.schema(
+    [
+        ("txn_id", pa.string()),
+        ("customer_id", pa.string()),
+        ("terminal_id", pa.string()),
+        ("ts", pa.int64()),
+        ("is_fraud", pa.bool_()),
+        ("reported_at", pa.int64()),
+    ]
+).empty_table()
 
 
 def _first_of_each_txn_id(table: pa.Table) -> pa.Table:

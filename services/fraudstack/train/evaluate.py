@@ -47,9 +47,7 @@ def card_precision_at_k(
     return float(np.mean(daily)) if daily else float("nan")
 
 
-def evaluate(
-    is_fraud: npt.ArrayLike, score: Floats, day: Ints, card: Ints, k: int = 100
-) -> Scores:
+def evaluate(is_fraud: npt.ArrayLike, score: Floats, day: Ints, card: Ints, k: int = 100) -> Scores:
     """The three metrics of the handbook protocol for one set of predictions."""
     truth = np.asarray(is_fraud).astype(np.int8)
     both_classes = 0 < truth.sum() < len(truth)

@@ -123,8 +123,10 @@ def run_protocol(
     labels = make_labels(table, seed=config.seed)
     timings["simulate_seconds"] = time.perf_counter() - started
     data = build(table, labels, progress=progress, timings=timings)
-    log(f"{len(data):,} transactions, {data.frauds:,} frauds; features in "
-        f"{timings['offline_features_seconds']:.1f} s")
+    log(
+        f"{len(data):,} transactions, {data.frauds:,} frauds; features in "
+        f"{timings['offline_features_seconds']:.1f} s"
+    )
 
     splits = [split(data, start) for start in fold_starts(folds)]
     train, test = split(data, TRAIN_START)
@@ -148,38 +150,53 @@ def run_protocol(
 
 
 def _report(
-    results: list[ModelResult], selected: str, data: LabelledSet, train: LabelledSet,
-    test: LabelledSet, folds: int, timings: dict[str, float], config: SimulationConfig,
+    results: list[ModelResult],
+    selected: str,
+    data: LabelledSet,
+    train: LabelledSet,
+    test: LabelledSet,
+    folds: int,
+    timings: dict[str, float],
+    config: SimulationConfig,
 ) -> dict[str, Any]:
     rows = []
     for result in results:
         book = BOOK_RESULTS.get(result.model)
-        rows.append({
-            "model": result.model,
-            "auc_roc": round(result.test["auc_roc"], 4),
-            "average_precision": round(result.test["average_precision"], 4),
-            "card_precision_at_100": round(result.test["card_precision_at_100"], 4),
-            "selected": result.model == selected,
-            "validation": {
-                f"{metric}_{kind}": round(
-                    result.validation_mean(metric) if kind == "mean"
-                    else result.validation_std(metric), 4)
-                for metric in ("auc_roc", "average_precision", "card_precision_at_100")
-                for kind in ("mean", "std")
-            },
-            "fit_seconds": round(result.fit_seconds, 2),
-            "onnx_max_abs_diff": float(f"{result.onnx_max_abs_diff:.3g}"),
-            "book": None if book is None else {
-                "model": book[0], "auc_roc": book[1], "average_precision": book[2],
-                "card_precision_at_100": book[3],
-            },
-        })
+        rows.append(
+            {
+                "model": result.model,
+                "auc_roc": round(result.test["auc_roc"], 4),
+                "average_precision": round(result.test["average_precision"], 4),
+                "card_precision_at_100": round(result.test["card_precision_at_100"], 4),
+                "selected": result.model == selected,
+                "validation": {
+                    f"{metric}_{kind}": round(
+                        result.validation_mean(metric)
+                        if kind == "mean"
+                        else result.validation_std(metric),
+                        4,
+                    )
+                    for metric in ("auc_roc", "average_precision", "card_precision_at_100")
+                    for kind in ("mean", "std")
+                },
+                "fit_seconds": round(result.fit_seconds, 2),
+                "onnx_max_abs_diff": float(f"{result.onnx_max_abs_diff:.3g}"),
+                "book": None
+                if book is None
+                else {
+                    "model": book[0],
+                    "auc_roc": book[1],
+                    "average_precision": book[2],
+                    "card_precision_at_100": book[3],
+                },
+            }
+        )
     end = TRAIN_START + timedelta(days=TRAIN_DAYS + DELAY_DAYS + TEST_DAYS - 1)
     return {
         "protocol": {
             "data": f"simulated: {config.customers} customers, {config.terminals} terminals, "
-                    f"{config.days} days from {config.start_date}, r={config.radius}, "
-                    f"seed {config.seed}",
+            f"{config.days} days from {config.start_date}, r={config.radius}, "
+            f"seed {config.seed}",
             "train": f"{TRAIN_START}..{TRAIN_START + timedelta(days=TRAIN_DAYS - 1)}",
             "delay_days": DELAY_DAYS,
             "test": f"{TRAIN_START + timedelta(days=TRAIN_DAYS + DELAY_DAYS)}..{end}",
@@ -188,9 +205,12 @@ def _report(
             "feature_set_version": FEATURE_SET_VERSION,
         },
         "dataset": {
-            "transactions": len(data), "frauds": data.frauds,
-            "train_transactions": len(train), "train_frauds": train.frauds,
-            "test_transactions": len(test), "test_frauds": test.frauds,
+            "transactions": len(data),
+            "frauds": data.frauds,
+            "train_transactions": len(train),
+            "train_frauds": train.frauds,
+            "test_transactions": len(test),
+            "test_frauds": test.frauds,
         },
         "selected": selected,
         "rows": rows,

@@ -42,8 +42,10 @@ class TrainWindow:
     labels_known_at_ms: int
 
     def describe(self) -> str:
-        return (f"train {self.train_start}..{self.train_end - timedelta(days=1)}, validate "
-                f"{self.valid_start}..{self.valid_end - timedelta(days=1)}")
+        return (
+            f"train {self.train_start}..{self.train_end - timedelta(days=1)}, validate "
+            f"{self.valid_start}..{self.valid_end - timedelta(days=1)}"
+        )
 
 
 def plan_window(
@@ -62,8 +64,9 @@ def plan_window(
         end = day_of(as_of_ms) - timedelta(days=delay_days)
     valid_start = end - timedelta(days=valid_days)
     train_end = valid_start - timedelta(days=delay_days)
-    return TrainWindow(train_end - timedelta(days=train_days), train_end, valid_start, end,
-                       as_of_ms)
+    return TrainWindow(
+        train_end - timedelta(days=train_days), train_end, valid_start, end, as_of_ms
+    )
 
 
 def _newest(store: OfflineStore) -> int:
@@ -93,18 +96,25 @@ def train_and_register(
     """Train every candidate, pick one by validation, publish it; return version and metrics."""
     store = OfflineStore(store_uri)
     data = load_from_store(
-        store, epoch_ms(window.train_start), epoch_ms(window.valid_end),
-        window.labels_known_at_ms, progress=progress,
+        store,
+        epoch_ms(window.train_start),
+        epoch_ms(window.valid_end),
+        window.labels_known_at_ms,
+        progress=progress,
     )
     train = data.window(epoch_ms(window.train_start), epoch_ms(window.train_end))
     valid = data.window(epoch_ms(window.valid_start), epoch_ms(window.valid_end))
     for name, part in (("training", train), ("validation", valid)):
         if part.frauds == 0 or part.frauds == len(part):
-            raise StoreError(f"{window.describe()}: the {name} window has {len(part):,} "
-                             f"transactions and {part.frauds:,} known frauds; need both classes")
+            raise StoreError(
+                f"{window.describe()}: the {name} window has {len(part):,} "
+                f"transactions and {part.frauds:,} known frauds; need both classes"
+            )
     train = _subsample_genuine(train, genuine_fraction, seed)
-    log(f"{window.describe()}: {len(train):,} training transactions ({train.frauds:,} frauds), "
-        f"{len(valid):,} validation ({valid.frauds:,} frauds)")
+    log(
+        f"{window.describe()}: {len(train):,} training transactions ({train.frauds:,} frauds), "
+        f"{len(valid):,} validation ({valid.frauds:,} frauds)"
+    )
 
     candidates: dict[str, tuple[Any, Scores, np.ndarray, float]] = {}
     for name in _iterate(models, progress):
@@ -135,12 +145,16 @@ def train_and_register(
         },
         extra={
             "selected_by": f"validation {select_by}",
-            "validation_window": {"start": _iso(window.valid_start),
-                                  "end": _iso(window.valid_end)},
+            "validation_window": {"start": _iso(window.valid_start), "end": _iso(window.valid_end)},
             "labels_known_at": datetime.fromtimestamp(
-                window.labels_known_at_ms / 1000, UTC).isoformat(),
-            "rows": {"train": len(train), "train_frauds": train.frauds,
-                     "validation": len(valid), "validation_frauds": valid.frauds},
+                window.labels_known_at_ms / 1000, UTC
+            ).isoformat(),
+            "rows": {
+                "train": len(train),
+                "train_frauds": train.frauds,
+                "validation": len(valid),
+                "validation_frauds": valid.frauds,
+            },
             "genuine_fraction": genuine_fraction,
             "fit_seconds": {name: round(item[3], 2) for name, item in candidates.items()},
             "hyperparameters": _parameters(model),
@@ -181,8 +195,11 @@ def _subsample_genuine(data: LabelledSet, fraction: float, seed: int) -> Labelle
 
 
 def _parameters(model: Any) -> dict[str, Any]:
-    return {key: value for key, value in model.get_params(deep=False).items()
-            if isinstance(value, str | int | float | bool | type(None))}
+    return {
+        key: value
+        for key, value in model.get_params(deep=False).items()
+        if isinstance(value, str | int | float | bool | type(None))
+    }
 
 
 def _iso(day: date) -> str:
@@ -197,4 +214,3 @@ def _iterate(models: Sequence[str], progress: bool) -> Iterable[str]:
     from tqdm import tqdm
 
     return tqdm(models, desc="train", unit="model", file=sys.stderr)
-

@@ -19,8 +19,12 @@ def pr_curve_png(is_fraud: np.ndarray, score: np.ndarray, title: str) -> bytes:
     average = average_precision_score(is_fraud, score)
     figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
     axes.step(recall, precision, where="post", label=f"AP = {average:.3f}")
-    axes.axhline(float(np.mean(is_fraud)), color="grey", linestyle="--",
-                 label=f"random = {np.mean(is_fraud):.3f}")
+    axes.axhline(
+        float(np.mean(is_fraud)),
+        color="grey",
+        linestyle="--",
+        label=f"random = {np.mean(is_fraud):.3f}",
+    )
     axes.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     axes.legend(loc="upper right")
     axes.grid(alpha=0.3)
@@ -31,8 +35,9 @@ def score_hist_png(is_fraud: np.ndarray, score: np.ndarray, title: str) -> bytes
     fraud = np.asarray(is_fraud).astype(bool)
     figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
     bins = [float(edge) for edge in np.linspace(0.0, 1.0, 41)]
-    axes.hist(score[~fraud], bins=bins, alpha=0.6, label=f"genuine ({(~fraud).sum():,})",
-              density=True)
+    axes.hist(
+        score[~fraud], bins=bins, alpha=0.6, label=f"genuine ({(~fraud).sum():,})", density=True
+    )
     axes.hist(score[fraud], bins=bins, alpha=0.6, label=f"fraud ({fraud.sum():,})", density=True)
     axes.set(xlabel="P(fraud)", ylabel="density (log scale)", yscale="log", title=title)
     axes.legend(loc="upper center")

@@ -23,7 +23,9 @@ def table(report: dict[str, Any]) -> str:
         book = row["book"]
         reference = (
             f"{book['auc_roc']:.3f} / {book['average_precision']:.3f} / "
-            f"{book['card_precision_at_100']:.3f} ({book['model']})" if book else ""
+            f"{book['card_precision_at_100']:.3f} ({book['model']})"
+            if book
+            else ""
         )
         lines.append(
             f"| {row['model']} | {row['auc_roc']:.3f} | {row['average_precision']:.3f} | "
@@ -37,41 +39,43 @@ def table(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any]) -> str:
     protocol, dataset = report["protocol"], report["dataset"]
     onnx = max(row["onnx_max_abs_diff"] for row in report["rows"])
-    return "\n".join([
-        "# Model quality: the Fraud Detection Handbook protocol (ch. 3.4, 5.2)",
-        "",
-        "Written by `fraudstack train --protocol handbook`.",
-        "",
-        f"- data: {protocol['data']}: {dataset['transactions']:,} transactions, "
-        f"{dataset['frauds']:,} frauds",
-        f"- train {protocol['train']} ({dataset['train_transactions']:,} transactions, "
-        f"{dataset['train_frauds']:,} frauds), {protocol['delay_days']}-day delay, test "
-        f"{protocol['test']} ({dataset['test_transactions']:,} transactions, "
-        f"{dataset['test_frauds']:,} frauds, known compromised cards removed)",
-        f"- features: the {len(protocol['features'])} of feature set "
-        f"{protocol['feature_set_version']} (the book's 15 plus the 10-minute and 1-hour "
-        "customer windows)",
-        f"- model selection: {protocol['selection']}; the test columns are never used for it",
-        "",
-        table(report),
-        "",
-        "The book's figures are its published test results on its own run of the same "
-        "simulator (ch. 3.4, \"Performances using standard prediction models\"); its boosted "
-        "model is XGBoost where ours is scikit-learn's GradientBoostingClassifier. The "
-        "simulations differ in their random draws, so figures agree in size, not digit by "
-        "digit.",
-        "",
-        "## Timings (2 shared CPU cores)",
-        "",
-        f"- simulation: {report['simulate_seconds']:.1f} s",
-        f"- offline features for the whole dataset: {report['offline_features_seconds']:.1f} s",
-        f"- every fit, validation and test, ONNX export checks: "
-        f"{report['training_seconds']:.1f} s",
-        "",
-        f"ONNX export against scikit-learn on the test set: largest |difference| of P(fraud) "
-        f"{onnx:.2g}.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Model quality: the Fraud Detection Handbook protocol (ch. 3.4, 5.2)",
+            "",
+            "Written by `fraudstack train --protocol handbook`.",
+            "",
+            f"- data: {protocol['data']}: {dataset['transactions']:,} transactions, "
+            f"{dataset['frauds']:,} frauds",
+            f"- train {protocol['train']} ({dataset['train_transactions']:,} transactions, "
+            f"{dataset['train_frauds']:,} frauds), {protocol['delay_days']}-day delay, test "
+            f"{protocol['test']} ({dataset['test_transactions']:,} transactions, "
+            f"{dataset['test_frauds']:,} frauds, known compromised cards removed)",
+            f"- features: the {len(protocol['features'])} of feature set "
+            f"{protocol['feature_set_version']} (the book's 15 plus the 10-minute and 1-hour "
+            "customer windows)",
+            f"- model selection: {protocol['selection']}; the test columns are never used for it",
+            "",
+            table(report),
+            "",
+            "The book's figures are its published test results on its own run of the same "
+            'simulator (ch. 3.4, "Performances using standard prediction models"); its boosted '
+            "model is XGBoost where ours is scikit-learn's GradientBoostingClassifier. The "
+            "simulations differ in their random draws, so figures agree in size, not digit by "
+            "digit.",
+            "",
+            "## Timings (2 shared CPU cores)",
+            "",
+            f"- simulation: {report['simulate_seconds']:.1f} s",
+            f"- offline features for the whole dataset: {report['offline_features_seconds']:.1f} s",
+            f"- every fit, validation and test, ONNX export checks: "
+            f"{report['training_seconds']:.1f} s",
+            "",
+            f"ONNX export against scikit-learn on the test set: largest |difference| of P(fraud) "
+            f"{onnx:.2g}.",
+            "",
+        ]
+    )
 
 
 def write(report: dict[str, Any], folder: str | os.PathLike[str]) -> tuple[Path, Path]:
