@@ -18,7 +18,6 @@ A label on topic ``labels`` (key: ``terminal_id``), a chargeback that arrives la
 
 from __future__ import annotations
 
-from functools import cached_property
 from typing import Annotated, Any
 
 import orjson
@@ -43,11 +42,11 @@ class Transaction(BaseModel):
 
     @model_validator(mode="after")
     def _cents(self) -> Transaction:
-        if abs(self.amount * 100 - self.amount_cents) > 1e-6:
+        if abs(self.amount * 100 - round(self.amount * 100)) > 1e-6:
             raise ValueError("amount has more than two decimals")
         return self
 
-    @cached_property
+    @property
     def amount_cents(self) -> int:
         return round(self.amount * 100)
 

@@ -226,6 +226,7 @@ class Processor:
         """Queue the customers' writes; return the transactions applied (not duplicates)."""
         applied: list[Transaction] = []
         new_fields: dict[str, dict[str, str | int | float]] = {}
+        newest: dict[str, Transaction] = {}
         for arrival in arrivals:
             txn = arrival.txn
             state = self.customers[txn.customer_id]
@@ -245,15 +246,22 @@ class Processor:
                 continue
             result.applied += 1
             applied.append(txn)
-            fields = new_fields.setdefault(txn.customer_id, {})
+            fields = new_fields.get(txn.customer_id)
+            if fields is None:
+                fields = new_fields[txn.customer_id] = {}
+                newest[txn.customer_id] = txn
+            else:
+                known = newest[txn.customer_id]
+                if (txn.ts, txn.txn_id) > (known.ts, known.txn_id):
+                    newest[txn.customer_id] = txn
             fields[event_field(txn.txn_id)] = customer_event_value(txn.ts, cents)
-            if state.last is None or (txn.ts, txn.txn_id) > (state.last.ts_ms, state.last.txn_id):
-                state.last = LastTransaction(txn.txn_id, txn.ts, cents, txn.terminal_id)
 
         for customer, fields in new_fields.items():
             state = self.customers[customer]
+            txn = newest[customer]
+            if state.last is None or (txn.ts, txn.txn_id) > (state.last.ts_ms, state.last.txn_id):
+                state.last = LastTransaction(txn.txn_id, txn.ts, txn.amount_cents, txn.terminal_id)
             last = state.last
-            assert last is not None  # an event was just applied
             history = state.history
             cutoff = last.ts_ms - CUSTOMER_HORIZON_MS - self.allowed_lateness_ms
             expired = history.txn_ids[: bisect_right(history.ts, cutoff)]
@@ -279,9 +287,10 @@ class Processor:
     ) -> None:
         per_terminal: dict[str, list[str]] = {}
         for txn in transactions:
-            per_terminal.setdefault(txn.terminal_id, []).extend(
-                (event_field(txn.txn_id), terminal_event_value(txn.ts))
-            )
+            pairs = per_terminal.get(txn.terminal_id)
+            if pairs is None:
+                pairs = per_terminal[txn.terminal_id] = []
+            pairs += (event_field(txn.txn_id), terminal_event_value(txn.ts))
         for label in labels:
             per_terminal.setdefault(label.terminal_id, []).extend(
                 (label_field(label.txn_id), label_value(label.ts, label.reported_at))

@@ -15,6 +15,10 @@ metric                                 type       labels / meaning
                                                   ``error``; ``shadow`` for a candidate that
                                                   scored in the shadow of the stable model)
 ``inference_latency_seconds``          histogram  same labels; time spent inside the service
+``inference_score``                    histogram  ``model_version``; the fraud probability a model
+                                                  gave (answered, or scored in the shadow), buckets
+                                                  every 0.05 on 0..1: the operator's score-drift
+                                                  gate compares the versions' distributions
 ``feature_age_seconds``                histogram  now minus the newest event in the customer's
                                                   stored features (pipeline lag + inactivity)
 ``online_store_unavailable_total``     counter    requests answered 503 because Redis was down
@@ -70,6 +74,9 @@ AGE_BUCKETS = (
     7 * 86400.0,
     30 * 86400.0,
 )
+#: Every 0.05 on 0..1, the resolution of the operator's score-drift gate (rounded so that the
+#: exposed ``le`` labels read 0.05, 0.1, ... rather than 0.15000000000000002).
+SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
 #: How often the request path's tallies are written to the shared metrics.
 FLUSH_SECONDS = 0.25
 #: No model was chosen (the request was refused before routing).
@@ -113,6 +120,13 @@ class ServeMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.score = Histogram(
+            "inference_score",
+            "Fraud probability given by a model, answered or scored in the shadow.",
+            ("model_version",),
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
         self.feature_age = Histogram(
             "feature_age_seconds",
             "Age of the newest event in the stored features a request used.",
@@ -125,6 +139,7 @@ class ServeMetrics:
             registry=self.registry,
         )
         self._requests: dict[tuple[str, str], _Tally] = {}
+        self._scores: dict[str, _Tally] = {}
         self._ages = _Tally(len(AGE_BUCKETS))
         self._unavailable = 0
 
@@ -137,6 +152,15 @@ class ServeMetrics:
         if seconds is not None:
             tally.total += seconds
             tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def observe_score(self, model_version: str, probability: float) -> None:
+        """Count one fraud probability ``model_version`` gave."""
+        tally = self._scores.get(model_version)
+        if tally is None:
+            tally = self._scores[model_version] = _Tally(len(SCORE_BUCKETS))
+        tally.count += 1
+        tally.total += probability
+        tally.buckets[bisect_left(SCORE_BUCKETS, probability)] += 1
 
     def observe_age(self, seconds: float) -> None:
         ages = self._ages
@@ -155,6 +179,9 @@ class ServeMetrics:
             timed = sum(tally.buckets)
             if timed:
                 _add(self.latency.labels(version, outcome), tally, timed)
+        scores, self._scores = self._scores, {}
+        for version, tally in scores.items():
+            _add(self.score.labels(version), tally, tally.count)
         ages, self._ages = self._ages, _Tally(len(AGE_BUCKETS))
         if ages.count:
             _add(self.feature_age, ages, ages.count)

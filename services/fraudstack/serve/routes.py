@@ -60,14 +60,23 @@ class Service:
     async def score(
         self, routing: Routing, scorer: BatchingScorer, customer_id: str, scored: Scored
     ) -> float:
-        """The answering model's probability; in shadow mode the candidate scores too."""
+        """The answering model's probability; in shadow mode the candidate scores too.
+
+        Both probabilities go to the score histogram, so the operator's drift gate compares the
+        candidate with stable in shadow mode as well as in canary mode.
+        """
         features = scored.features
+        metrics = self.metrics
         probability = await scorer.score([features[name] for name in scorer.feature_names])
+        metrics.observe_score(scorer.version, probability)
         shadow = routing.shadow_for(customer_id)
         if shadow is not None:
             started = _perf_counter()
-            await shadow.score([features[name] for name in shadow.feature_names])
-            self.metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
+            shadow_probability = await shadow.score(
+                [features[name] for name in shadow.feature_names]
+            )
+            metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
+            metrics.observe_score(shadow.version, shadow_probability)
         return probability
 
     def failed(self, exc: FraudstackError, version: str, started: float) -> None:
