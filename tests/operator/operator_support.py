@@ -13,11 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from fraudstack.devstack.process import free_port
 from fraudstack.routing import RoutingDocument
-from fraudstack.serve.metrics import LATENCY_BUCKETS
+from fraudstack.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 
 GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
 T = TypeVar("T")
-SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 
 
 def fraud_model(name: str, **spec: Any) -> dict[str, Any]:
