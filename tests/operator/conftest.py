@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,9 +27,15 @@ import pytest
 import redis
 from kopf.testing import KopfRunner
 from kubernetes import client
-from operator_support import GROUP, PLURAL, VERSION, MetricsTarget, delete_and_wait
+from operator_support import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    MetricsTarget,
+    delete_and_wait,
+    running_operator,
+)
 
-from fraudmodel_operator.handlers import build_registry
 from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.devstack.base import ServerInfo
@@ -126,21 +131,8 @@ def operator(
         reconcile_seconds=1.0,
         gate_min_window_seconds=10.0,
     )
-    # kopf logs in with the kubeconfig, as the operator does outside a cluster
-    previous = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(kube["kubeconfig"])
-    try:
-        with KopfRunner(
-            ["run", "--standalone", "--namespace", namespace],
-            registry=build_registry(settings),
-            timeout=60,
-        ) as runner:
-            yield runner
-    finally:
-        if previous is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = previous
+    with running_operator(settings, str(kube["kubeconfig"])) as runner:
+        yield runner
 
 
 @pytest.fixture

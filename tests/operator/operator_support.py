@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import redis
+from kopf.testing import KopfRunner
 from kubernetes import client
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from fraudmodel_operator.handlers import build_registry
+from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.devstack.process import free_port
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 
 GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
 T = TypeVar("T")
+
+
+@contextmanager
+def running_operator(settings: OperatorSettings, kubeconfig: str) -> Iterator[KopfRunner]:
+    """The operator in this process, watching ``settings.namespace`` of the local API server.
+
+    kopf logs in with the kubeconfig, as the operator does outside a cluster.
+    """
+    previous = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = kubeconfig
+    try:
+        with KopfRunner(
+            ["run", "--standalone", "--namespace", settings.namespace],
+            registry=build_registry(settings),
+            timeout=60,
+        ) as runner:
+            yield runner
+    finally:
+        if previous is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = previous
 
 
 def fraud_model(name: str, **spec: Any) -> dict[str, Any]:

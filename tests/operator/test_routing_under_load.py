@@ -22,7 +22,6 @@ without rollout steps publishes its share as it stands.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -46,9 +45,15 @@ from conftest_serve import (
 )
 from kopf.testing import KopfRunner
 from kubernetes import client
-from operator_support import GROUP, PLURAL, VERSION, delete_and_wait, fraud_model
+from operator_support import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    delete_and_wait,
+    fraud_model,
+    running_operator,
+)
 
-from fraudmodel_operator.handlers import build_registry
 from fraudmodel_operator.publish import Outcome, RoutingPublisher
 from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.devstack.base import ServerInfo
@@ -249,20 +254,8 @@ def serving_operator(
         routing_key=serve_routing_key,
         reconcile_seconds=1.0,
     )
-    previous = os.environ.get("KUBECONFIG")
-    os.environ["KUBECONFIG"] = str(kube["kubeconfig"])
-    try:
-        with KopfRunner(
-            ["run", "--standalone", "--namespace", serve_namespace],
-            registry=build_registry(settings),
-            timeout=60,
-        ) as runner:
-            yield runner
-    finally:
-        if previous is None:
-            os.environ.pop("KUBECONFIG", None)
-        else:
-            os.environ["KUBECONFIG"] = previous
+    with running_operator(settings, str(kube["kubeconfig"])) as runner:
+        yield runner
 
 
 async def test_the_service_follows_a_fraudmodel_applied_through_the_api_server(
