@@ -6,6 +6,8 @@ Every error this project raises on purpose derives from one root, so a caller ca
 
     FraudstackError
     ├── ConfigurationError        a setting is missing or wrong
+    │   └── InvalidRouting        a published routing document is malformed
+    │                             (defined in :mod:`fraudstack.routing`)
     ├── DevstackError             a local server could not be installed, started or reached
     ├── InvalidEvent              an event failed validation (ingestion answers 422; the stream
     │                             sends it to the dead-letter topic)
