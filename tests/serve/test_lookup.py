@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from fraudstack.adapters.online_store import customer_key
+from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY
 from fraudstack.features.offline import compute_features
 from fraudstack.serve.lookup import FeatureLookup
-from fraudstack.serve.redis_link import RedisLink
 
 from .conftest import RedisProcess
 

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.errors import FraudstackError
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve import errors
@@ -32,7 +33,6 @@ from fraudstack.serve.errors import JSONBytes
 from fraudstack.serve.lookup import FeatureLookup
 from fraudstack.serve.metrics import FLUSH_SECONDS, ServeMetrics
 from fraudstack.serve.models import ModelHolder, ScorerLoader, routing_spec
-from fraudstack.serve.redis_link import RedisLink
 from fraudstack.serve.routes import Service, add_routes
 from fraudstack.serve.routing_watch import read_routing, watch_routing
 from fraudstack.serve.settings import ServeSettings, get_settings

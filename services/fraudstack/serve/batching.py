@@ -1,7 +1,7 @@
 """Dynamic batching: the requests of one event-loop turn are scored in one model call.
 
-Why: a single-row evaluation is fast only while the model sits in the CPU caches. Measured on the
-machine this was built for, a 100-tree random forest scores a row in ~20 µs in a tight loop but
+Why: a single-row evaluation is fast only while the model sits in the CPU caches. Measured on a
+2-core machine, a 100-tree random forest scores a row in ~20 µs in a tight loop but
 in ~800 µs once other work has pushed its 4 MB of nodes out of the caches, which is what a busy
 worker does between two requests. Rows scored together share the walk through the upper levels of
 every tree (and one call's fixed overhead): 16 rows cost ~8 µs each even warm.

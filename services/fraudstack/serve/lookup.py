@@ -32,6 +32,7 @@ from fraudstack.adapters.online_store import (
     customer_record,
     terminal_key,
 )
+from fraudstack.adapters.redis_link import RedisLink, encode_command
 from fraudstack.errors import EntityNotFound
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import CUSTOMER_FEATURES
@@ -43,7 +44,6 @@ from fraudstack.features.online import (
     terminal_features,
     transaction_features,
 )
-from fraudstack.serve.redis_link import RedisLink, encode_command
 
 _NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, *CUSTOMER_FEATURES)
 # the constant tail of "HMGET <key> <fields...>", encoded once

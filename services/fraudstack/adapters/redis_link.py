@@ -1,6 +1,6 @@
 """One pipelined Redis connection per worker, for the request path.
 
-Why not redis-py's asyncio client: measured on the machine this was built for, one ``HGETALL``
+Why not redis-py's asyncio client: measured on a 2-core machine, one ``HGETALL``
 through it costs about 120 µs of CPU under concurrent load (pool checkout, locks and parser layers
 per command), more than everything else a prediction does together. Redis answers the commands
 of one connection in order, so concurrent requests can share a single socket: each request

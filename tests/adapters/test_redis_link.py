@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from fraudstack.adapters.redis_link import RedisLink, encode_command
 from fraudstack.devstack.process import free_port
 from fraudstack.errors import StoreError, StoreUnavailable
-from fraudstack.serve.redis_link import RedisLink, encode_command
+from serve.conftest import RedisProcess, start_redis
 
-from .conftest import RedisProcess, start_redis
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A private redis-server, so these tests may write what they like."""
+    server = start_redis(tmp_path_factory.mktemp("redis-link"))
+    yield server
+    server.stop()
 
 
 def test_commands_are_encoded_in_the_redis_protocol() -> None:
