@@ -23,13 +23,10 @@ topic with the reason.
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Protocol
-
-import redis.asyncio as aioredis
 
 from fraudstack.adapters.kafka import dead_letter
 from fraudstack.adapters.online_store import (
@@ -47,7 +44,6 @@ from fraudstack.adapters.redis_bulk import BulkWriter, Command
 from fraudstack.errors import InvalidEvent
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import (
-    CUSTOMER_HORIZON_MS,
     TERMINAL_HORIZON_MS,
     label_counts,
 )
@@ -133,12 +129,10 @@ class Processor:
 
     def __init__(
         self,
-        client: aioredis.Redis,
         bulk: BulkWriter,
         allowed_lateness_ms: int,
         topics: Topics | None = None,
     ) -> None:
-        self.client = client
         self.bulk = bulk
         self.topics = topics or Topics()
         self.allowed_lateness_ms = allowed_lateness_ms
@@ -175,7 +169,6 @@ class Processor:
         result: BatchResult,
     ) -> None:
         raw = record.value or b""
-        where = f"{record.topic}[{record.partition}]@{record.offset}"
         try:
             if record.topic == self.topics.labels:
                 label = parse_label(raw)
@@ -189,6 +182,7 @@ class Processor:
                 return
             txn = parse_transaction(raw)
         except InvalidEvent as exc:
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
             self._reject(record, f"invalid event at {where}: {exc}", result)
             return
         partition = (record.topic, record.partition)
@@ -209,12 +203,10 @@ class Processor:
         missing = [customer for customer in customer_ids if customer not in self.customers]
         if not missing:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
-            for customer in missing:
-                pipe.hgetall(customer_key(customer))
-            stored: Sequence[dict[bytes, bytes]] = await pipe.execute()
-        for customer, fields in zip(missing, stored, strict=True):
-            record = customer_record(fields)
+        stored = await self.bulk.execute([("HGETALL", customer_key(c)) for c in missing])
+        for customer, flat in zip(missing, stored, strict=True):
+            # RESP2 answers HGETALL with a flat list: field, value, field, value...
+            record = customer_record(dict(zip(flat[::2], flat[1::2], strict=True)))
             if record is None:
                 self.customers[customer] = CustomerState(CustomerHistory(), None)
             else:
@@ -263,9 +255,7 @@ class Processor:
                 state.last = LastTransaction(txn.txn_id, txn.ts, txn.amount_cents, txn.terminal_id)
             last = state.last
             history = state.history
-            cutoff = last.ts_ms - CUSTOMER_HORIZON_MS - self.allowed_lateness_ms
-            expired = history.txn_ids[: bisect_right(history.ts, cutoff)]
-            history.prune(last.ts_ms, self.allowed_lateness_ms)
+            expired = history.prune(last.ts_ms, self.allowed_lateness_ms)
             fields.update(transaction_features(last.ts_ms, last.amount_cents))
             fields.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
             fields[LAST_TXN_FIELD] = last.encode()

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 
-import redis.asyncio as aioredis
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -23,7 +22,6 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.errors import CommitFailedError, KafkaError
-from redis.exceptions import RedisError
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer
 from fraudstack.adapters.redis_bulk import BulkWriter
@@ -68,9 +66,8 @@ class Aggregator:
         redis_url = self.settings.require("redis_url")
         topics = self.settings.topics
         await ensure_topics(bootstrap, topics)
-        client = aioredis.Redis.from_url(redis_url)
         bulk = BulkWriter(redis_url)
-        processor = Processor(client, bulk, self.settings.aggregate_allowed_lateness_ms, topics)
+        processor = Processor(bulk, self.settings.aggregate_allowed_lateness_ms, topics)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.settings.aggregate_group_id,
@@ -107,7 +104,6 @@ class Aggregator:
         finally:
             await consumer.stop()
             await producer.stop()
-            await client.aclose()
             await bulk.close()
         return self.processed
 
@@ -157,7 +153,7 @@ class Aggregator:
         while True:
             try:
                 return await processor.process(records)
-            except (RedisError, OSError) as exc:
+            except OSError as exc:  # the bulk writer's ConnectionError is one
                 if time.monotonic() > deadline:
                     raise StoreUnavailable(f"Redis unreachable for too long: {exc}") from exc
                 log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)

@@ -117,12 +117,11 @@ def _pairs(values: list[str], what: str) -> tuple[list[int], list[int]]:
 
 
 @dataclass(slots=True)
-class CustomerHistory:
-    """One customer's events, sorted by ``(ts, txn_id)``, as three parallel lists."""
+class _EventLog:
+    """What both histories share: events sorted by ``(ts, txn_id)``, known ids, a horizon."""
 
     ts: list[int] = field(default_factory=list)
     txn_ids: list[str] = field(default_factory=list)
-    amounts_cents: list[int] = field(default_factory=list)
     #: Events at or before this time were pruned and are refused; not stored in the fields.
     horizon_ms: int = field(default=_NO_HORIZON, compare=False)
     _known: set[str] = field(init=False, repr=False, compare=False)
@@ -136,27 +135,52 @@ class CustomerHistory:
     def __contains__(self, txn_id: object) -> bool:
         return txn_id in self._known
 
-    def add(self, txn_id: str, ts_ms: int, amount_cents: int) -> bool:
-        """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
+    def _place(self, txn_id: str, ts_ms: int) -> int:
+        """Insert the event's time and id; its position, or -1 (nothing changed) when the
+        event is a duplicate or older than the horizon."""
         if txn_id in self._known or ts_ms <= self.horizon_ms:
-            return False
+            return -1
         position = _insert_position(self.ts, self.txn_ids, ts_ms, txn_id)
         self.ts.insert(position, ts_ms)
         self.txn_ids.insert(position, txn_id)
-        self.amounts_cents.insert(position, amount_cents)
         self._known.add(txn_id)
-        return True
+        return position
 
-    def prune(self, now_ms: int, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
-        """Drop events no window of a transaction at ``now - lateness`` or later can need."""
-        cutoff = now_ms - CUSTOMER_HORIZON_MS - allowed_lateness_ms
+    def _drop_through(self, cutoff: int) -> list[str]:
+        """Move the horizon to ``cutoff`` and drop the events at or before it; their ids."""
         if cutoff <= self.horizon_ms:
-            return
+            return []
         self.horizon_ms = cutoff
         count = bisect_right(self.ts, cutoff)
+        dropped = self.txn_ids[:count]
         if count:
-            self._known.difference_update(self.txn_ids[:count])
-            del self.ts[:count], self.txn_ids[:count], self.amounts_cents[:count]
+            self._known.difference_update(dropped)
+            del self.ts[:count], self.txn_ids[:count]
+        return dropped
+
+
+@dataclass(slots=True)
+class CustomerHistory(_EventLog):
+    """One customer's events, sorted by ``(ts, txn_id)``, as three parallel lists."""
+
+    amounts_cents: list[int] = field(default_factory=list)
+
+    def add(self, txn_id: str, ts_ms: int, amount_cents: int) -> bool:
+        """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
+        position = self._place(txn_id, ts_ms)
+        if position < 0:
+            return False
+        self.amounts_cents.insert(position, amount_cents)
+        return True
+
+    def prune(
+        self, now_ms: int, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
+    ) -> list[str]:
+        """Drop events no window of a transaction at ``now - lateness`` or later can need;
+        return the ids dropped (the store deletes their fields)."""
+        dropped = self._drop_through(now_ms - CUSTOMER_HORIZON_MS - allowed_lateness_ms)
+        del self.amounts_cents[: len(dropped)]
+        return dropped
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields of every event (see the module docstring)."""
@@ -185,7 +209,7 @@ class CustomerHistory:
 
 
 @dataclass(slots=True)
-class TerminalHistory:
+class TerminalHistory(_EventLog):
     """One terminal's events, sorted by ``(ts, txn_id)``, with a fraud flag each, and labels.
 
     ``labels`` maps a txn_id to ``(ts_ms, reported_at_ms)`` for every fraud label that counts
@@ -193,31 +217,15 @@ class TerminalHistory:
     transaction, and ``frauds[i]`` is 1 when ``txn_ids[i]`` has one.
     """
 
-    ts: list[int] = field(default_factory=list)
-    txn_ids: list[str] = field(default_factory=list)
     frauds: list[int] = field(default_factory=list)
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)
-    horizon_ms: int = field(default=_NO_HORIZON, compare=False)
-    _known: set[str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._known = set(self.txn_ids)
-
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def __contains__(self, txn_id: object) -> bool:
-        return txn_id in self._known
 
     def add(self, txn_id: str, ts_ms: int) -> bool:
         """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
-        if txn_id in self._known or ts_ms <= self.horizon_ms:
+        position = self._place(txn_id, ts_ms)
+        if position < 0:
             return False
-        position = _insert_position(self.ts, self.txn_ids, ts_ms, txn_id)
-        self.ts.insert(position, ts_ms)
-        self.txn_ids.insert(position, txn_id)
         self.frauds.insert(position, 1 if txn_id in self.labels else 0)
-        self._known.add(txn_id)
         return True
 
     def add_label(self, txn_id: str, is_fraud: bool, reported_at_ms: int, ts_ms: int) -> bool:
@@ -238,11 +246,7 @@ class TerminalHistory:
         cutoff = now_ms - TERMINAL_HORIZON_MS - allowed_lateness_ms
         if cutoff <= self.horizon_ms:
             return
-        self.horizon_ms = cutoff
-        count = bisect_right(self.ts, cutoff)
-        if count:
-            self._known.difference_update(self.txn_ids[:count])
-            del self.ts[:count], self.txn_ids[:count], self.frauds[:count]
+        del self.frauds[: len(self._drop_through(cutoff))]
         for txn_id in [key for key, (ts_ms, _) in self.labels.items() if ts_ms <= cutoff]:
             del self.labels[txn_id]
 
