@@ -29,7 +29,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from fraudstack.errors import StoreUnavailable
-from fraudstack.features.online import CustomerHistory, TerminalHistory
+from fraudstack.features.online import (
+    CustomerHistory,
+    TerminalHistory,
+    customer_features,
+    transaction_features,
+)
 
 LAST_TXN_FIELD = "_last_txn"
 EVENT_TS_FIELD = "_event_ts"
@@ -143,6 +148,21 @@ class OnlineStore:
 
 
 # --- writing -------------------------------------------------------------------------------
+
+
+def customer_summary_fields(
+    history: CustomerHistory, last: LastTransaction, now_ms: int
+) -> dict[str, str | int | float]:
+    """A customer hash's fields besides its events: the newest transaction's features (finished
+    at that transaction's time) and the bookkeeping fields."""
+    fields: dict[str, str | int | float] = {}
+    fields.update(transaction_features(last.ts_ms, last.amount_cents))
+    fields.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
+    fields[LAST_TXN_FIELD] = last.encode()
+    fields[EVENT_TS_FIELD] = last.ts_ms
+    fields[UPDATED_AT_FIELD] = now_ms
+    return fields
+
 
 #: Keys live a little longer than the furthest window reaches back.
 CUSTOMER_TTL_SECONDS = 32 * 86_400

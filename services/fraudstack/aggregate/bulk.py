@@ -17,18 +17,16 @@ import redis
 from fraudstack.adapters.online_store import (
     CUSTOMER_TTL_SECONDS,
     EVENT_TS_FIELD,
-    LAST_TXN_FIELD,
     TERMINAL_TTL_SECONDS,
     UPDATED_AT_FIELD,
     LastTransaction,
     customer_key,
+    customer_summary_fields,
     terminal_key,
 )
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
-    customer_features,
-    transaction_features,
 )
 
 
@@ -72,12 +70,7 @@ def load_table(
     for customer, history in customer_histories.items():
         newest = last[customer]
         history.prune(newest.ts_ms)
-        fields: dict[Any, str | int | float] = dict(history.to_fields())
-        fields.update(transaction_features(newest.ts_ms, newest.amount_cents))
-        fields.update(customer_features(history, newest.txn_id, newest.ts_ms, newest.amount_cents))
-        fields[LAST_TXN_FIELD] = newest.encode()
-        fields[EVENT_TS_FIELD] = newest.ts_ms
-        fields[UPDATED_AT_FIELD] = now_ms
+        fields = {**history.to_fields(), **customer_summary_fields(history, newest, now_ms)}
         pending = _replace(
             pipe, customer_key(customer), fields, CUSTOMER_TTL_SECONDS, pending, batch
         )

@@ -31,13 +31,11 @@ from typing import Protocol
 from fraudstack.adapters.kafka import dead_letter
 from fraudstack.adapters.online_store import (
     CUSTOMER_TTL_SECONDS,
-    EVENT_TS_FIELD,
-    LAST_TXN_FIELD,
     TERMINAL_TTL_SECONDS,
-    UPDATED_AT_FIELD,
     LastTransaction,
     customer_key,
     customer_record,
+    customer_summary_fields,
     terminal_key,
 )
 from fraudstack.adapters.redis_bulk import BulkWriter, Command
@@ -50,12 +48,10 @@ from fraudstack.features.definitions import (
 from fraudstack.features.online import (
     CustomerHistory,
     customer_event_value,
-    customer_features,
     event_field,
     label_field,
     label_value,
     terminal_event_value,
-    transaction_features,
 )
 from fraudstack.settings import Topics
 
@@ -256,11 +252,7 @@ class Processor:
             last = state.last
             history = state.history
             expired = history.prune(last.ts_ms, self.allowed_lateness_ms)
-            fields.update(transaction_features(last.ts_ms, last.amount_cents))
-            fields.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
-            fields[LAST_TXN_FIELD] = last.encode()
-            fields[EVENT_TS_FIELD] = last.ts_ms
-            fields[UPDATED_AT_FIELD] = now_ms
+            fields.update(customer_summary_fields(history, last, now_ms))
             key = customer_key(customer)
             commands.append(["HSET", key, *chain.from_iterable(fields.items())])
             if expired:
