@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -111,7 +110,7 @@ def main() -> int:
         "labels": labels.num_rows,
         "peak_rss_mb": peak_rss_mb,
         "simulator": simulator,
-        "machine": machine_block(),
+        "machine": (host := machine_block()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -146,7 +145,7 @@ def main() -> int:
     for name, value, note in rows:
         print(f"| {name} | {value} | {note} |")
     print(
-        f"\n{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"\n{host['platform']}, {host['cpus']} CPUs, Python {host['python']}; "
         f"written to {args.out}",
         file=sys.stderr,
     )

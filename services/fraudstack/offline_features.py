@@ -17,13 +17,12 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
+from fraudstack.adapters.offline_store import write_local_atomically
 from fraudstack.features.definitions import FEATURE_SET_VERSION
 from fraudstack.features.offline import compute_features
 
@@ -86,11 +85,5 @@ def write_parquet_atomically(
     if metadata:
         existing = table.schema.metadata or {}
         table = table.replace_schema_metadata({**existing, **metadata})
-    # a dot name: dataset readers skip it, so nobody reads the file while it is written
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    # under a dot name: dataset readers skip it, so nobody reads the file while it is written
+    write_local_atomically(table, str(target), compression="snappy")

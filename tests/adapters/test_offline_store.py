@@ -97,6 +97,9 @@ def test_offset_ranges_of_one_partition(tmp_path: Path) -> None:
         store.write_partitioned(EVENTS, events(3), OffsetRange("my-topic.v2", 1, first, first + 9))
     store.write_partitioned(EVENTS, events(3), OffsetRange("my-topic.v2", 0, 0, 4))
     assert [item.first for item in store.offset_ranges(EVENTS, "my-topic.v2", 1)] == [0, 10, 20]
+    grouped = store.all_offset_ranges(EVENTS)
+    assert set(grouped) == {("my-topic.v2", 0), ("my-topic.v2", 1)}
+    assert grouped[("my-topic.v2", 0)] == [OffsetRange("my-topic.v2", 0, 0, 4)]
     assert OffsetRange.parse("part-my-topic.v2-1-10-19.parquet") == OffsetRange(
         "my-topic.v2", 1, 10, 19
     )

@@ -127,27 +127,17 @@ class OfflineStore:
 
     def write_file(self, path: str, table: pa.Table) -> None:
         """Write one Parquet file so that it appears whole or not at all."""
-        folder, _, name = path.rpartition("/")
+        folder = path.rpartition("/")[0]
         try:
             new_folder = self.is_local and not os.path.isdir(folder)
             self.filesystem.create_dir(folder, recursive=True)
             if new_folder:
                 _fsync_folder(os.path.dirname(folder))
-            if not self.is_local:
+            if self.is_local:
+                write_local_atomically(table, path)
+            else:
                 with self.filesystem.open_output_stream(path) as stream:
                     pq.write_table(table, stream, compression=_COMPRESSION)
-                return
-            temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-            try:
-                with open(temporary, "wb") as handle:
-                    pq.write_table(table, handle, compression=_COMPRESSION)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, path)
-            finally:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-            _fsync_folder(folder)
         except OSError as exc:
             raise StoreError(f"offline store: cannot write {path}: {exc}") from exc
 
@@ -183,12 +173,17 @@ class OfflineStore:
 
     def offset_ranges(self, dataset: str, topic: str, partition: int) -> list[OffsetRange]:
         """Offset ranges of one topic partition already in the store, by first offset."""
-        ranges = set()
-        for path in self.files(dataset):
-            parsed = OffsetRange.parse(path.rpartition("/")[2])
-            if parsed is not None and parsed.topic == topic and parsed.partition == partition:
-                ranges.add(parsed)
-        return sorted(ranges, key=lambda item: (item.first, item.last))
+        return self.all_offset_ranges(dataset).get((topic, partition), [])
+
+    def all_offset_ranges(self, dataset: str) -> dict[tuple[str, int], list[OffsetRange]]:
+        """Offset ranges in the store per ``(topic, partition)``, by first offset: one listing."""
+        ranges = {OffsetRange.parse(path.rpartition("/")[2]) for path in self.files(dataset)}
+        grouped: dict[tuple[str, int], list[OffsetRange]] = {}
+        for item in sorted(
+            (item for item in ranges if item is not None), key=lambda item: (item.first, item.last)
+        ):
+            grouped.setdefault((item.topic, item.partition), []).append(item)
+        return grouped
 
     def read(
         self,
@@ -241,6 +236,23 @@ def epoch_ms(moment: datetime | date) -> int:
     if not isinstance(moment, datetime):
         moment = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
     return int(moment.timestamp() * 1000)
+
+
+def write_local_atomically(table: pa.Table, path: str, compression: str = _COMPRESSION) -> None:
+    """Write a local Parquet file under a hidden temporary name, fsync it, rename it into place
+    and fsync its folder: a reader (and a crash) sees the whole file or nothing."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(temporary, "wb") as handle:
+            pq.write_table(table, handle, compression=compression)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    _fsync_folder(folder)
 
 
 def _visible(name: str) -> bool:

@@ -8,6 +8,7 @@ variable                                   meaning
 ``FRAUDSTACK_OFFLINE_STORE_URI``           root of the offline store (path or pyarrow URI)
 ``FRAUDSTACK_KAFKA_BOOTSTRAP``             Kafka bootstrap servers
 ``FRAUDSTACK_REDIS_URL``                   online store, for ``--features-every``
+``FRAUDSTACK_TOPIC_PREFIX``                prefix of the default topic names
 ``FRAUDSTACK_SNAPSHOT_GROUP``              consumer group (default ``fraudstack-snapshot``)
 ``FRAUDSTACK_SNAPSHOT_FLUSH_ROWS``         flush a partition's buffer at this many rows (10000)
 ``FRAUDSTACK_SNAPSHOT_FLUSH_SECONDS``      ... or when its oldest record waited this long (60)
@@ -29,12 +30,7 @@ from typing import TYPE_CHECKING
 
 from pydantic_settings import SettingsConfigDict
 
-from fraudstack.settings import (
-    TOPIC_DEAD_LETTER,
-    TOPIC_LABELS,
-    TOPIC_TRANSACTIONS,
-    CommonSettings,
-)
+from fraudstack.settings import CommonSettings
 
 if TYPE_CHECKING:
     from fraudstack.snapshot.consumer import SnapshotConfig
@@ -64,9 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", metavar="URI", help="offline store root (path or URI)")
     parser.add_argument("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers")
     parser.add_argument("--group", help="consumer group id")
-    parser.add_argument("--transactions-topic", default=TOPIC_TRANSACTIONS)
-    parser.add_argument("--labels-topic", default=TOPIC_LABELS)
-    parser.add_argument("--dead-letter-topic", default=TOPIC_DEAD_LETTER)
+    # default: the shared topic names, with FRAUDSTACK_TOPIC_PREFIX
+    parser.add_argument("--transactions-topic")
+    parser.add_argument("--labels-topic")
+    parser.add_argument("--dead-letter-topic")
     parser.add_argument("--flush-rows", type=int, help="rows per partition buffer before a flush")
     parser.add_argument("--flush-seconds", type=float, help="age of a buffer before a flush")
     parser.add_argument("--metrics-port", type=int, help="Prometheus port; 0 for none")
@@ -96,13 +93,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    topics = settings.topics
     config = SnapshotConfig(
         bootstrap=args.bootstrap or settings.require("kafka_bootstrap"),
         store_uri=args.store or settings.offline_store_uri,
         group_id=args.group or settings.snapshot_group,
-        transactions_topic=args.transactions_topic,
-        labels_topic=args.labels_topic,
-        dead_letter_topic=args.dead_letter_topic,
+        transactions_topic=args.transactions_topic or topics.transactions,
+        labels_topic=args.labels_topic or topics.labels,
+        dead_letter_topic=args.dead_letter_topic or topics.dead_letter,
         flush_rows=flush_rows,
         flush_seconds=flush_seconds,
     )

@@ -32,12 +32,14 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from fraudstack.adapters.kafka import make_producer
 from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore, OffsetRange
 from fraudstack.errors import InvalidEvent, StoreUnavailable
+from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS
 from fraudstack.snapshot.metrics import SnapshotMetrics
 from fraudstack.snapshot.records import (
     EVENT_SCHEMA,
@@ -56,9 +58,9 @@ class SnapshotConfig:
     bootstrap: str
     store_uri: str
     group_id: str = "fraudstack-snapshot"
-    transactions_topic: str = "transactions"
-    labels_topic: str = "labels"
-    dead_letter_topic: str = "transactions.dlq"
+    transactions_topic: str = TOPIC_TRANSACTIONS
+    labels_topic: str = TOPIC_LABELS
+    dead_letter_topic: str = TOPIC_DEAD_LETTER
     flush_rows: int = 10_000
     flush_seconds: float = 60.0
 
@@ -105,7 +107,7 @@ class SnapshotConsumer:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap, acks="all")
+        self.producer = make_producer(config.bootstrap)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -280,20 +282,17 @@ class SnapshotConsumer:
 
     async def _adopt(self, topic_partitions: Iterable[TopicPartition]) -> None:
         assigned = list(topic_partitions)
-        stored: dict[str, list[OffsetRange]] = {}
+        # one listing per dataset for the whole assignment, not one per partition
+        stored = {
+            dataset: await asyncio.to_thread(self.store.all_offset_ranges, dataset)
+            for dataset in {self.datasets[item.topic] for item in assigned}
+        }
         for topic_partition in assigned:
             dataset = self.datasets[topic_partition.topic]
-            if dataset not in stored:
-                stored[dataset] = await asyncio.to_thread(self._all_ranges, dataset)
             committed = await self.consumer.committed(topic_partition)
             position = committed if committed is not None else 0
-            replay = deque(
-                item
-                for item in stored[dataset]
-                if item.topic == topic_partition.topic
-                and item.partition == topic_partition.partition
-                and item.last >= position
-            )
+            ranges = stored[dataset].get((topic_partition.topic, topic_partition.partition), [])
+            replay = deque(item for item in ranges if item.last >= position)
             self.buffers[topic_partition] = PartitionBuffer(
                 topic_partition, dataset, replay, next_offset=position
             )
@@ -304,14 +303,6 @@ class SnapshotConsumer:
                     len(replay),
                     position,
                 )
-
-    def _all_ranges(self, dataset: str) -> list[OffsetRange]:
-        ranges = set()
-        for path in self.store.files(dataset):
-            parsed = OffsetRange.parse(path.rpartition("/")[2])
-            if parsed is not None:
-                ranges.add(parsed)
-        return sorted(ranges, key=lambda item: (item.topic, item.partition, item.first))
 
     def _record_lag(self) -> None:
         for topic_partition, buffer in self.buffers.items():

@@ -7,9 +7,11 @@ another offset).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+from pydantic import BaseModel
 
 from fraudstack.errors import InvalidEvent
 from fraudstack.events import parse_label, parse_transaction
@@ -42,37 +44,23 @@ LABEL_SCHEMA = pa.schema(
 Row = tuple[Any, ...]
 
 
-def transaction_row(value: bytes | None, partition: int, offset: int) -> Row:
-    """The row of one transaction record; :class:`InvalidEvent` says why it cannot be one."""
+def _row(
+    parse: Callable[[bytes], BaseModel], schema: pa.Schema, value: bytes | None, source: Row
+) -> Row:
     if not value:
         raise InvalidEvent(["event: empty record value"])
-    event = parse_transaction(value)
-    return (
-        event.txn_id,
-        event.ts,
-        event.customer_id,
-        event.terminal_id,
-        event.amount,
-        partition,
-        offset,
-    )
+    event = parse(value)
+    return (*(getattr(event, name) for name in schema.names[: -len(SOURCE_FIELDS)]), *source)
+
+
+def transaction_row(value: bytes | None, partition: int, offset: int) -> Row:
+    """The row of one transaction record; :class:`InvalidEvent` says why it cannot be one."""
+    return _row(parse_transaction, EVENT_SCHEMA, value, (partition, offset))
 
 
 def label_row(value: bytes | None, partition: int, offset: int) -> Row:
     """The row of one label record; :class:`InvalidEvent` says why it cannot be one."""
-    if not value:
-        raise InvalidEvent(["event: empty record value"])
-    label = parse_label(value)
-    return (
-        label.txn_id,
-        label.customer_id,
-        label.terminal_id,
-        label.ts,
-        label.is_fraud,
-        label.reported_at,
-        partition,
-        offset,
-    )
+    return _row(parse_label, LABEL_SCHEMA, value, (partition, offset))
 
 
 def rows_to_table(rows: list[Row], schema: pa.Schema) -> pa.Table:

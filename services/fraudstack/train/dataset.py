@@ -25,6 +25,7 @@ from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore
 from fraudstack.errors import StoreError
 from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY, TERMINAL_HORIZON_MS
 from fraudstack.features.offline import compute_features
+from fraudstack.snapshot.records import LABEL_SCHEMA
 
 TRANSACTION_COLUMNS = ["txn_id", "ts", "customer_id", "terminal_id", "amount"]
 LABEL_COLUMNS = ["txn_id", "customer_id", "terminal_id", "ts", "is_fraud", "reported_at"]
@@ -133,16 +134,8 @@ def load_from_store(
     return build(events, labels, labels_known_at_ms, progress).window(start_ms, end_ms)
 
 
-_NO_LABELS = pa.schema(
-    [
-        ("txn_id", pa.string()),
-        ("customer_id", pa.string()),
-        ("terminal_id", pa.string()),
-        ("ts", pa.int64()),
-        ("is_fraud", pa.bool_()),
-        ("reported_at", pa.int64()),
-    ]
-).empty_table()
+#: The store's label schema without the Kafka source columns, for a store with no labels yet.
+_NO_LABELS = LABEL_SCHEMA.empty_table().select(LABEL_COLUMNS)
 
 
 def _first_of_each_txn_id(table: pa.Table) -> pa.Table:
