@@ -7,11 +7,11 @@ writers downstream are idempotent, so a replay changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -61,20 +61,33 @@ def make_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
-def dead_letter(
-    value: bytes | None,
-    reason: str,
-    topic: str,
-    partition: int | None = None,
-    offset: int | None = None,
-) -> bytes:
-    """The dead-letter record: the reason, where the record came from, and the record itself."""
-    return orjson.dumps(
-        {
-            "reason": reason,
-            "source_topic": topic,
-            "source_partition": partition,
-            "source_offset": offset,
-            "value": (value or b"").decode("utf-8", errors="replace"),
-        }
+class SourceRecord(Protocol):
+    """What a dead letter keeps of the record it stands for (aiokafka's ConsumerRecord has it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+async def send_dead_letter(
+    producer: AIOKafkaProducer, topic: str, record: SourceRecord, reason: str
+) -> asyncio.Future[Any]:
+    """Send ``record`` to the dead-letter ``topic``; returns the delivery future.
+
+    The dead letter is the record itself, key and value byte for byte (so a fixed record can be
+    replayed as is), with headers ``reason``, ``source_topic``, ``source_partition`` and
+    ``source_offset``; the source headers also let a reader drop the copies an at-least-once
+    resend makes.
+    """
+    headers = [
+        ("reason", reason.encode()),
+        ("source_topic", record.topic.encode()),
+        ("source_partition", str(record.partition).encode()),
+        ("source_offset", str(record.offset).encode()),
+    ]
+    delivery: asyncio.Future[Any] = await producer.send(
+        topic, value=record.value or b"", key=record.key, headers=headers
     )
+    return delivery

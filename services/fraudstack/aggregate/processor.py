@@ -26,9 +26,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Protocol
 
-from fraudstack.adapters.kafka import dead_letter
+from fraudstack.adapters.kafka import SourceRecord
 from fraudstack.adapters.online_store import (
     CUSTOMER_TTL_SECONDS,
     TERMINAL_TTL_SECONDS,
@@ -86,15 +85,6 @@ return newest
 """
 
 
-class Record(Protocol):
-    """What the processor needs of a Kafka record (aiokafka's ConsumerRecord has it)."""
-
-    topic: str
-    partition: int
-    offset: int
-    value: bytes | None
-
-
 @dataclass(slots=True)
 class CustomerState:
     history: CustomerHistory
@@ -107,7 +97,7 @@ class Arrival:
 
     txn: Transaction
     watermark: int
-    record: Record
+    record: SourceRecord
 
 
 @dataclass(slots=True)
@@ -116,7 +106,8 @@ class BatchResult:
     duplicates: int = 0
     labels: int = 0
     ignored: int = 0
-    dead_letters: list[tuple[bytes, str]] = field(default_factory=list)
+    #: records to send to the dead-letter topic, with the reason
+    dead_letters: list[tuple[SourceRecord, str]] = field(default_factory=list)
     written_event_ts: list[int] = field(default_factory=list)
 
 
@@ -141,7 +132,7 @@ class Processor:
         self.customers.clear()
         self.watermarks.clear()
 
-    async def process(self, records: Iterable[Record]) -> BatchResult:
+    async def process(self, records: Iterable[SourceRecord]) -> BatchResult:
         result = BatchResult()
         arrivals: list[Arrival] = []
         labels: list[Label] = []
@@ -159,7 +150,7 @@ class Processor:
 
     def _route(
         self,
-        record: Record,
+        record: SourceRecord,
         transactions: list[Arrival],
         labels: list[Label],
         result: BatchResult,
@@ -178,8 +169,7 @@ class Processor:
                 return
             txn = parse_transaction(raw)
         except InvalidEvent as exc:
-            where = f"{record.topic}[{record.partition}]@{record.offset}"
-            self._reject(record, f"invalid event at {where}: {exc}", result)
+            self._reject(record, f"invalid event: {exc}", result)
             return
         partition = (record.topic, record.partition)
         watermark = max(self.watermarks.get(partition, txn.ts), txn.ts)
@@ -187,13 +177,8 @@ class Processor:
         transactions.append(Arrival(txn, watermark, record))
 
     @staticmethod
-    def _reject(record: Record, reason: str, result: BatchResult) -> None:
-        result.dead_letters.append(
-            (
-                dead_letter(record.value, reason, record.topic, record.partition, record.offset),
-                reason,
-            )
-        )
+    def _reject(record: SourceRecord, reason: str, result: BatchResult) -> None:
+        result.dead_letters.append((record, reason))
 
     async def _hydrate(self, customer_ids: set[str]) -> None:
         missing = [customer for customer in customer_ids if customer not in self.customers]

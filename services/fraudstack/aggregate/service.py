@@ -23,7 +23,7 @@ from aiokafka import (
 )
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from fraudstack.adapters.kafka import ensure_topics, make_producer
+from fraudstack.adapters.kafka import ensure_topics, make_producer, send_dead_letter
 from fraudstack.adapters.redis_bulk import BulkWriter
 from fraudstack.aggregate import metrics
 from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
@@ -120,12 +120,18 @@ class Aggregator:
         metrics.WRITE_LATENCY.observe(time.perf_counter() - started)
         if result.dead_letters:
             sends = [
-                await producer.send(self.settings.topics.dead_letter, value)
-                for value, _ in result.dead_letters
+                await send_dead_letter(producer, self.settings.topics.dead_letter, record, reason)
+                for record, reason in result.dead_letters
             ]
             await asyncio.gather(*sends)
-            for _, reason in result.dead_letters:
-                log.warning("dead letter: %s", reason)
+            for record, reason in result.dead_letters:
+                log.warning(
+                    "dead letter %s[%d]@%d: %s",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    reason,
+                )
         offsets = {tp: partition[-1].offset + 1 for tp, partition in batches.items()}
         try:
             await consumer.commit(offsets)

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from fraudstack.adapters.kafka import make_producer
+from fraudstack.adapters.kafka import make_producer, send_dead_letter
 from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore, OffsetRange
 from fraudstack.errors import InvalidEvent, StoreUnavailable
 from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS
@@ -204,17 +204,8 @@ class SnapshotConsumer:
             self.metrics.dead_letters.labels(record.topic).inc()
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], reason: str) -> None:
-        headers = [
-            ("reason", reason.encode()),
-            ("source_topic", record.topic.encode()),
-            ("source_partition", str(record.partition).encode()),
-            ("source_offset", str(record.offset).encode()),
-        ]
-        delivery = await self.producer.send(
-            self.config.dead_letter_topic,
-            value=record.value or b"",
-            key=record.key,
-            headers=headers,
+        delivery = await send_dead_letter(
+            self.producer, self.config.dead_letter_topic, record, reason
         )
         await delivery
 
