@@ -44,7 +44,7 @@ from fraudstack.aggregate.bulk import load_table  # noqa: E402
 from fraudstack.devstack.process import free_port  # noqa: E402
 from fraudstack.paths import cache_dir  # noqa: E402
 from fraudstack.simulate import SimulationConfig, simulate  # noqa: E402
-from inference_model import existing_model, model_eval, prepare_model  # noqa: E402
+from inference_model import existing_model, model_eval, prepare_model, say  # noqa: E402
 from inference_report import TARGETS, checks, markdown, plot  # noqa: E402
 from machine import machine  # noqa: E402
 
@@ -58,10 +58,6 @@ APPS = {
     "ceiling": "ceiling_app:create_app()",
     "ceiling_strict": "ceiling_app:create_raw_app()",
 }
-
-
-def say(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def vegeta_binary() -> str:

@@ -72,8 +72,9 @@ def existing_model(registry_root: str, version: str, table: Any) -> tuple[Any, n
     from fraudstack.features.definitions import FEATURE_NAMES
     from fraudstack.features.offline import compute_features
 
-    ModelRegistry(registry_root).verify(version)
-    model = joblib.load(ModelRegistry(registry_root).path(version) / "model.joblib")
+    registry = ModelRegistry(registry_root)
+    registry.verify(version)
+    model = joblib.load(registry.path(version) / "model.joblib")
     sample = compute_features(table.slice(0, 5_000))
     return model, np.column_stack([sample[name].to_numpy() for name in FEATURE_NAMES])
 

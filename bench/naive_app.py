@@ -78,11 +78,7 @@ def create_app() -> FastAPI:
         return {
             "user_id": user_id,
             "fraud_probability": probability,
-            "risk_level": "high"
-            if probability >= 0.7
-            else "medium"
-            if probability >= 0.3
-            else "low",
+            "risk_level": _risk_level(probability),
             "latency_ms": (time.perf_counter() - started) * 1000,
             "model_version": state["version"],
         }

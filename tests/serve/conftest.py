@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ import redis
 
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.aggregate.bulk import load_table
-from fraudstack.devstack.process import free_port
+from fraudstack.devstack.process import free_port, wait_until
+from fraudstack.errors import DevstackError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
 from fraudstack.features.offline import compute_features
 from fraudstack.serve.settings import ServeSettings
@@ -67,14 +67,14 @@ class RedisProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port, socket_timeout=1).ping():
-                    return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not start")
+        what = f"redis-server on port {self.port}"
+        wait_until(self._answers, what, 20, self.process.pid, self.folder / "redis.log")
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -201,15 +201,16 @@ def start_service(
             start_new_session=True,
         )
     service = RunningService(f"http://127.0.0.1:{port}", port, metrics_dir, process, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"fraudstack serve exited: {log.read_text()[-2000:]}")
+
+    def ready() -> bool:
         try:
-            if httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200:
-                return service
+            return httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    service.stop()
-    raise RuntimeError(f"fraudstack serve did not get ready: {log.read_text()[-2000:]}")
+            return False
+
+    try:
+        wait_until(ready, "fraudstack serve", 60, process.pid, log)
+    except DevstackError as exc:
+        service.stop()
+        raise RuntimeError(f"{exc}\n{log.read_text()[-2000:]}") from None
+    return service

@@ -34,13 +34,20 @@ import hiredis
 from fraudstack.errors import StoreError, StoreUnavailable
 
 
+def bulk_string(part: bytes | str) -> bytes:
+    """One argument of a command in the Redis protocol (RESP)."""
+    raw = part.encode() if isinstance(part, str) else part
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+def command_head(arguments: int) -> bytes:
+    """What starts a command of ``arguments`` parts (the name included)."""
+    return b"*%d\r\n" % arguments
+
+
 def encode_command(*parts: bytes | str) -> bytes:
     """One command in the Redis protocol (RESP), ready to send."""
-    chunks = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        raw = part.encode() if isinstance(part, str) else part
-        chunks.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
-    return b"".join(chunks)
+    return command_head(len(parts)) + b"".join(map(bulk_string, parts))
 
 
 class _Waiter:

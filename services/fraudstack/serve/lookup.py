@@ -32,7 +32,7 @@ from fraudstack.adapters.online_store import (
     customer_record,
     terminal_key,
 )
-from fraudstack.adapters.redis_link import RedisLink, encode_command
+from fraudstack.adapters.redis_link import RedisLink, bulk_string, command_head
 from fraudstack.errors import EntityNotFound
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import CUSTOMER_FEATURES
@@ -46,10 +46,10 @@ from fraudstack.features.online import (
 )
 
 _NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, *CUSTOMER_FEATURES)
-# the constant tail of "HMGET <key> <fields...>", encoded once
-_NEWEST_TAIL = encode_command(*_NEWEST_FIELDS).split(b"\r\n", 1)[1]
-_NEWEST_HEAD = b"*%d\r\n$5\r\nHMGET\r\n" % (len(_NEWEST_FIELDS) + 2)
-_HGETALL = b"*2\r\n$7\r\nHGETALL\r\n"
+# the constant parts of "HMGET <key> <fields...>" and "HGETALL <key>", encoded once
+_NEWEST_HEAD = command_head(len(_NEWEST_FIELDS) + 2) + bulk_string("HMGET")
+_NEWEST_TAIL = b"".join(map(bulk_string, _NEWEST_FIELDS))
+_HGETALL = command_head(2) + bulk_string("HGETALL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +59,6 @@ class Scored:
     features: dict[str, float]
     #: Newest event time (ms) in the customer's stored features; None for a new customer.
     event_ts_ms: int | None
-
-
-def _key_part(key: str) -> bytes:
-    raw = key.encode()
-    return b"$%d\r\n%s\r\n" % (len(raw), raw)
 
 
 def _as_dict(reply: dict[bytes, bytes] | list[Any]) -> dict[bytes, bytes]:
@@ -81,7 +76,7 @@ class FeatureLookup:
     async def newest(self, customer_id: str) -> tuple[LastTransaction, Scored]:
         """The customer's newest transaction and its features; EntityNotFound if none."""
         key = customer_key(customer_id)
-        (values,) = await self.link.execute(_NEWEST_HEAD + _key_part(key) + _NEWEST_TAIL)
+        (values,) = await self.link.execute(_NEWEST_HEAD + bulk_string(key) + _NEWEST_TAIL)
         raw_last, raw_event_ts = values[0], values[1]
         if raw_last is None:
             raise EntityNotFound(f"no stored transaction for customer {customer_id!r}")
@@ -94,7 +89,7 @@ class FeatureLookup:
         else:
             for name, raw in zip(CUSTOMER_FEATURES, stored, strict=True):
                 features[name] = float(raw)
-        (flat,) = await self.link.execute(_HGETALL + _key_part(terminal_key(last.terminal_id)))
+        (flat,) = await self.link.execute(_HGETALL + bulk_string(terminal_key(last.terminal_id)))
         terminal = TerminalHistory.from_fields(_as_dict(flat))
         features.update(terminal_features(terminal, last.ts_ms))
         event_ts = int(raw_event_ts) if raw_event_ts is not None else None
@@ -104,9 +99,9 @@ class FeatureLookup:
         """The features of ``txn`` at its own time, the transaction included."""
         customer_flat, terminal_flat = await self.link.execute(
             _HGETALL
-            + _key_part(customer_key(txn.customer_id))
+            + bulk_string(customer_key(txn.customer_id))
             + _HGETALL
-            + _key_part(terminal_key(txn.terminal_id)),
+            + bulk_string(terminal_key(txn.terminal_id)),
             2,
         )
         record = customer_record(_as_dict(customer_flat))
@@ -116,7 +111,7 @@ class FeatureLookup:
         return Scored(features, record.event_ts_ms if record is not None else None)
 
     async def _customer_history(self, key: str, customer_id: str) -> CustomerHistory:
-        (flat,) = await self.link.execute(_HGETALL + _key_part(key))
+        (flat,) = await self.link.execute(_HGETALL + bulk_string(key))
         record = customer_record(_as_dict(flat))
         if record is None:
             raise EntityNotFound(f"no stored transaction for customer {customer_id!r}")

@@ -27,11 +27,11 @@ from typing import Protocol
 from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import ModelError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.routing import MODES
 from fraudstack.serve.batching import BatchableScorer, BatchingScorer
 from fraudstack.serve.settings import ServeSettings
 
 BUCKETS = 10_000
-MODES = ("canary", "shadow")
 
 
 #: What the service needs of a loaded model (see :class:`fraudstack.scoring.Scorer`).
@@ -42,7 +42,8 @@ ScorerLoader = Callable[[str, str], Scorer]
 
 class RoutingRequest(Protocol):
     """Which versions serve, by name: a :class:`RoutingSpec` from the settings, or the
-    :class:`~fraudstack.routing.RoutingDocument` the operator publishes."""
+    :class:`~fraudstack.routing.RoutingDocument` the operator publishes; both validate the
+    share and the mode when they are built."""
 
     @property
     def stable(self) -> str: ...
@@ -168,8 +169,6 @@ class ModelHolder:
 
     def apply(self, spec: RoutingRequest) -> Routing:
         """Load what ``spec`` needs, then publish it as the routing (blocking; see apply_async)."""
-        if spec.mode not in MODES:
-            raise ModelError(f"routing mode {spec.mode!r} is not one of {', '.join(MODES)}")
         stable = self._scorer(spec.stable)
         candidate = self._scorer(spec.candidate) if spec.candidate else None
         routing = Routing.build(stable, candidate, spec.candidate_share, spec.mode)
