@@ -22,6 +22,7 @@ topic with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,8 +38,8 @@ from fraudstack.adapters.online_store import (
     customer_summary_fields,
     terminal_key,
 )
-from fraudstack.adapters.redis_bulk import BulkWriter, Command
-from fraudstack.errors import InvalidEvent
+from fraudstack.adapters.redis_link import Command, RedisLink
+from fraudstack.errors import InvalidEvent, StoreError
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import (
     TERMINAL_HORIZON_MS,
@@ -116,16 +117,16 @@ class Processor:
 
     def __init__(
         self,
-        bulk: BulkWriter,
+        link: RedisLink,
         allowed_lateness_ms: int,
         topics: Topics | None = None,
     ) -> None:
-        self.bulk = bulk
+        self.link = link
         self.topics = topics or Topics()
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
-        self._terminal_script = bulk.register_script(_TERMINAL_SCRIPT)
+        self._terminal_script = hashlib.sha1(_TERMINAL_SCRIPT.encode()).hexdigest()
 
     def forget(self) -> None:
         """Drop the in-memory state: partitions moved, another instance may have written since."""
@@ -144,7 +145,7 @@ class Processor:
         commands: list[Command] = []
         applied = self._write_customers(commands, arrivals, now_ms, result)
         self._write_terminals(commands, applied, labels, now_ms)
-        await self.bulk.execute(commands)
+        await self._execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
 
@@ -180,14 +181,25 @@ class Processor:
     def _reject(record: SourceRecord, reason: str, result: BatchResult) -> None:
         result.dead_letters.append((record, reason))
 
+    async def _execute(self, commands: list[Command]) -> None:
+        """Run a batch; when Redis forgot the terminal script (it restarted), load it and run the
+        batch again, which is idempotent."""
+        try:
+            await self.link.execute_many(commands)
+            return
+        except StoreError as exc:
+            if "NOSCRIPT" not in str(exc):
+                raise
+        await self.link.execute_many([("SCRIPT", "LOAD", _TERMINAL_SCRIPT)])
+        await self.link.execute_many(commands)
+
     async def _hydrate(self, customer_ids: set[str]) -> None:
         missing = [customer for customer in customer_ids if customer not in self.customers]
         if not missing:
             return
-        stored = await self.bulk.execute([("HGETALL", customer_key(c)) for c in missing])
-        for customer, flat in zip(missing, stored, strict=True):
-            # RESP2 answers HGETALL with a flat list: field, value, field, value...
-            record = customer_record(dict(zip(flat[::2], flat[1::2], strict=True)))
+        stored = await self.link.execute_many([("HGETALL", customer_key(c)) for c in missing])
+        for customer, fields in zip(missing, stored, strict=True):
+            record = customer_record(fields)
             if record is None:
                 self.customers[customer] = CustomerState(CustomerHistory(), None)
             else:

@@ -24,7 +24,7 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer, send_dead_letter
-from fraudstack.adapters.redis_bulk import BulkWriter
+from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate import metrics
 from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
 from fraudstack.aggregate.settings import AggregateSettings
@@ -66,8 +66,9 @@ class Aggregator:
         redis_url = self.settings.require("redis_url")
         topics = self.settings.topics
         await ensure_topics(bootstrap, topics)
-        bulk = BulkWriter(redis_url)
-        processor = Processor(bulk, self.settings.aggregate_allowed_lateness_ms, topics)
+        # a batch of thousands of commands may take a while; only a stuck one is given up on
+        link = RedisLink(redis_url, timeout=30.0, connect_timeout=5.0)
+        processor = Processor(link, self.settings.aggregate_allowed_lateness_ms, topics)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.settings.aggregate_group_id,
@@ -104,7 +105,7 @@ class Aggregator:
         finally:
             await consumer.stop()
             await producer.stop()
-            await bulk.close()
+            await link.close()
         return self.processed
 
     async def _apply(
@@ -159,7 +160,7 @@ class Aggregator:
         while True:
             try:
                 return await processor.process(records)
-            except OSError as exc:  # the bulk writer's ConnectionError is one
+            except StoreUnavailable as exc:
                 if time.monotonic() > deadline:
                     raise StoreUnavailable(f"Redis unreachable for too long: {exc}") from exc
                 log.warning("Redis unavailable (%s); retrying in %.1f s", exc, delay)

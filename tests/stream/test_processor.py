@@ -1,0 +1,56 @@
+"""The aggregation processor against the real Redis, without Kafka in the way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+import redis
+
+from fraudstack.adapters.online_store import customer_key, terminal_key
+from fraudstack.adapters.redis_link import RedisLink
+from fraudstack.aggregate.processor import Processor
+from fraudstack.aggregate.settings import AggregateSettings
+
+
+@dataclass
+class Record:
+    """A consumed record as the processor sees it (the values a Kafka consumer hands over)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _transaction(settings: AggregateSettings, offset: int, txn_id: str) -> Record:
+    event = {
+        "txn_id": txn_id,
+        "ts": 1_522_540_800_000 + offset,
+        "customer_id": "c-1",
+        "terminal_id": "t-1",
+        "amount": 10.5,
+    }
+    return Record(settings.topics.transactions, 0, offset, b"c-1", orjson.dumps(event))
+
+
+async def test_a_redis_that_forgot_the_terminal_script_gets_it_again(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    link = RedisLink(pipeline_settings.redis_url, timeout=5.0)
+    processor = Processor(link, pipeline_settings.aggregate_allowed_lateness_ms)
+    client = redis.Redis.from_url(pipeline_settings.redis_url)
+    try:
+        # Redis loses its script cache when it restarts; flushing it here does the same.
+        client.script_flush()
+        result = await processor.process([_transaction(pipeline_settings, 0, "a")])
+        client.script_flush()
+        result = await processor.process([_transaction(pipeline_settings, 1, "b")])
+    finally:
+        await link.close()
+    assert result.applied == 1
+    assert client.hget(terminal_key("t-1"), "e:a") == b"1522540800000"
+    assert client.hget(terminal_key("t-1"), "e:b") == b"1522540800001"
+    assert client.hget(customer_key("c-1"), "customer_nb_tx_1d") == b"2.0"
+    client.close()
