@@ -121,8 +121,11 @@ async def _metadata_answers(bootstrap: str) -> bool:
     if not _port_open(bootstrap):
         return False
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-    # While the broker boots, aiokafka logs every refused connection; the poll says enough.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # While the broker boots, aiokafka logs every refused request; the poll says enough. The
+    # level is put back afterwards: the process's own Kafka clients keep their logs.
+    aiokafka_log = logging.getLogger("aiokafka")
+    previous_level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
     try:
         await admin.start()
         cluster = await admin.describe_cluster()
@@ -131,6 +134,7 @@ async def _metadata_answers(bootstrap: str) -> bool:
         return False
     finally:
         await admin.close()
+        aiokafka_log.setLevel(previous_level)
 
 
 def _port_open(address: str) -> bool:

@@ -17,6 +17,8 @@ from typing import Annotated
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from fastapi import Body, FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -106,9 +108,6 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         return ORJSONResponse({"detail": f"internal error: {type(exc).__name__}"}, status_code=500)
 
     # Count the events FastAPI refuses with 422 too.
-    from fastapi.exception_handlers import request_validation_exception_handler
-    from fastapi.exceptions import RequestValidationError
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         EVENTS.labels("invalid").inc()
