@@ -16,13 +16,15 @@ retried, never a reason to hold routing back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes import client
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from fraudstack.errors import StoreUnavailable
@@ -31,6 +33,7 @@ from fraudstack.routing import InvalidRouting, RoutingDocument
 _ATTEMPTS = 5  # WATCH retries when the key changes under us (another writer, by mistake)
 _NAME_LIMIT = 253
 _SUFFIX = "-routing"
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
@@ -64,47 +67,50 @@ class RoutingPublisher:
     async def publish(self, document: RoutingDocument, *, take_over: bool = False) -> PublishResult:
         """Store ``document`` unless the same routing is stored, or another source's is
         (``take_over`` overwrites that one: its FraudModel is gone)."""
-        for _ in range(_ATTEMPTS):
-            try:
-                async with self.redis.pipeline(transaction=True) as pipe:
-                    await pipe.watch(self.key)
-                    stored = _parse(await pipe.get(self.key))
-                    if stored is not None and stored.source != document.source and not take_over:
-                        return PublishResult(Outcome.CONFLICT, stored)
-                    if (
-                        stored is not None
-                        and stored.source == document.source
-                        and stored.same_routing(document)
-                    ):
-                        return PublishResult(Outcome.UNCHANGED, stored)
-                    pipe.multi()
-                    pipe.set(self.key, document.to_json())
-                    await pipe.execute()
-                    return PublishResult(Outcome.PUBLISHED, document)
-            except WatchError:
-                continue
-            except RedisError as exc:
-                raise StoreUnavailable(f"Redis: cannot publish {self.key}: {exc}") from exc
-        raise StoreUnavailable(f"Redis: {self.key} kept changing while publishing")
+
+        async def write(pipe: Pipeline) -> PublishResult:
+            stored = _parse(await pipe.get(self.key))
+            if stored is not None and stored.source != document.source and not take_over:
+                return PublishResult(Outcome.CONFLICT, stored)
+            if (
+                stored is not None
+                and stored.source == document.source
+                and stored.same_routing(document)
+            ):
+                return PublishResult(Outcome.UNCHANGED, stored)
+            pipe.multi()
+            pipe.set(self.key, document.to_json())
+            await pipe.execute()
+            return PublishResult(Outcome.PUBLISHED, document)
+
+        return await self._check_and_set("publish", write)
 
     async def withdraw(self, source: str) -> bool:
         """Delete the key if ``source`` published what it holds; True when it was deleted."""
+
+        async def delete(pipe: Pipeline) -> bool:
+            stored = _parse(await pipe.get(self.key))
+            if stored is None or stored.source != source:
+                return False
+            pipe.multi()
+            pipe.delete(self.key)
+            await pipe.execute()
+            return True
+
+        return await self._check_and_set("withdraw", delete)
+
+    async def _check_and_set(self, what: str, act: Callable[[Pipeline], Awaitable[T]]) -> T:
+        """``act`` on a pipeline that WATCHes the key, again when the key changed meanwhile."""
         for _ in range(_ATTEMPTS):
             try:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     await pipe.watch(self.key)
-                    stored = _parse(await pipe.get(self.key))
-                    if stored is None or stored.source != source:
-                        return False
-                    pipe.multi()
-                    pipe.delete(self.key)
-                    await pipe.execute()
-                    return True
+                    return await act(pipe)
             except WatchError:
                 continue
             except RedisError as exc:
-                raise StoreUnavailable(f"Redis: cannot withdraw {self.key}: {exc}") from exc
-        raise StoreUnavailable(f"Redis: {self.key} kept changing while withdrawing")
+                raise StoreUnavailable(f"Redis: cannot {what} {self.key}: {exc}") from exc
+        raise StoreUnavailable(f"Redis: {self.key} kept changing while {what}ing")
 
 
 def _parse(raw: bytes | str | None) -> RoutingDocument | None:

@@ -50,6 +50,12 @@ def api(kube: ServerInfo) -> client.ApiClient:
 
 
 @pytest.fixture(scope="session")
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    """Custom objects (FraudModels) on the session's API server."""
+    return client.CustomObjectsApi(api)
+
+
+@pytest.fixture(scope="session")
 def crds(api: client.ApiClient) -> list[str]:
     """Our FraudModel CRD and the Prometheus Operator's two, installed and Established."""
     extensions = client.ApiextensionsV1Api(api)

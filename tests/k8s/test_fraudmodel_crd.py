@@ -21,11 +21,6 @@ def namespace(crds: list[str], create_namespace: Callable[[str], str]) -> str:
     return create_namespace("fraudmodels")
 
 
-@pytest.fixture(scope="module")
-def objects(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
-
-
 def fraud_model(name: str, **spec: Any) -> dict[str, Any]:
     body = copy.deepcopy(EXAMPLE)
     body["metadata"] = {"name": name}

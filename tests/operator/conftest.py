@@ -36,7 +36,6 @@ from operator_support import (
     running_operator,
 )
 
-from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.devstack.base import ServerInfo
 from fraudstack.devstack.prometheus_server import register_target
@@ -54,16 +53,12 @@ kube = k8s_fixtures.kube
 api = k8s_fixtures.api
 crds = k8s_fixtures.crds
 create_namespace = k8s_fixtures.create_namespace
+objects = k8s_fixtures.objects
 
 
 @pytest.fixture(scope="session")
 def namespace(crds: list[str], create_namespace: Callable[[str], str]) -> str:
     return create_namespace("fraudmodel-operator")
-
-
-@pytest.fixture(scope="session")
-def objects(api: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api)
 
 
 @pytest.fixture(scope="session")
@@ -122,16 +117,15 @@ def operator(
     routing_key: str,
 ) -> Iterator[KopfRunner]:
     """The operator, running in a thread of this process for the whole session."""
-    settings = OperatorSettings(
+    with running_operator(
+        str(kube["kubeconfig"]),
         namespace=namespace,
         redis_url=redis_url,
         prometheus_url=str(prometheus["address"]),
         model_registry_uri=str(model_registry.root),
         routing_key=routing_key,
-        reconcile_seconds=1.0,
         gate_min_window_seconds=10.0,
-    )
-    with running_operator(settings, str(kube["kubeconfig"])) as runner:
+    ) as runner:
         yield runner
 
 

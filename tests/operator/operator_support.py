@@ -14,28 +14,48 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from fraudmodel_operator.handlers import build_registry
+from fraudmodel_operator.handlers import GROUP, PLURAL, VERSION, build_registry
 from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.devstack.process import free_port
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
 
-GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
+__all__ = [
+    "GROUP",
+    "PLURAL",
+    "VERSION",
+    "CreateFraudModel",
+    "MetricsTarget",
+    "condition",
+    "delete_and_wait",
+    "fraud_model",
+    "is_gone",
+    "published",
+    "read",
+    "running_operator",
+    "wait_for",
+    "wait_for_status",
+]
+
 T = TypeVar("T")
+#: The ``fraudmodels`` fixture: creates a FraudModel, deleted when the test ends.
+CreateFraudModel = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @contextmanager
-def running_operator(settings: OperatorSettings, kubeconfig: str) -> Iterator[KopfRunner]:
-    """The operator in this process, watching ``settings.namespace`` of the local API server.
+def running_operator(kubeconfig: str, **settings: Any) -> Iterator[KopfRunner]:
+    """The operator in this process, watching ``settings["namespace"]`` of the local API server,
+    with :class:`OperatorSettings` of ``settings`` and a reconcile timer of one second.
 
     kopf logs in with the kubeconfig, as the operator does outside a cluster.
     """
+    operator_settings = OperatorSettings(**{"reconcile_seconds": 1.0, **settings})
     previous = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = kubeconfig
     try:
         with KopfRunner(
-            ["run", "--standalone", "--namespace", settings.namespace],
-            registry=build_registry(settings),
+            ["run", "--standalone", "--namespace", operator_settings.namespace],
+            registry=build_registry(operator_settings),
             timeout=60,
         ) as runner:
             yield runner
@@ -102,6 +122,17 @@ def wait_for_status(
     return wait_for(f"{name}: {what}", probe, timeout)
 
 
+def is_gone(objects: client.CustomObjectsApi, namespace: str, name: str) -> bool:
+    """Whether the FraudModel no longer exists (any other API error is raised)."""
+    try:
+        read(objects, namespace, name)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
 def delete_and_wait(
     objects: client.CustomObjectsApi, namespace: str, name: str, timeout: float = 20.0
 ) -> None:
@@ -112,17 +143,7 @@ def delete_and_wait(
         if exc.status == 404:
             return
         raise
-
-    def gone() -> bool:
-        try:
-            read(objects, namespace, name)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
-    wait_for(f"{name} to be deleted", gone, timeout)
+    wait_for(f"{name} to be deleted", lambda: is_gone(objects, namespace, name), timeout)
 
 
 class MetricsTarget:

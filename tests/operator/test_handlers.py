@@ -12,19 +12,19 @@ import pytest
 import redis
 from kubernetes import client
 from operator_support import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    CreateFraudModel,
     condition,
     fraud_model,
+    is_gone,
     published,
-    read,
     wait_for,
     wait_for_status,
 )
 
 from fraudstack.routing import RoutingDocument
-
-GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
-
-CreateFraudModel = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +43,30 @@ def ready(body: dict[str, Any]) -> bool:
         body.get("status", {}).get("observedGeneration") == generation
         and condition(body, "Ready").get("status") == "True"
     )
+
+
+def serve_split(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    namespace: str,
+    name: str,
+    versions: dict[str, str],
+    share: int,
+) -> dict[str, Any]:
+    """Create a FraudModel giving the candidate ``share`` % by hand; its body once Ready."""
+    fraudmodels(
+        fraud_model(
+            name,
+            stableVersion=versions["stable"],
+            candidateVersion=versions["candidate"],
+            candidateShare=share,
+        )
+    )
+    return wait_for_status(objects, namespace, name, "Ready", ready)
+
+
+def is_degraded(body: dict[str, Any]) -> bool:
+    return condition(body, "Degraded").get("status") == "True"
 
 
 def patch_spec(
@@ -64,15 +88,7 @@ def test_applying_publishes_the_routing_and_sets_ready(
     namespace: str,
     versions: dict[str, str],
 ) -> None:
-    created = fraudmodels(
-        fraud_model(
-            "scorer",
-            stableVersion=versions["stable"],
-            candidateVersion=versions["candidate"],
-            candidateShare=10,
-        )
-    )
-    body = wait_for_status(objects, namespace, "scorer", "Ready", ready)
+    body = serve_split(fraudmodels, objects, namespace, "scorer", versions, 10)
     status = body["status"]
     assert status["phase"] == "Serving"
     assert status["stableVersion"] == versions["stable"]
@@ -94,7 +110,7 @@ def test_applying_publishes_the_routing_and_sets_ready(
     assert (owner.kind, owner.name, owner.uid) == (
         "FraudModel",
         "scorer",
-        created["metadata"]["uid"],
+        body["metadata"]["uid"],
     )
     assert owner.controller is True
 
@@ -108,15 +124,7 @@ def test_changing_the_share_changes_the_routing(
     namespace: str,
     versions: dict[str, str],
 ) -> None:
-    fraudmodels(
-        fraud_model(
-            "share",
-            stableVersion=versions["stable"],
-            candidateVersion=versions["candidate"],
-            candidateShare=5,
-        )
-    )
-    wait_for_status(objects, namespace, "share", "Ready", ready)
+    serve_split(fraudmodels, objects, namespace, "share", versions, 5)
     before = published(store, routing_key)
     assert before is not None and before.candidate_share == 5.0
 
@@ -150,25 +158,11 @@ def test_a_missing_version_degrades_and_leaves_the_routing_alone(
     versions: dict[str, str],
     publish_version: Callable[..., str],
 ) -> None:
-    fraudmodels(
-        fraud_model(
-            "missing",
-            stableVersion=versions["stable"],
-            candidateVersion=versions["candidate"],
-            candidateShare=20,
-        )
-    )
-    wait_for_status(objects, namespace, "missing", "Ready", ready)
+    serve_split(fraudmodels, objects, namespace, "missing", versions, 20)
     serving = store.get(routing_key)
 
     patch_spec(objects, namespace, "missing", candidateVersion=versions["late"], candidateShare=50)
-    body = wait_for_status(
-        objects,
-        namespace,
-        "missing",
-        "Degraded",
-        lambda b: condition(b, "Degraded").get("status") == "True",
-    )
+    body = wait_for_status(objects, namespace, "missing", "Degraded", is_degraded)
     degraded = condition(body, "Degraded")
     assert degraded["reason"] == "VersionNotFound"
     assert (
@@ -200,13 +194,7 @@ def test_a_version_of_another_feature_set_degrades(
     versions: dict[str, str],
 ) -> None:
     fraudmodels(fraud_model("features", stableVersion=versions["other-features"]))
-    body = wait_for_status(
-        objects,
-        namespace,
-        "features",
-        "Degraded",
-        lambda b: condition(b, "Degraded").get("status") == "True",
-    )
+    body = wait_for_status(objects, namespace, "features", "Degraded", is_degraded)
     degraded = condition(body, "Degraded")
     assert degraded["reason"] == "FeatureSetMismatch"
     assert versions["other-features"] in degraded["message"] and "fs-v0" in degraded["message"]
@@ -287,12 +275,5 @@ def test_deleting_withdraws_the_routing(
 
     objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
 
-    def gone() -> bool:
-        try:
-            read(objects, namespace, "doomed")
-        except client.ApiException as exc:
-            return exc.status == 404
-        return False
-
-    wait_for("the FraudModel to be gone", gone)
+    wait_for("the FraudModel to be gone", lambda: is_gone(objects, namespace, "doomed"))
     assert store.get(routing_key) is None

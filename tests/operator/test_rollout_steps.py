@@ -5,22 +5,22 @@ candidate, or rolls it back by itself when it is slow. Steps last the CRD's mini
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import redis
 from kubernetes import client
 from operator_support import (
+    CreateFraudModel,
     MetricsTarget,
     condition,
     fraud_model,
     published,
+    read,
     wait_for,
     wait_for_status,
 )
 
 from fraudstack.routing import RoutingDocument
 
-CreateFraudModel = Callable[[dict[str, Any]], dict[str, Any]]
 GATES = {"minRequests": 20, "maxLatencyP99Ratio": 1.5, "maxErrorRateDelta": 0.05}
 
 
@@ -32,6 +32,33 @@ def routing(store: redis.Redis, key: str, *fields: object) -> Callable[[], Routi
     return probe
 
 
+def start_rollout(
+    fraudmodels: CreateFraudModel,
+    publish_version: Callable[..., str],
+    metrics_target: MetricsTarget,
+    name: str,
+    candidate_latency: float,
+    shares: tuple[int, int],
+) -> tuple[str, str]:
+    """Publish ``<name>-stable`` and ``<name>-candidate``, feed their metrics (stable answers in
+    2 ms, the candidate in ``candidate_latency`` s) and apply a FraudModel rolling the candidate
+    out in two 10-second steps of ``shares``; returns (stable, candidate)."""
+    stable, candidate = publish_version(f"{name}-stable"), publish_version(f"{name}-candidate")
+    metrics_target.profiles[stable] = (0.002, 0.0, 0.10)
+    metrics_target.profiles[candidate] = (candidate_latency, 0.0, 0.10)
+    steps = [{"share": share, "durationSeconds": 10} for share in shares]
+    fraudmodels(
+        fraud_model(
+            name,
+            stableVersion=stable,
+            candidateVersion=candidate,
+            rollout={"steps": steps},
+            gates=GATES,
+        )
+    )
+    return stable, candidate
+
+
 def test_the_rollout_walks_its_steps_and_promotes(
     fraudmodels: CreateFraudModel,
     objects: client.CustomObjectsApi,
@@ -41,18 +68,9 @@ def test_the_rollout_walks_its_steps_and_promotes(
     publish_version: Callable[..., str],
     metrics_target: MetricsTarget,
 ) -> None:
-    stable, candidate = publish_version("steps-stable"), publish_version("steps-candidate")
-    metrics_target.profiles[stable] = (0.002, 0.0, 0.10)
-    metrics_target.profiles[candidate] = (0.002, 0.0, 0.10)  # as good as stable
-    steps = [{"share": 10, "durationSeconds": 10}, {"share": 30, "durationSeconds": 10}]
-    fraudmodels(
-        fraud_model(
-            "walker",
-            stableVersion=stable,
-            candidateVersion=candidate,
-            rollout={"steps": steps},
-            gates=GATES,
-        )
+    # the candidate as good as stable
+    stable, candidate = start_rollout(
+        fraudmodels, publish_version, metrics_target, "walker", 0.002, (10, 30)
     )
 
     wait_for("step 1 published", routing(store, routing_key, stable, candidate, 10.0, "canary"))
@@ -71,7 +89,7 @@ def test_the_rollout_walks_its_steps_and_promotes(
         routing(store, routing_key, stable, candidate, 30.0, "canary"),
         timeout=30,
     )
-    body = read_status(objects, namespace, "walker")
+    body = read(objects, namespace, "walker")["status"]
     assert body["currentStep"] == 2 and body["candidateShare"] == 30
     assert body["rollout"]["lastGateCheck"]["verdict"] == "Pass"
 
@@ -103,18 +121,9 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
     publish_version: Callable[..., str],
     metrics_target: MetricsTarget,
 ) -> None:
-    stable, candidate = publish_version("slow-stable"), publish_version("slow-candidate")
-    metrics_target.profiles[stable] = (0.002, 0.0, 0.10)
-    metrics_target.profiles[candidate] = (0.2, 0.0, 0.10)  # a hundred times slower
-    steps = [{"share": 20, "durationSeconds": 10}, {"share": 50, "durationSeconds": 10}]
-    fraudmodels(
-        fraud_model(
-            "slowpoke",
-            stableVersion=stable,
-            candidateVersion=candidate,
-            rollout={"steps": steps},
-            gates=GATES,
-        )
+    # the candidate a hundred times slower
+    stable, candidate = start_rollout(
+        fraudmodels, publish_version, metrics_target, "slowpoke", 0.2, (20, 50)
     )
     wait_for("step 1 published", routing(store, routing_key, stable, candidate, 20.0, "canary"))
 
@@ -147,11 +156,3 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
 
     (event,) = wait_for("the RolledBack event", rolled_back_events)
     assert event.type == "Warning" and "p99 latency" in (event.message or "")
-
-
-def read_status(objects: client.CustomObjectsApi, namespace: str, name: str) -> dict[str, Any]:
-    found = objects.get_namespaced_custom_object(
-        "fraudstack.io", "v1alpha1", namespace, "fraudmodels", name
-    )
-    assert isinstance(found, dict)
-    return dict(found["status"])

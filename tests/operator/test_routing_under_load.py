@@ -55,7 +55,6 @@ from operator_support import (
 )
 
 from fraudmodel_operator.publish import Outcome, RoutingPublisher
-from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.devstack.base import ServerInfo
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.models import BUCKETS, customer_bucket
@@ -245,16 +244,15 @@ def serving_operator(
     serve_routing_key: str,
 ) -> Iterator[KopfRunner]:
     """The operator, for this module's namespace only, publishing where the service reads."""
-    settings = OperatorSettings(
+    with running_operator(
+        str(kube["kubeconfig"]),
         namespace=serve_namespace,
         redis_url=crowd_store.url,
         kafka_bootstrap="unused:9092",
         prometheus_url="http://127.0.0.1:9",  # never asked: no rollout steps, no gates
         model_registry_uri=registry_root,
         routing_key=serve_routing_key,
-        reconcile_seconds=1.0,
-    )
-    with running_operator(settings, str(kube["kubeconfig"])) as runner:
+    ) as runner:
         yield runner
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio
 
-from fraudstack.devstack.process import free_port
-from fraudstack.devstack.system import ensure_binary
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.routing_watch import read_routing, watch_routing
+from serve.conftest import RedisProcess, start_redis
 
 INTERVAL = 0.05
 
@@ -156,53 +155,22 @@ async def test_a_routing_that_cannot_be_applied_is_retried(
 
 
 @pytest.fixture
-def private_redis() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """A Redis of this test's own on a fixed port, to stop and start again."""
-    binary = ensure_binary("redis-server", "redis-server")
-    port = free_port()
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        started.append(process)
-        deadline = time.monotonic() + 10
-        with redis.Redis(port=port, socket_timeout=0.5) as probe:
-            while True:
-                try:
-                    probe.ping()
-                    return process
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "private redis-server did not start"
-                    time.sleep(0.05)
-
-    start.port = port  # type: ignore[attr-defined]
-    yield start
-    for process in started:
-        process.terminate()
-        process.wait(timeout=10)
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of this test's own, to stop and start again on the same port."""
+    server = start_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 async def test_the_watch_survives_a_redis_outage(
-    private_redis: Callable[[], subprocess.Popen[bytes]], caplog: pytest.LogCaptureFixture
+    private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fraudstack.serve.routing")
-    server = private_redis()
-    port = private_redis.port  # type: ignore[attr-defined]
-    connection = redis.asyncio.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    connection = redis.asyncio.Redis(
+        port=private_redis.port, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
     worker = Worker()
     task = asyncio.create_task(
         watch_routing(connection, "routing", worker.apply, interval_s=INTERVAL, max_backoff_s=0.2)
@@ -211,8 +179,7 @@ async def test_the_watch_survives_a_redis_outage(
         await connection.set("routing", document(10).to_json())
         await eventually("the first routing", lambda: len(worker.applied) == 1)
 
-        server.terminate()
-        server.wait(timeout=10)
+        private_redis.stop()
 
         def outage_logs() -> int:
             return sum("cannot read the routing" in r.getMessage() for r in caplog.records)
@@ -222,7 +189,7 @@ async def test_the_watch_survives_a_redis_outage(
         assert not task.done() and len(worker.applied) == 1
         assert outage_logs() == 1  # once per outage, not once per poll
 
-        private_redis()  # back, empty (no persistence): the operator would publish again
+        private_redis.start()  # back, empty (no persistence): the operator would publish again
         await connection.set("routing", document(30, generation=2).to_json())
         await eventually("the routing after the outage", lambda: len(worker.applied) == 2)
         assert worker.applied[-1].candidate_share == 30.0
