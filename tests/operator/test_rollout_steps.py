@@ -14,7 +14,6 @@ from operator_support import (
     condition,
     fraud_model,
     published,
-    read,
     wait_for,
     wait_for_status,
 )
@@ -87,16 +86,23 @@ def test_the_rollout_walks_its_steps_and_promotes(
     wait_for(
         "step 2 published",
         routing(store, routing_key, stable, candidate, 30.0, "canary"),
-        timeout=30,
+        timeout=60,
     )
-    body = read(objects, namespace, "walker")["status"]
+    # the routing is published before the status is written: wait for the status too
+    body = wait_for_status(
+        objects,
+        namespace,
+        "walker",
+        "step 2",
+        lambda b: b.get("status", {}).get("currentStep") == 2,
+    )["status"]
     assert body["currentStep"] == 2 and body["candidateShare"] == 30
     assert body["rollout"]["lastGateCheck"]["verdict"] == "Pass"
 
     wait_for(
         "promotion published",
         routing(store, routing_key, candidate, None, 0.0, "canary"),
-        timeout=30,
+        timeout=60,
     )
     body = wait_for_status(
         objects,
