@@ -40,6 +40,7 @@ import httpx
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from cpu import CpuMeter  # noqa: E402
 from fraudstack.aggregate.bulk import load_table  # noqa: E402
 from fraudstack.devstack.process import free_port  # noqa: E402
 from fraudstack.paths import cache_dir  # noqa: E402
@@ -106,11 +107,18 @@ def wait_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> Non
     raise SystemExit(f"{url} did not answer within 120 s; see {log}")
 
 
-def attack(vegeta: str, targets: Path, rate: float, seconds: float, workers: int) -> dict[str, Any]:
-    """One vegeta run; ``rate`` 0 means as fast as ``workers`` concurrent requests allow."""
+def attack(
+    vegeta: str, targets: Path, rate: float, seconds: float, workers: int, groups: tuple[int, int]
+) -> dict[str, Any]:
+    """One vegeta run; ``rate`` 0 means as fast as ``workers`` concurrent requests allow.
+
+    ``groups``: the process groups of the server and of Redis, whose CPU is measured.
+    """
     argv = [vegeta, "attack", f"-targets={targets}", f"-duration={seconds}s", "-timeout=5s"]
     argv += [f"-rate={round(rate)}/s" if rate else "-rate=0", f"-max-workers={workers}"]
+    meter = CpuMeter(*groups)
     attack_run = subprocess.run(argv, capture_output=True, check=True)
+    meter.stop()
     report = subprocess.run(
         [vegeta, "report", "-type=json"], input=attack_run.stdout, capture_output=True, check=True
     )
@@ -126,6 +134,7 @@ def attack(vegeta: str, targets: Path, rate: float, seconds: float, workers: int
         "max_ms": round(latencies["max"] / 1e6, 3),
         "requests": data["requests"],
         "status_codes": data.get("status_codes", {}),
+        **meter.per_request(data["requests"]),
     }
 
 
@@ -240,6 +249,7 @@ def main() -> int:
             "FRAUDSTACK_SERVE_METRICS_DIR": str(work / "metrics"),
         }
         ports = {design: free_port() for design in DESIGNS}
+        groups: dict[str, tuple[int, int]] = {}
         for design in DESIGNS:
             bind = {"FRAUDSTACK_SERVE_BIND": f"127.0.0.1:{ports[design]}"}
             if design == "ours":
@@ -256,6 +266,8 @@ def main() -> int:
                     APPS[design],
                 ]
             processes.append(start(argv, {**env, **bind}, work / f"{design}.log"))
+            # each was started in a session of its own: its process group is its pid
+            groups[design] = (processes[-1].pid, processes[0].pid)
         ids = [str(customer) for customer in set(table["customer_id"].to_pylist())]
         rng = random.Random(args.seed)
         picks = [rng.choice(ids) for _ in range(100_000)]
@@ -278,11 +290,13 @@ def main() -> int:
         say(f"ours and the baseline agree to {difference:.1e} on 50 customers")
 
         for design in DESIGNS:
-            attack(vegeta, targets[design], 0, 2, args.concurrency)  # warm-up
+            attack(vegeta, targets[design], 0, 2, args.concurrency, groups[design])  # warm-up
         results: dict[str, dict[str, Any]] = {d: {"rounds": []} for d in DESIGNS}
         for round_number in range(1, args.rounds + 1):
             for design in DESIGNS:
-                row = attack(vegeta, targets[design], 0, args.seconds, args.concurrency)
+                row = attack(
+                    vegeta, targets[design], 0, args.seconds, args.concurrency, groups[design]
+                )
                 results[design]["rounds"].append(row)
                 say(
                     f"max throughput, round {round_number}, {design}: {row['throughput']:,.0f} "
@@ -296,7 +310,7 @@ def main() -> int:
             for fraction in LADDER_FRACTIONS:
                 for design in LADDERED:
                     rate = max(1.0, fraction * results[design]["max_rps"])
-                    row = attack(vegeta, targets[design], rate, args.seconds, 1_000)
+                    row = attack(vegeta, targets[design], rate, args.seconds, 1_000, groups[design])
                     attempts.setdefault((design, fraction), []).append(row)
                     say(
                         f"ladder {repetition}/{args.ladder_runs}, {design} at {row['rate']:,} "

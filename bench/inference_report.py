@@ -29,6 +29,18 @@ def _half_max_row(document: dict[str, Any]) -> dict[str, Any]:
     return next(row for row in document["ours"]["ladder"] if row["fraction_of_max"] == 0.5)
 
 
+def _cpu(row: dict[str, Any]) -> str:
+    """The CPU columns of one run (empty where /proc was not readable, or in older results)."""
+    parts = [
+        row.get("server_cpu_us_per_request"),
+        row.get("vegeta_cpu_us_per_request"),
+        row.get("redis_cpu_us_per_request"),
+    ]
+    usage = " / ".join("?" if part is None else f"{part:,.0f}" for part in parts)
+    busy = row.get("machine_busy")
+    return f"{usage} | {'?' if busy is None else f'{busy:.0%}'}"
+
+
 def checks(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Each target with the measured value and whether it is met."""
     ours = document["ours"]["max_rps"]
@@ -79,32 +91,41 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         "## Maximum throughput (best of interleaved rounds)",
         "",
-        "| design | max req/s | median req/s | rounds (req/s) | max vs ours |",
-        "|---|---:|---:|---|---:|",
+        "| design | max req/s | median req/s | rounds (req/s) | max vs ours | "
+        "CPU µs/req: server / vegeta / Redis | machine busy |",
+        "|---|---:|---:|---|---:|---:|---:|",
     ]
     ours = document["ours"]["max_rps"]
     for design in ("ours", "baseline", "ceiling", "ceiling_strict"):
         entry = document[design]
         rounds = ", ".join(f"{row['throughput']:,.0f}" for row in entry["rounds"])
+        best = max(entry["rounds"], key=lambda row: row["throughput"])
         lines.append(
             f"| {NAMES[design]} | {entry['max_rps']:,.0f} | {_median_rps(entry):,.0f} | "
-            f"{rounds} | {entry['max_rps'] / ours:.2f}× |"
+            f"{rounds} | {entry['max_rps'] / ours:.2f}× | {_cpu(best)} |"
         )
     lines += [
         "",
         f"## Fixed-rate ladder (fractions of each design's maximum; least disturbed of "
         f"{config.get('ladder_runs', 1)} interleaved runs)",
         "",
-        "| design | rate (req/s) | success | p50 ms | p95 ms | p99 ms | max ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| design | rate (req/s) | success | p50 ms | p95 ms | p99 ms | max ms | "
+        "CPU µs/req: server / vegeta / Redis | machine busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for design in ("ours", "baseline", "ceiling"):
         for row in document[design]["ladder"]:
             lines.append(
                 f"| {NAMES[design]} | {row['rate']:,} ({row['fraction_of_max']:.0%}) | "
                 f"{row['success']:.2%} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
-                f"{row['p99_ms']:.2f} | {row['max_ms']:.2f} |"
+                f"{row['p99_ms']:.2f} | {row['max_ms']:.2f} | {_cpu(row)} |"
             )
+    lines += [
+        "",
+        "CPU µs/req: CPU time per request of the server's processes, of the load generator and "
+        "of Redis during the run; machine busy: the share of both cores' time not idle. All "
+        "of them share the same cores.",
+    ]
     evaluation = document["model_eval_us"]
     lines += [
         "",

@@ -124,6 +124,9 @@ def create_app(
         version="1",
         lifespan=lifespan,
         default_response_class=JSONBytes,
+        # the service exports its own Prometheus metrics; FastAPI's OpenTelemetry bridge would
+        # ask for a tracer and a meter provider on every request of the hot path
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings

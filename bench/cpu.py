@@ -1,0 +1,98 @@
+"""Where the CPU goes during one load run: the server, Redis, the load generator, the machine.
+
+Every process of the benchmark shares the same cores, so a latency figure means little without
+knowing how busy the machine was and who kept it busy. Read from ``/proc`` (Linux); elsewhere
+every figure is ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def group_cpu_seconds(group: int) -> float | None:
+    """User plus system CPU seconds of the live processes of process group ``group``."""
+    total = 0
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # the command name may hold spaces and parentheses: fields start after the last ')'
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == group:
+            total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, idle) jiffies of all CPUs since boot."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values[:8]) - idle, idle
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's children that have been waited for (the load generator)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuMeter:
+    """Started before a run, stopped after it; then CPU per request of each part, machine busy."""
+
+    server_group: int
+    redis_group: int
+
+    def __post_init__(self) -> None:
+        self._start = self._read()
+        self._end = self._start
+
+    def _read(self) -> tuple[float | None, float | None, float, tuple[int, int] | None]:
+        return (
+            group_cpu_seconds(self.server_group),
+            group_cpu_seconds(self.redis_group),
+            children_cpu_seconds(),
+            machine_ticks(),
+        )
+
+    def stop(self) -> None:
+        self._end = self._read()
+
+    def per_request(self, requests: int) -> dict[str, float | None]:
+        server_start, redis_start, load_start, machine_start = self._start
+        server_end, redis_end, load_end, machine_end = self._end
+
+        def micros(start: float | None, end: float | None) -> float | None:
+            if start is None or end is None or not requests:
+                return None
+            return round((end - start) / requests * 1e6, 1)
+
+        busy = None
+        if machine_start is not None and machine_end is not None:
+            busy_ticks = machine_end[0] - machine_start[0]
+            idle_ticks = machine_end[1] - machine_start[1]
+            if busy_ticks + idle_ticks:
+                busy = round(busy_ticks / (busy_ticks + idle_ticks), 3)
+        return {
+            "server_cpu_us_per_request": micros(server_start, server_end),
+            "redis_cpu_us_per_request": micros(redis_start, redis_end),
+            "vegeta_cpu_us_per_request": micros(load_start, load_end),
+            "machine_busy": busy,
+        }
