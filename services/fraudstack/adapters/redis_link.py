@@ -94,13 +94,8 @@ class _Protocol(asyncio.Protocol):
         if self.closed:
             future.set_exception(StoreUnavailable(f"online store unreachable: {self.lost_reason}"))
             return future
-        waiting, outgoing = self._waiting, self._outgoing
-        if not waiting and not outgoing and self._transport is not None:
-            # an idle connection: nothing to pipeline with, so no reason to wait for the loop
-            waiting.append(_Waiter(future, expected, self._loop.time()))
-            self._transport.write(payload)
-            return future
-        waiting.append(_Waiter(future, expected, self._loop.time()))
+        self._waiting.append(_Waiter(future, expected, self._loop.time()))
+        outgoing = self._outgoing
         outgoing.append(payload)
         if len(outgoing) == 1:
             # everything queued until the loop comes round leaves in one send

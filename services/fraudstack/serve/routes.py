@@ -47,8 +47,6 @@ class Service:
         self.lookup: FeatureLookup | None = None
         self.risk_medium = 0.3
         self.risk_high = 0.7
-        #: Scoring requests this worker is answering; at 1 a row has nobody to batch with.
-        self.in_flight = 0
 
     def start(self, holder: ModelHolder, lookup: FeatureLookup, settings: ServeSettings) -> None:
         self.holder, self.lookup = holder, lookup
@@ -75,16 +73,13 @@ class Service:
         """
         features = scored.features
         metrics = self.metrics
-        alone = self.in_flight == 1
-        probability = await scorer.score(
-            [features[name] for name in scorer.feature_names], alone=alone
-        )
+        probability = await scorer.score([features[name] for name in scorer.feature_names])
         metrics.observe_score(scorer.version, probability)
         shadow = routing.shadow_for(customer_id)
         if shadow is not None:
             started = _perf_counter()
             shadow_probability = await shadow.score(
-                [features[name] for name in shadow.feature_names], alone=alone
+                [features[name] for name in shadow.feature_names]
             )
             metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
             metrics.observe_score(shadow.version, shadow_probability)
@@ -120,7 +115,6 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         """Score the customer's newest transaction with its features at that time."""
         started = _perf_counter()
         version = NO_VERSION
-        service.in_flight += 1
         try:
             routing, lookup = service.parts()
             scorer = routing.scorer_for(user_id)
@@ -130,8 +124,6 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         except FraudstackError as exc:
             service.failed(exc, version, started)
             raise
-        finally:
-            service.in_flight -= 1
         return service.answer(version, probability, scored, started, {"user_id": user_id})
 
     @router.post("/v1/score", response_model=TransactionScore, **_SCORING)
@@ -139,7 +131,6 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         """Score one transaction with its features at its own time, the transaction included."""
         started = _perf_counter()
         version = NO_VERSION
-        service.in_flight += 1
         try:
             routing, lookup = service.parts()
             scorer = routing.scorer_for(txn.customer_id)
@@ -149,8 +140,6 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         except FraudstackError as exc:
             service.failed(exc, version, started)
             raise
-        finally:
-            service.in_flight -= 1
         body = {"txn_id": txn.txn_id, "user_id": txn.customer_id}
         return service.answer(version, probability, scored, started, body)
 
