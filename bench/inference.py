@@ -16,9 +16,14 @@ One command (``make bench``) does everything, on this machine, in this run:
    rung run twice, interleaved across designs, the run with the fewest failures and the lowest
    p99 kept; every run's p99 is in the JSON).
 
+Every run also records the CPU time per request of the server, of vegeta and of Redis, and how
+busy the machine was (:mod:`cpu`): they share the cores, so a latency figure is read next to who
+kept the machine busy. ``--server-cpus``/``--load-cpus`` pin the servers (and Redis) and vegeta
+to disjoint CPUs, for machines where the load generator can have cores of its own.
+
 Other processes share this machine, so absolute figures move from run to run; the ratios
 between designs measured in the same run are what the targets are about. Prints Markdown and
-writes ``bench/results/inference.{md,json,png}``.
+writes ``bench/results/inference.{md,json,png}`` (``--results`` elsewhere).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import httpx
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from cpu import CpuMeter  # noqa: E402
+from cpu import CpuMeter, cpu_list, pinned_to  # noqa: E402
 from fraudstack.aggregate.bulk import load_table  # noqa: E402
 from fraudstack.devstack.process import free_port  # noqa: E402
 from fraudstack.paths import cache_dir  # noqa: E402
@@ -71,7 +76,9 @@ def vegeta_binary() -> str:
     return str(binary)
 
 
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start(
+    argv: list[str], env: dict[str, str], log: Path, cpus: frozenset[int] | None = None
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             argv,
@@ -80,6 +87,7 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=pinned_to(cpus),
         )
 
 
@@ -108,16 +116,23 @@ def wait_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> Non
 
 
 def attack(
-    vegeta: str, targets: Path, rate: float, seconds: float, workers: int, groups: tuple[int, int]
+    vegeta: str,
+    targets: Path,
+    rate: float,
+    seconds: float,
+    workers: int,
+    groups: tuple[int, int],
+    cpus: frozenset[int] | None = None,
 ) -> dict[str, Any]:
     """One vegeta run; ``rate`` 0 means as fast as ``workers`` concurrent requests allow.
 
-    ``groups``: the process groups of the server and of Redis, whose CPU is measured.
+    ``groups``: the process groups of the server and of Redis, whose CPU is measured;
+    ``cpus``: where vegeta may run (anywhere when None).
     """
     argv = [vegeta, "attack", f"-targets={targets}", f"-duration={seconds}s", "-timeout=5s"]
     argv += [f"-rate={round(rate)}/s" if rate else "-rate=0", f"-max-workers={workers}"]
     meter = CpuMeter(*groups)
-    attack_run = subprocess.run(argv, capture_output=True, check=True)
+    attack_run = subprocess.run(argv, capture_output=True, check=True, preexec_fn=pinned_to(cpus))
     meter.stop()
     report = subprocess.run(
         [vegeta, "report", "-type=json"], input=attack_run.stdout, capture_output=True, check=True
@@ -172,8 +187,17 @@ def main() -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="gunicorn workers, the same for every design",
+        help="gunicorn workers, the same for every design (default: one per server CPU)",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        help="CPUs for the servers and Redis, e.g. 2-7 (default: all, shared with vegeta)",
+    )
+    parser.add_argument(
+        "--load-cpus",
+        type=cpu_list,
+        help="CPUs for vegeta, e.g. 0-1: keeps the load generator off the servers' cores",
     )
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each vegeta run")
     parser.add_argument("--rounds", type=int, default=3, help="max-throughput rounds per design")
@@ -187,12 +211,18 @@ def main() -> int:
         "--concurrency", type=int, default=32, help="vegeta workers for the max-throughput runs"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--results", default=str(RESULTS), help="where the results are written")
     parser.add_argument(
         "--keep-work", action="store_true", help="keep the logs, targets and registry afterwards"
     )
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = len(args.server_cpus) if args.server_cpus else os.cpu_count() or 1
+    if args.server_cpus and args.load_cpus and args.server_cpus & args.load_cpus:
+        parser.error("--server-cpus and --load-cpus overlap")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_dir = Path(args.results)
+    results_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="fraudstack-bench-inference-"))
     vegeta = vegeta_binary()
     processes: list[subprocess.Popen[bytes]] = []
@@ -214,6 +244,7 @@ def main() -> int:
                 ],
                 {},
                 work / "redis.log",
+                args.server_cpus,
             )
         )
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -265,7 +296,7 @@ def main() -> int:
                     str(BENCH),
                     APPS[design],
                 ]
-            processes.append(start(argv, {**env, **bind}, work / f"{design}.log"))
+            processes.append(start(argv, {**env, **bind}, work / f"{design}.log", args.server_cpus))
             # each was started in a session of its own: its process group is its pid
             groups[design] = (processes[-1].pid, processes[0].pid)
         ids = [str(customer) for customer in set(table["customer_id"].to_pylist())]
@@ -289,14 +320,17 @@ def main() -> int:
         difference = same_answers(ports, rng.sample(ids, 50))
         say(f"ours and the baseline agree to {difference:.1e} on 50 customers")
 
+        def run(design: str, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+            return attack(
+                vegeta, targets[design], rate, seconds, workers, groups[design], args.load_cpus
+            )
+
         for design in DESIGNS:
-            attack(vegeta, targets[design], 0, 2, args.concurrency, groups[design])  # warm-up
+            run(design, 0, 2, args.concurrency)  # warm-up
         results: dict[str, dict[str, Any]] = {d: {"rounds": []} for d in DESIGNS}
         for round_number in range(1, args.rounds + 1):
             for design in DESIGNS:
-                row = attack(
-                    vegeta, targets[design], 0, args.seconds, args.concurrency, groups[design]
-                )
+                row = run(design, 0, args.seconds, args.concurrency)
                 results[design]["rounds"].append(row)
                 say(
                     f"max throughput, round {round_number}, {design}: {row['throughput']:,.0f} "
@@ -310,7 +344,7 @@ def main() -> int:
             for fraction in LADDER_FRACTIONS:
                 for design in LADDERED:
                     rate = max(1.0, fraction * results[design]["max_rps"])
-                    row = attack(vegeta, targets[design], rate, args.seconds, 1_000, groups[design])
+                    row = run(design, rate, args.seconds, 1_000)
                     attempts.setdefault((design, fraction), []).append(row)
                     say(
                         f"ladder {repetition}/{args.ladder_runs}, {design} at {row['rate']:,} "
@@ -340,6 +374,8 @@ def main() -> int:
         "probability_max_abs_diff_ours_vs_baseline": difference,
         "config": {
             "workers": args.workers,
+            "server_cpus": sorted(args.server_cpus) if args.server_cpus else None,
+            "load_cpus": sorted(args.load_cpus) if args.load_cpus else None,
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
             "ladder_runs": args.ladder_runs,
@@ -353,10 +389,10 @@ def main() -> int:
         "machine": {**machine(), "load_average_after": os.getloadavg()},
     }
     document["checks"] = checks(document)
-    (RESULTS / "inference.json").write_text(json.dumps(document, indent=2) + "\n")
+    (results_dir / "inference.json").write_text(json.dumps(document, indent=2) + "\n")
     text = markdown(document)
-    (RESULTS / "inference.md").write_text(text)
-    plot(document, RESULTS / "inference.png")
+    (results_dir / "inference.md").write_text(text)
+    plot(document, results_dir / "inference.png")
     print(text)
     return 0
 

@@ -29,6 +29,22 @@ def _half_max_row(document: dict[str, Any]) -> dict[str, Any]:
     return next(row for row in document["ours"]["ladder"] if row["fraction_of_max"] == 0.5)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _placement(config: dict[str, Any]) -> str:
+    servers, load = config.get("server_cpus"), config.get("load_cpus")
+    if not servers and not load:
+        return "vegeta on the same machine and the same cores"
+    where = ", ".join(
+        f"{who} on {'CPU' if len(cpus) == 1 else 'CPUs'} {','.join(map(str, cpus))}"
+        for who, cpus in (("servers and Redis", servers), ("vegeta", load))
+        if cpus
+    )
+    return f"vegeta on the same machine; {where}"
+
+
 def _cpu(row: dict[str, Any]) -> str:
     """The CPU columns of one run (empty where /proc was not readable, or in older results)."""
     parts = [
@@ -79,8 +95,8 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         f"`{config['endpoint']}`, customers drawn at random from a store of "
         f"{config['customers']:,} customers ({config['transactions']:,} transactions, "
-        f"{config['days']} days); {config['workers']} gunicorn workers (uvicorn, uvloop, "
-        f"httptools) for every design; vegeta on the same machine; model "
+        f"{config['days']} days); {_count(config['workers'], 'gunicorn worker')} (uvicorn, uvloop, "
+        f"httptools) for every design; {_placement(config)}; model "
         f"`{document['model']['version']}`.",
         "",
         f"Machine: {machine['cpus']} CPUs ({machine['processor']}), {machine['memory_gib']} GiB, "
@@ -123,8 +139,12 @@ def markdown(document: dict[str, Any]) -> str:
     lines += [
         "",
         "CPU µs/req: CPU time per request of the server's processes, of the load generator and "
-        "of Redis during the run; machine busy: the share of both cores' time not idle. All "
-        "of them share the same cores.",
+        "of Redis during the run; machine busy: the share of all cores' time not idle"
+        + (
+            "."
+            if config.get("server_cpus") or config.get("load_cpus")
+            else ". All of them share the same cores."
+        ),
     ]
     evaluation = document["model_eval_us"]
     lines += [
