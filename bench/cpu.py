@@ -39,8 +39,11 @@ def pinned_to(cpus: frozenset[int] | None) -> Callable[[], None] | None:
 
 
 def group_cpu_seconds(group: int) -> float | None:
-    """User plus system CPU seconds of the live processes of process group ``group``."""
+    """CPU seconds of process group ``group``: its live processes, and the children they reaped
+    (a worker that gunicorn replaced during a run still counts, in its master's figures);
+    None when no process of the group is left."""
     total = 0
+    found = False
     try:
         entries = list(Path("/proc").iterdir())
     except OSError:
@@ -55,19 +58,22 @@ def group_cpu_seconds(group: int) -> float | None:
         # the command name may hold spaces and parentheses: fields start after the last ')'
         fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == group:
-            total += int(fields[11]) + int(fields[12])
-    return total / _TICK
+            found = True
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / _TICK if found else None
 
 
 def machine_ticks() -> tuple[int, int] | None:
-    """(busy, idle) jiffies of all CPUs since boot."""
+    """(busy, all) jiffies of all CPUs since boot; time the hypervisor stole is not busy."""
     try:
         with open("/proc/stat") as stat:
             values = [int(value) for value in stat.readline().split()[1:]]
     except (OSError, ValueError):
         return None
-    idle = values[3] + values[4]  # idle, iowait
-    return sum(values[:8]) - idle, idle
+    # user nice system idle iowait irq softirq steal
+    user, nice, system, idle, iowait, irq, softirq, steal = values[:8]
+    busy = user + nice + system + irq + softirq
+    return busy, busy + idle + iowait + steal
 
 
 def children_cpu_seconds() -> float:
@@ -109,10 +115,9 @@ class CpuMeter:
 
         busy = None
         if machine_start is not None and machine_end is not None:
-            busy_ticks = machine_end[0] - machine_start[0]
-            idle_ticks = machine_end[1] - machine_start[1]
-            if busy_ticks + idle_ticks:
-                busy = round(busy_ticks / (busy_ticks + idle_ticks), 3)
+            all_ticks = machine_end[1] - machine_start[1]
+            if all_ticks:
+                busy = round((machine_end[0] - machine_start[0]) / all_ticks, 3)
         return {
             "server_cpu_us_per_request": micros(server_start, server_end),
             "redis_cpu_us_per_request": micros(redis_start, redis_end),

@@ -7,7 +7,8 @@ run (its ``durationSeconds``, but at least ``FRAUDSTACK_OPERATOR_GATE_MIN_WINDOW
 (``FRAUDSTACK_OPERATOR_GATE_SELECTOR``)::
 
     requests  sum by (model_version) (increase(inference_requests_total{V}[W]))
-    errors    sum by (model_version) (increase(inference_requests_total{V, outcome="error"}[W]))
+    errors    sum by (model_version)
+                  (increase(inference_requests_total{V, outcome=~"error|shadow_error"}[W]))
     p99       histogram_quantile(0.99, sum by (le, model_version)
                   (rate(inference_latency_seconds_bucket{V, outcome="ok"}[W])))
     scores    sum by (le, model_version) (increase(inference_score_bucket{V}[W]))
@@ -16,7 +17,8 @@ The gates (``spec.gates``):
 
 * latency: candidate p99 / stable p99 at most ``maxLatencyP99Ratio`` (answered requests only);
 * errors: candidate error rate minus stable's at most ``maxErrorRateDelta``; an error is outcome
-  ``error`` (the service failed); a customer without features or Redis being away is not the
+  ``error`` (the service failed) or ``shadow_error`` (the candidate failed in the shadow of
+  stable, which still answered); a customer without features or Redis being away is not the
   model's fault and does not count;
 * score drift: the largest gap between the two cumulative distributions of the fraud
   probability (the Kolmogorov-Smirnov distance on the histogram's buckets, 0..1) at most
@@ -186,7 +188,7 @@ class PrometheusGates:
             ),
             self.query(
                 "sum by (model_version) (increase(inference_requests_total"
-                f'{{{matchers}, outcome="error"}}{window}))'
+                f'{{{matchers}, outcome=~"error|shadow_error"}}{window}))'
             ),
             self.query(
                 f"histogram_quantile({QUANTILE}, sum by (le, model_version) (rate("

@@ -71,6 +71,26 @@ async def test_a_server_that_does_not_answer_times_out() -> None:
     await link.close()
 
 
+async def test_closing_while_connecting_leaves_no_connection_behind() -> None:
+    accepted: list[asyncio.StreamReader] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(reader)  # and never answer the handshake
+
+    silent = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    link = RedisLink(f"redis://127.0.0.1:{port}/0", timeout=5, connect_timeout=5)
+    waiting = asyncio.ensure_future(link.execute(encode_command(b"PING")))
+    while not accepted:  # the handshake is on its way
+        await asyncio.sleep(0.01)
+    await link.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await waiting
+    # the server sees the connection end: nothing is left open
+    await asyncio.wait_for(accepted[0].read(), 2)
+    silent.close()
+
+
 async def test_no_server_fails_fast_then_retries_after_the_delay(tmp_path: Path) -> None:
     port = free_port()
     link = RedisLink(f"redis://127.0.0.1:{port}/0", retry_after=0.3)

@@ -172,8 +172,10 @@ def test_metrics_count_requests_by_model_and_outcome(client: TestClient) -> None
 
 
 class BrokenScorer:
-    version = "broken"
     feature_names = FEATURE_NAMES
+
+    def __init__(self, version: str = "broken") -> None:
+        self.version = version
 
     def score(self, vector: Any) -> float:
         raise RuntimeError("a bug, with a secret in its message")
@@ -191,6 +193,16 @@ def test_an_unexpected_error_is_a_500_without_a_stack_trace(
     customer = transactions["customer_id"][0].as_py()
     with TestClient(app, raise_server_exceptions=False) as broken:
         response = broken.get(f"/predict/{customer}")
+        metrics = broken.get("/metrics").text
     assert response.status_code == 500
     assert response.json() == {"detail": "internal error"}
     assert "secret" not in response.text and "Traceback" not in response.text
+    # counted, so a dashboard sees the failures
+    assert 'inference_requests_total{model_version="broken",outcome="error"} 1.0' in metrics
+
+
+def test_a_wrong_method_is_a_405_that_says_which_are_allowed(client: TestClient) -> None:
+    response = client.post("/predict/someone")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET"
+    assert response.json() == {"detail": "Method Not Allowed"}

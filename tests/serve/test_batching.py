@@ -47,3 +47,28 @@ async def test_a_failing_model_fails_every_request_of_the_batch() -> None:
         *(batching.score([0.0] * len(FEATURE_NAMES)) for _ in range(5)), return_exceptions=True
     )
     assert all(isinstance(result, ValueError) for result in results)
+
+
+class Short:
+    """A model that answers one row fewer than it was given."""
+
+    version = "short"
+    feature_names = FEATURE_NAMES
+
+    def score(self, vector: Any) -> float:
+        return 0.5
+
+    def score_many(self, matrix: Any) -> list[float]:
+        return [0.5] * (len(matrix) - 1)
+
+
+async def test_a_model_answering_the_wrong_number_of_rows_fails_the_batch_not_hangs() -> None:
+    batching = BatchingScorer(Short())
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(batching.score([0.0] * len(FEATURE_NAMES)) for _ in range(3)),
+            return_exceptions=True,
+        ),
+        timeout=2,
+    )
+    assert all(isinstance(result, ValueError) for result in results)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -16,10 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fraudmodel_operator.gates import score_drift
 from fraudstack.routing import RoutingDocument
+from fraudstack.scoring import load_scorer
 from fraudstack.serve.app import create_app
 from fraudstack.serve.metrics import SCORE_BUCKETS, ServeMetrics
 
 from .conftest import CANDIDATE, STABLE, RedisProcess, serve_settings
+from .test_app import BrokenScorer
 
 # the bucket bounds themselves (a bound is inclusive), both ends, and a little either side
 PROBABILITIES = [0.0, 0.01, 0.05, 0.0500001, 0.1, 0.15, 0.5, 0.77, 0.95, 0.99, 1.0]
@@ -122,3 +125,38 @@ def test_answered_and_shadow_scores_are_observed_by_version(
         if sample.name == "inference_score_sum"
     }
     assert sums[STABLE] == pytest.approx(sum(answered))
+
+
+def test_a_failing_shadow_candidate_does_not_fail_the_answer(
+    store: RedisProcess, registry_root: str, transactions: pa.Table
+) -> None:
+    key = f"fraudstack:routing:shadow-fails-{uuid.uuid4().hex[:8]}"
+    routing = RoutingDocument(
+        stable=STABLE,
+        candidate=CANDIDATE,
+        candidate_share=100.0,
+        mode="shadow",
+        source="fraudstack/score-test",
+    )
+
+    def loader(root: str, version: str) -> Any:
+        return load_scorer(root, version) if version == STABLE else BrokenScorer(version)
+
+    customer = transactions["customer_id"][0].as_py()
+    with redis.Redis.from_url(store.url) as connection:
+        connection.set(key, routing.to_json())
+        try:
+            app = create_app(
+                serve_settings(store.url, registry_root, routing_key=key), loader=loader
+            )
+            with TestClient(app) as client:
+                response = client.get(f"/predict/{customer}")
+                text = client.get("/metrics").text
+        finally:
+            connection.delete(key)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == STABLE
+    assert (
+        f'inference_requests_total{{model_version="{CANDIDATE}",outcome="shadow_error"}} 1.0'
+        in text
+    )

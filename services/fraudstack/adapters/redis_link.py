@@ -24,6 +24,7 @@ URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``uni
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -209,6 +210,12 @@ class RedisLink:
         return replies[0] in (b"PONG", "PONG")
 
     async def close(self) -> None:
+        """Drop the connection; one still being opened is abandoned, not left behind."""
+        task, self._connect_task = self._connect_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         protocol, self._protocol = self._protocol, None
         if protocol is not None:
             protocol.abort("closed by the service")
@@ -250,6 +257,14 @@ class RedisLink:
                             f"online store refused the session (HELLO 3 needs Redis 6 or "
                             f"later): {refused[0]}"
                         )
+        except asyncio.CancelledError:  # close() while connecting
+            if protocol is not None:
+                protocol.abort("closed by the service")
+            self._connecting = None
+            if not done.done():
+                done.set_exception(StoreUnavailable("online store link closed"))
+                done.exception()
+            raise
         except (OSError, TimeoutError, StoreUnavailable) as exc:
             if protocol is not None:
                 protocol.abort("the session could not be opened")

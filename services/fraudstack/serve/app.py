@@ -65,7 +65,10 @@ def _apply_published(holder: ModelHolder, document: RoutingDocument | None) -> b
 async def _flush_metrics(metrics: ServeMetrics) -> None:
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
-        metrics.flush()
+        try:
+            metrics.flush()
+        except Exception:  # a full disk, say: keep serving and keep trying
+            log.exception("cannot write the metrics to the multiprocess folder")
 
 
 def create_app(
@@ -85,10 +88,14 @@ def create_app(
         if not await link.ping():
             log.warning("the online store does not answer yet; requests answer 503 until it does")
         holder = ModelHolder(current.model_registry_uri, loader)
-        published = await _published_routing(link, current.routing_key)
-        if not _apply_published(holder, published):
-            published = None
-            holder.apply(routing_spec(current))  # a model that does not load stops start-up
+        try:
+            published = await _published_routing(link, current.routing_key)
+            if not _apply_published(holder, published):
+                published = None
+                holder.apply(routing_spec(current))  # a model that does not load stops start-up
+        except BaseException:
+            await link.close()
+            raise
         service.start(holder, FeatureLookup(link), current)
         log.info("serving %s", holder.routing.describe())
         watch = None

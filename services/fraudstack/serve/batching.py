@@ -70,11 +70,14 @@ class BatchingScorer:
                 probabilities: Iterable[SupportsFloat] = [self.scorer.score(rows[0])]
             else:
                 probabilities = self.scorer.score_many(rows)
-        except Exception as exc:  # every request of the batch gets the failure
+            values = [float(probability) for probability in probabilities]
+            if len(values) != len(rows):
+                raise ValueError(f"the model answered {len(values)} rows of {len(rows)}")
+        except Exception as exc:  # every request of the batch gets the failure, none hangs
             for future in waiting:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for future, probability in zip(waiting, probabilities, strict=True):
+        for future, value in zip(waiting, values, strict=True):
             if not future.done():
-                future.set_result(float(probability))
+                future.set_result(value)

@@ -13,6 +13,9 @@ ModelError                       503     ``error``            no usable model lo
 InvalidEvent, validation error   422     ``invalid``          malformed path or body
 anything else                    500     ``error``            a bug; logged with its traceback
 ===============================  ======  ===================  ====================================
+
+A shadow candidate that fails is counted under its own version as ``shadow_error``; the request
+is still answered by the stable model.
 """
 
 from __future__ import annotations
@@ -38,14 +41,17 @@ from fraudstack.serve.metrics import NO_VERSION
 log = logging.getLogger(__name__)
 
 OUTCOME_OK = "ok"
+OUTCOME_ERROR = "error"
 #: A candidate scored in the shadow of the stable model (its answer went to metrics only).
 OUTCOME_SHADOW = "shadow"
+#: The shadow candidate failed; the request was still answered by the stable model.
+OUTCOME_SHADOW_ERROR = "shadow_error"
 # (exception class, HTTP status, metric outcome), most specific first
 _MAPPING: tuple[tuple[type[FraudstackError], int, str], ...] = (
     (EntityNotFound, 404, "not_found"),
     (StoreUnavailable, 503, "unavailable"),
     (StoreError, 503, "unavailable"),
-    (ModelError, 503, "error"),
+    (ModelError, 503, OUTCOME_ERROR),
     (InvalidEvent, 422, "invalid"),
 )
 
@@ -65,7 +71,7 @@ def classify(exc: FraudstackError) -> tuple[int, str]:
     for kind, status, outcome in _MAPPING:
         if isinstance(exc, kind):
             return status, outcome
-    return 500, "error"
+    return 500, OUTCOME_ERROR
 
 
 def install(app: FastAPI) -> None:
@@ -94,7 +100,11 @@ def install(app: FastAPI) -> None:
 
     async def http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return json_response({"detail": exc.detail}, exc.status_code)
+        if exc.status_code in (204, 304):  # no body allowed
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return JSONBytes(
+            orjson.dumps({"detail": exc.detail}), status_code=exc.status_code, headers=exc.headers
+        )
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)

@@ -82,7 +82,9 @@ def post_worker_init(worker: Any) -> None:
 
     A request allocates a few hundred short-lived containers that reference counting frees;
     with the default threshold (700) a young-generation collection still runs every couple of
-    requests and walks them. Everything alive after start-up is frozen out of the collections.
+    requests and walks them. What the worker holds at this point (the imported modules and the
+    app object) is frozen out of the collections; the lifespan runs later, and what it loads is
+    mostly native memory (onnxruntime sessions, buffers) that the collector does not walk.
     """
     gc.collect()
     gc.freeze()

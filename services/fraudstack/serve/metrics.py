@@ -22,6 +22,7 @@ metric                                 type       labels / meaning
 ``feature_age_seconds``                histogram  now minus the newest event in the customer's
                                                   stored features (pipeline lag + inactivity)
 ``online_store_unavailable_total``     counter    requests answered 503 because Redis was down
+                                                  or refused a command
 =====================================  =========  =================================================
 """
 
@@ -135,7 +136,7 @@ class ServeMetrics:
         )
         self.store_unavailable = Counter(
             "online_store_unavailable_total",
-            "Requests answered 503 because the online store could not be reached.",
+            "Requests answered 503 because the online store could not be reached or refused.",
             registry=self.registry,
         )
         self._requests: dict[tuple[str, str], _Tally] = {}
@@ -176,15 +177,14 @@ class ServeMetrics:
         requests, self._requests = self._requests, {}
         for (version, outcome), tally in requests.items():
             self.requests.labels(version, outcome).inc(tally.count)
-            timed = sum(tally.buckets)
-            if timed:
-                _add(self.latency.labels(version, outcome), tally, timed)
+            if any(tally.buckets):  # requests that failed before timing have no latency
+                _add(self.latency.labels(version, outcome), tally)
         scores, self._scores = self._scores, {}
         for version, tally in scores.items():
-            _add(self.score.labels(version), tally, tally.count)
+            _add(self.score.labels(version), tally)
         ages, self._ages = self._ages, _Tally(len(AGE_BUCKETS))
         if ages.count:
-            _add(self.feature_age, ages, ages.count)
+            _add(self.feature_age, ages)
         if self._unavailable:
             self.store_unavailable.inc(self._unavailable)
             self._unavailable = 0
@@ -199,7 +199,7 @@ class ServeMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def _add(histogram: Histogram, tally: _Tally, count: int) -> None:
+def _add(histogram: Histogram, tally: _Tally) -> None:
     """Add a tally to a histogram child: one write per bucket touched, not one per request.
 
     The client library has no public call for this; its histogram children keep one value per

@@ -131,13 +131,6 @@ class Routing:
             return None
         return self.candidate if customer_bucket(customer_id) < self._shadow_cutoff else None
 
-    @property
-    def versions(self) -> list[str]:
-        versions = [self.stable.version]
-        if self.candidate is not None and self.candidate_share:
-            versions.append(self.candidate.version)
-        return versions
-
     def describe(self) -> dict[str, object]:
         return {
             "stable": self.stable.version,

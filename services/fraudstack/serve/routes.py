@@ -4,6 +4,7 @@ metrics added to in-process tallies (see :mod:`.metrics`)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Annotated, Any
 
@@ -14,7 +15,15 @@ from starlette.responses import Response
 from fraudstack.errors import FraudstackError, ModelError
 from fraudstack.events import Transaction
 from fraudstack.serve.batching import BatchingScorer
-from fraudstack.serve.errors import OUTCOME_OK, OUTCOME_SHADOW, JSONBytes, classify, json_response
+from fraudstack.serve.errors import (
+    OUTCOME_ERROR,
+    OUTCOME_OK,
+    OUTCOME_SHADOW,
+    OUTCOME_SHADOW_ERROR,
+    JSONBytes,
+    classify,
+    json_response,
+)
 from fraudstack.serve.lookup import FeatureLookup, Scored
 from fraudstack.serve.metrics import NO_VERSION, ServeMetrics
 from fraudstack.serve.models import ModelHolder, Routing
@@ -27,6 +36,7 @@ from fraudstack.serve.schemas import (
 )
 from fraudstack.serve.settings import ServeSettings, get_settings
 
+log = logging.getLogger(__name__)
 _perf_counter = time.perf_counter
 _wall_clock = time.time
 _dumps = orjson.dumps
@@ -69,7 +79,8 @@ class Service:
         """The answering model's probability; in shadow mode the candidate scores too.
 
         Both probabilities go to the score histogram, so the operator's drift gate compares the
-        candidate with stable in shadow mode as well as in canary mode.
+        candidate with stable in shadow mode as well as in canary mode. The shadow's answer goes
+        to metrics only, and so does its failure: the request is still answered by stable.
         """
         features = scored.features
         metrics = self.metrics
@@ -78,15 +89,21 @@ class Service:
         shadow = routing.shadow_for(customer_id)
         if shadow is not None:
             started = _perf_counter()
-            shadow_probability = await shadow.score(
-                [features[name] for name in shadow.feature_names]
-            )
-            metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
-            metrics.observe_score(shadow.version, shadow_probability)
+            try:
+                shadow_probability = await shadow.score(
+                    [features[name] for name in shadow.feature_names]
+                )
+            except Exception:
+                log.exception("shadow model %s failed; answered with stable", shadow.version)
+                metrics.observe(shadow.version, OUTCOME_SHADOW_ERROR, _perf_counter() - started)
+            else:
+                metrics.observe(shadow.version, OUTCOME_SHADOW, _perf_counter() - started)
+                metrics.observe_score(shadow.version, shadow_probability)
         return probability
 
-    def failed(self, exc: FraudstackError, version: str, started: float) -> None:
-        _, outcome = classify(exc)
+    def failed(self, exc: Exception, version: str, started: float) -> None:
+        """Count a request that did not score (ours map to an outcome; anything else is a bug)."""
+        outcome = classify(exc)[1] if isinstance(exc, FraudstackError) else OUTCOME_ERROR
         if outcome == "unavailable":
             self.metrics.store_down()
         self.metrics.observe(version, outcome, _perf_counter() - started)
@@ -121,7 +138,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             version = scorer.version
             _, scored = await lookup.newest(user_id)
             probability = await service.score(routing, scorer, user_id, scored)
-        except FraudstackError as exc:
+        except Exception as exc:  # counted here, answered by the handlers of .errors
             service.failed(exc, version, started)
             raise
         return service.answer(version, probability, scored, started, {"user_id": user_id})
@@ -137,7 +154,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             version = scorer.version
             scored = await lookup.transaction(txn)
             probability = await service.score(routing, scorer, txn.customer_id, scored)
-        except FraudstackError as exc:
+        except Exception as exc:  # counted here, answered by the handlers of .errors
             service.failed(exc, version, started)
             raise
         body = {"txn_id": txn.txn_id, "user_id": txn.customer_id}
