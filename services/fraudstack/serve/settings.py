@@ -54,7 +54,8 @@ class ServeSettings(CommonSettings):
     store_timeout_ms: float = Field(
         default=250.0, gt=0, validation_alias=_variable("store_timeout_ms")
     )
-    """``FRAUDSTACK_SERVE_STORE_TIMEOUT_MS``: a Redis reply slower than this answers 503."""
+    """``FRAUDSTACK_SERVE_STORE_TIMEOUT_MS``: a Redis reply slower than this answers 503 (the
+    check runs every half timeout, so a stuck connection is dropped within 1.5 times this)."""
     store_retry_ms: float = Field(default=100.0, ge=0, validation_alias=_variable("store_retry_ms"))
     """``FRAUDSTACK_SERVE_STORE_RETRY_MS``: after a failed connection, requests answer 503 at once
     for this long before the next attempt (a down Redis is not hammered)."""
