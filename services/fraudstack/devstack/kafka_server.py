@@ -181,5 +181,12 @@ def ensure_jars(cache_dir: Path, version: str = KAFKA_VERSION) -> Path:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
+
+    Never one that starts with ``-`` (1 in 64 would): the storage tool's argument parser takes it
+    for an option, which is why Kafka's own ``Uuid.randomUuid()`` draws again in that case.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
