@@ -54,3 +54,31 @@ async def test_a_redis_that_forgot_the_terminal_script_gets_it_again(
     assert client.hget(terminal_key("t-1"), "e:b") == b"1522540800001"
     assert client.hget(customer_key("c-1"), "customer_nb_tx_1d") == b"2.0"
     client.close()
+
+
+async def test_a_replay_restores_terminal_writes_that_a_failed_batch_did_not_make(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """The customer and terminal writes of a batch are not one transaction: if the first batch
+    died between them, the replay finds the customer up to date and must still write the
+    terminal."""
+    event = {
+        "txn_id": "partial-1",
+        "ts": 1_522_540_800_000,
+        "customer_id": "c-partial",
+        "terminal_id": "t-partial",
+        "amount": 3.0,
+    }
+    record = Record(pipeline_settings.topics.transactions, 0, 0, b"c-partial", orjson.dumps(event))
+    client = redis.Redis.from_url(pipeline_settings.redis_url)
+    link = RedisLink(pipeline_settings.redis_url, timeout=5.0)
+    try:
+        allowed = pipeline_settings.aggregate_allowed_lateness_ms
+        await Processor(link, allowed).process([record])
+        client.delete(terminal_key("t-partial"))  # as if the terminal write never landed
+        replay = await Processor(link, allowed).process([record])  # a restarted instance
+    finally:
+        await link.close()
+    assert replay.duplicates == 1 and replay.applied == 0
+    assert client.hget(terminal_key("t-partial"), "e:partial-1") == b"1522540800000"
+    client.close()

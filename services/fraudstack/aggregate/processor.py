@@ -15,7 +15,8 @@ Where each entity's state lives, and why:
   transaction: they are finished at read time from the event fields, never precomputed.
 
 Both writes are idempotent (a field per transaction id), so a batch replayed after a crash
-changes nothing. An event more than the allowed lateness behind its partition's newest event,
+changes nothing; a replayed transaction's terminal write is sent again, because the customer and
+terminal writes of one batch are not one transaction and a crash may fall between them. An event more than the allowed lateness behind its partition's newest event,
 an invalid record, and a fraud label reported after the 7-day feature delay go to the dead-letter
 topic with the reason.
 """
@@ -143,8 +144,10 @@ class Processor:
 
         now_ms = int(time.time() * 1000)
         commands: list[Command] = []
-        applied = self._write_customers(commands, arrivals, now_ms, result)
-        self._write_terminals(commands, applied, labels, now_ms)
+        applied, replayed = self._write_customers(commands, arrivals, now_ms, result)
+        # a replayed transaction's terminal write is sent again: the batch that first carried it
+        # may have died after its customer writes and before its terminal ones (idempotent)
+        self._write_terminals(commands, applied + replayed, labels, now_ms)
         await self._execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
@@ -207,9 +210,11 @@ class Processor:
 
     def _write_customers(
         self, commands: list[Command], arrivals: list[Arrival], now_ms: int, result: BatchResult
-    ) -> list[Transaction]:
-        """Queue the customers' writes; return the transactions applied (not duplicates)."""
+    ) -> tuple[list[Transaction], list[Transaction]]:
+        """Queue the customers' writes; return the transactions applied and the replayed ones
+        (already in the customer's history)."""
         applied: list[Transaction] = []
+        replayed: list[Transaction] = []
         new_fields: dict[str, dict[str, str | int | float]] = {}
         newest: dict[str, Transaction] = {}
         for arrival in arrivals:
@@ -219,6 +224,7 @@ class Processor:
             # A replayed transaction is a duplicate however old it is; only new ones can be late.
             if txn.txn_id in state.history:
                 result.duplicates += 1
+                replayed.append(txn)
                 continue
             if txn.ts < arrival.watermark - self.allowed_lateness_ms:
                 late_by = (arrival.watermark - txn.ts) / 1000
@@ -255,7 +261,7 @@ class Processor:
             if expired:
                 commands.append(["HDEL", key, *(event_field(txn_id) for txn_id in expired)])
             commands.append(("EXPIRE", key, CUSTOMER_TTL_SECONDS))
-        return applied
+        return applied, replayed
 
     def _write_terminals(
         self,
