@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import orjson
@@ -81,4 +82,59 @@ async def test_a_replay_restores_terminal_writes_that_a_failed_batch_did_not_mak
         await link.close()
     assert replay.duplicates == 1 and replay.applied == 0
     assert client.hget(terminal_key("t-partial"), "e:partial-1") == b"1522540800000"
+    client.close()
+
+
+def _event(settings: AggregateSettings, offset: int, customer: str, terminal: str) -> Record:
+    event = {
+        "txn_id": f"{customer}-{terminal}-{offset}",
+        "ts": 1_522_540_800_000 + offset,
+        "customer_id": customer,
+        "terminal_id": terminal,
+        "amount": 1.0,
+    }
+    return Record(settings.topics.transactions, 0, offset, customer.encode(), orjson.dumps(event))
+
+
+async def test_a_rebalance_while_a_batch_waits_on_redis_lets_the_batch_finish(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """The consumer runs its rebalance callbacks in its own task: ``forget()`` may come while a
+    batch waits on Redis, and must not pull the state from under it."""
+    link = RedisLink(pipeline_settings.redis_url, timeout=5.0)
+    processor = Processor(link, pipeline_settings.aggregate_allowed_lateness_ms)
+    try:
+        await processor.process([_event(pipeline_settings, 0, "c-known", "t-rebalance")])
+        batch = asyncio.ensure_future(
+            processor.process(
+                [
+                    _event(pipeline_settings, 1, "c-known", "t-rebalance"),
+                    _event(pipeline_settings, 2, "c-new", "t-rebalance"),  # to load from Redis
+                ]
+            )
+        )
+        await asyncio.sleep(0)  # the batch now waits on Redis for c-new
+        processor.forget()  # partitions revoked
+        result = await batch
+    finally:
+        await link.close()
+    assert result.applied == 2
+    assert processor.customers == {}  # dropped once the batch was done
+
+
+async def test_a_terminal_busier_than_one_script_call_takes_is_written_whole(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    events = [_event(pipeline_settings, n, f"c-busy-{n}", "t-busy") for n in range(5_000)]
+    link = RedisLink(pipeline_settings.redis_url, timeout=30.0)
+    try:
+        result = await Processor(link, pipeline_settings.aggregate_allowed_lateness_ms).process(
+            events
+        )
+    finally:
+        await link.close()
+    assert result.applied == 5_000
+    client = redis.Redis.from_url(pipeline_settings.redis_url)
+    stored = client.hgetall(terminal_key("t-busy"))
+    assert sum(1 for name in stored if name.startswith(b"e:")) == 5_000
     client.close()

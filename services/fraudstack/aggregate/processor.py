@@ -16,9 +16,9 @@ Where each entity's state lives, and why:
 
 Both writes are idempotent (a field per transaction id), so a batch replayed after a crash
 changes nothing; a replayed transaction's terminal write is sent again, because the customer and
-terminal writes of one batch are not one transaction and a crash may fall between them. An event more than the allowed lateness behind its partition's newest event,
-an invalid record, and a fraud label reported after the 7-day feature delay go to the dead-letter
-topic with the reason.
+terminal writes of one batch are not one transaction and a crash may fall between them. An event
+more than the allowed lateness behind its partition's newest event, an invalid record, and a
+fraud label reported after the 7-day feature delay go to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -87,6 +87,10 @@ return newest
 """
 
 
+#: Fields one terminal script call writes at most (two values each; Lua's ``unpack`` limit).
+MAX_FIELDS_PER_SCRIPT_CALL = 1_000
+
+
 @dataclass(slots=True)
 class CustomerState:
     history: CustomerHistory
@@ -128,13 +132,33 @@ class Processor:
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
         self._terminal_script = hashlib.sha1(_TERMINAL_SCRIPT.encode()).hexdigest()
+        self._busy = False
+        self._forget_after_batch = False
 
     def forget(self) -> None:
-        """Drop the in-memory state: partitions moved, another instance may have written since."""
+        """Drop the in-memory state: partitions moved, another instance may have written since.
+
+        The consumer's rebalance callbacks run in its own task, possibly while a batch waits on
+        Redis; the batch in flight then finishes with the state it started with (its writes are
+        idempotent) and the state is dropped as it ends.
+        """
+        if self._busy:
+            self._forget_after_batch = True
+            return
         self.customers.clear()
         self.watermarks.clear()
 
     async def process(self, records: Iterable[SourceRecord]) -> BatchResult:
+        self._busy = True
+        try:
+            return await self._process(records)
+        finally:
+            self._busy = False
+            if self._forget_after_batch:
+                self._forget_after_batch = False
+                self.forget()
+
+    async def _process(self, records: Iterable[SourceRecord]) -> BatchResult:
         result = BatchResult()
         arrivals: list[Arrival] = []
         labels: list[Label] = []
@@ -282,18 +306,21 @@ class Processor:
             )
         horizon = TERMINAL_HORIZON_MS + self.allowed_lateness_ms
         for terminal, pairs in per_terminal.items():
-            commands.append(
-                [
-                    "EVALSHA",
-                    self._terminal_script,
-                    1,
-                    terminal_key(terminal),
-                    now_ms,
-                    horizon,
-                    TERMINAL_TTL_SECONDS,
-                    *pairs,
-                ]
-            )
+            # Redis's Lua unpacks at most ~8,000 values at once: a busy terminal's share of a
+            # large batch goes in several calls (each idempotent)
+            for start in range(0, len(pairs), 2 * MAX_FIELDS_PER_SCRIPT_CALL):
+                commands.append(
+                    [
+                        "EVALSHA",
+                        self._terminal_script,
+                        1,
+                        terminal_key(terminal),
+                        now_ms,
+                        horizon,
+                        TERMINAL_TTL_SECONDS,
+                        *pairs[start : start + 2 * MAX_FIELDS_PER_SCRIPT_CALL],
+                    ]
+                )
 
 
 def count_by_kind(result: BatchResult) -> dict[tuple[str, str], int]:

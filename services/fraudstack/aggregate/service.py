@@ -21,7 +21,7 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer, send_dead_letter
 from fraudstack.adapters.redis_link import RedisLink
@@ -133,10 +133,14 @@ class Aggregator:
                     record.offset,
                     reason,
                 )
-        offsets = {tp: partition[-1].offset + 1 for tp, partition in batches.items()}
+        # only partitions still ours: one revoked while the batch was written is the new
+        # owner's to replay (idempotently), and committing it would raise
+        owned = consumer.assignment()
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if tp in owned}
         try:
-            await consumer.commit(offsets)
-        except CommitFailedError:
+            if offsets:
+                await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError):
             # The group rebalanced meanwhile; the new owner replays, idempotently.
             log.info("commit after a rebalance refused; the batch will be replayed")
         written_at = time.time()
