@@ -2,7 +2,8 @@
 
 The inference service labels its metrics by ``model_version`` (:mod:`fraudstack.serve.metrics`),
 so one query per figure compares the two versions over the same window: the step that has just
-run (its ``durationSeconds``, but at least ``FRAUDSTACK_OPERATOR_GATE_MIN_WINDOW_SECONDS``).
+run (everything since it began, so a step kept waiting for traffic gathers more of it, but at
+least ``FRAUDSTACK_OPERATOR_GATE_MIN_WINDOW_SECONDS``).
 ``V`` below is ``model_version=~"<stable>|<candidate>"`` plus the optional extra selector
 (``FRAUDSTACK_OPERATOR_GATE_SELECTOR``)::
 
@@ -15,7 +16,8 @@ run (its ``durationSeconds``, but at least ``FRAUDSTACK_OPERATOR_GATE_MIN_WINDOW
 
 The gates (``spec.gates``):
 
-* latency: candidate p99 / stable p99 at most ``maxLatencyP99Ratio`` (answered requests only);
+* latency: candidate p99 / stable p99 at most ``maxLatencyP99Ratio`` (answered requests only;
+  not applied in shadow mode, where the candidate answers no request of its own);
 * errors: candidate error rate minus stable's at most ``maxErrorRateDelta``; an error is outcome
   ``error`` (the service failed) or ``shadow_error`` (the candidate failed in the shadow of
   stable, which still answered); a customer without features or Redis being away is not the
@@ -89,7 +91,9 @@ def score_drift(
     )
 
 
-def judge(figures: GateFigures, gates: Gates, stable: str, candidate: str) -> GateReport:
+def judge(
+    figures: GateFigures, gates: Gates, stable: str, candidate: str, *, shadow: bool = False
+) -> GateReport:
     """The verdict on one step from its figures (pure; see the module docstring)."""
     s, c = figures.stable, figures.candidate
     drift = figures.score_drift
@@ -127,7 +131,9 @@ def judge(figures: GateFigures, gates: Gates, stable: str, candidate: str) -> Ga
             f"error rate {c.error_rate:.2%} against {s.error_rate:.2%} for {stable} "
             f"(+{delta:.2%} > {gates.max_error_rate_delta:.2%})"
         )
-    ratio = report["latencyP99Ratio"]
+    # in shadow mode the candidate only scores aside, after stable answered: no request of its
+    # own to time, so the latency gate does not apply
+    ratio = None if shadow else report["latencyP99Ratio"]
     if ratio is not None and ratio > gates.max_latency_p99_ratio:
         failures.append(
             f"p99 latency {_ms(c.p99_seconds)} against {_ms(s.p99_seconds)} for {stable} "
@@ -141,14 +147,15 @@ def judge(figures: GateFigures, gates: Gates, stable: str, candidate: str) -> Ga
         return GateReport(
             Verdict.FAIL, f"{candidate} failed its gates: " + "; ".join(failures), report
         )
-    if ratio is None:
+    if ratio is None and not shadow:
         return GateReport(
             Verdict.WAIT, f"no latency figures for both versions in {window} yet", report
         )
+    latency_text = "p99 not compared in shadow mode" if ratio is None else f"p99 x{ratio:.2f}"
     drift_text = f"score drift {drift:.3f}" if drift is not None else "score drift not measured"
     return GateReport(
         Verdict.PASS,
-        f"gates passed over {c.requests:.0f} requests: p99 x{ratio:.2f}, error rate "
+        f"gates passed over {c.requests:.0f} requests: {latency_text}, error rate "
         f"{delta:+.2%}, {drift_text}",
         report,
     )
@@ -167,7 +174,13 @@ class PrometheusGates:
         self.selector = selector.strip().strip(",")
 
     async def evaluate(
-        self, stable: str, candidate: str, gates: Gates, window_seconds: float
+        self,
+        stable: str,
+        candidate: str,
+        gates: Gates,
+        window_seconds: float,
+        *,
+        shadow: bool = False,
     ) -> GateReport:
         """The verdict; Prometheus being away or unset makes it Wait, with the reason."""
         if not self.base_url:
@@ -176,7 +189,7 @@ class PrometheusGates:
             figures = await self.figures(stable, candidate, window_seconds)
         except GatesUnavailable as exc:
             return GateReport(Verdict.WAIT, f"cannot read the gate figures: {exc}")
-        return judge(figures, gates, stable, candidate)
+        return judge(figures, gates, stable, candidate, shadow=shadow)
 
     async def figures(self, stable: str, candidate: str, window_seconds: float) -> GateFigures:
         versions = f'model_version=~"{_literal(stable)}|{_literal(candidate)}"'

@@ -219,8 +219,14 @@ async def _decide(
     step = rollout.current_step(spec, previous)
     if problem is None and step is not None and rollout.gates_due(spec, previous, now):
         assert spec.candidate is not None  # a step exists only with a candidate
-        window = max(float(step.duration_seconds), services.settings.gate_min_window_seconds)
-        gates = await services.gates.evaluate(spec.stable, spec.candidate, spec.gates, window)
+        assert previous.rollout is not None  # gates are due only within a step
+        # everything since the step began: a step kept waiting for traffic gathers more of it
+        window = max(
+            now - previous.rollout.step_started_at, services.settings.gate_min_window_seconds
+        )
+        gates = await services.gates.evaluate(
+            spec.stable, spec.candidate, spec.gates, window, shadow=spec.mode == "shadow"
+        )
     decision = rollout.decide(
         spec, previous, generation=generation, now=now, problem=problem, gates=gates
     )

@@ -89,6 +89,16 @@ def test_no_latency_figures_wait() -> None:
     assert report.verdict is Verdict.WAIT and "no latency figures" in report.message
 
 
+def test_in_shadow_mode_the_latency_gate_does_not_apply() -> None:
+    # the candidate's latency is its scoring aside, not a request: no figure to compare
+    report = judge(figures(healthy(), healthy(p99_seconds=None)), GATES, "v1", "v2", shadow=True)
+    assert report.verdict is Verdict.PASS and "not compared in shadow mode" in report.message
+    failing = judge(
+        figures(healthy(), healthy(p99_seconds=None, errors=30)), GATES, "v1", "v2", shadow=True
+    )
+    assert failing.verdict is Verdict.FAIL  # the other gates still do
+
+
 def test_score_drift_is_the_largest_gap_between_the_cumulative_shares() -> None:
     assert score_drift(SCORES, SCORES) == 0.0
     other = {0.1: 5.0, 0.5: 9.0, 1.0: 10.0, math.inf: 10.0}  # same shape, fewer observations
