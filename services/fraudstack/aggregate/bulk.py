@@ -54,8 +54,12 @@ def load_table(
     for index in np.argsort(ts, kind="stable"):
         txn_id, when, amount = txn_ids[index], int(ts[index]), int(cents[index])
         customer, terminal = customers[index], terminals[index]
-        customer_histories.setdefault(customer, CustomerHistory()).add(txn_id, when, amount)
-        last[customer] = LastTransaction(txn_id, when, amount, terminal)
+        if not customer_histories.setdefault(customer, CustomerHistory()).add(txn_id, when, amount):
+            continue  # a duplicate row, refused as the stream refuses it
+        known = last.get(customer)
+        # the newest by (ts, txn_id), as the stream orders ties, not by input order
+        if known is None or (when, txn_id) > (known.ts_ms, known.txn_id):
+            last[customer] = LastTransaction(txn_id, when, amount, terminal)
         terminal_histories.setdefault(terminal, TerminalHistory()).add(txn_id, when)
 
     for txn_id, when, terminal, reported in _label_rows(transactions, labels):
