@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -32,6 +32,12 @@ PRODUCE_LATENCY = Histogram(
     "Time from receiving a request to the broker acknowledging all its events.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a send's failure as seen: the request reports it once, for the whole batch."""
+    if not future.cancelled():
+        future.exception()
 
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
@@ -69,20 +75,26 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             )
         producer: AIOKafkaProducer = request.app.state.producer
         started = time.perf_counter()
+        futures: list[asyncio.Future[Any]] = []
         try:
-            futures = [
-                await producer.send(
+            for event in batch:
+                future = await producer.send(
                     settings.topics.transactions,
                     event.model_dump_json().encode(),
                     key=event.customer_id.encode(),
                 )
-                for event in batch
-            ]
+                future.add_done_callback(_retrieve)
+                futures.append(future)
             await asyncio.gather(*futures)
         except KafkaError as exc:
             EVENTS.labels("unavailable").inc(len(batch))
             return ORJSONResponse(
-                {"detail": f"Kafka unavailable, nothing acknowledged: {exc}"}, status_code=503
+                {
+                    "detail": f"Kafka unavailable, the batch was not acknowledged in full: {exc}. "
+                    "Some of its events may have been written; sending the batch again is safe "
+                    "(the aggregator drops duplicates by txn_id)."
+                },
+                status_code=503,
             )
         PRODUCE_LATENCY.observe(time.perf_counter() - started)
         EVENTS.labels("accepted").inc(len(batch))
