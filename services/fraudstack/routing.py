@@ -122,6 +122,18 @@ class RoutingDocument:
         )
 
 
+def split_problems(candidate: str | None, share: object, mode: str) -> list[str]:
+    """What is wrong with a split (candidate, its share, the mode), wherever it comes from."""
+    problems = []
+    if not isinstance(share, int | float) or not 0.0 <= share <= 100.0:
+        problems.append(f"candidate_share {share!r} is outside 0-100")
+    elif share and candidate is None:
+        problems.append("a candidate_share above 0 needs a candidate")
+    if mode not in MODES:
+        problems.append(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    return problems
+
+
 def _problems(document: RoutingDocument) -> list[str]:
     problems = []
     if not isinstance(document.stable, str) or not _VERSION.match(document.stable):
@@ -129,13 +141,7 @@ def _problems(document: RoutingDocument) -> list[str]:
     candidate = document.candidate
     if candidate is not None and (not isinstance(candidate, str) or not _VERSION.match(candidate)):
         problems.append(f"candidate {candidate!r} is not a model version name")
-    share = document.candidate_share
-    if not isinstance(share, int | float) or not 0.0 <= share <= 100.0:
-        problems.append(f"candidate_share {share!r} is outside 0-100")
-    elif share and candidate is None:
-        problems.append("a candidate_share above 0 needs a candidate")
-    if document.mode not in MODES:
-        problems.append(f"mode {document.mode!r} is not one of {', '.join(MODES)}")
+    problems += split_problems(candidate, document.candidate_share, document.mode)
     if not isinstance(document.source, str) or not _SOURCE.match(document.source):
         problems.append(f"source {document.source!r} is not <namespace>/<name>")
     if not isinstance(document.generation, int) or document.generation < 0:

@@ -27,7 +27,7 @@ from typing import Protocol
 from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import ModelError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
-from fraudstack.routing import MODES
+from fraudstack.routing import split_problems
 from fraudstack.serve.batching import BatchableScorer, BatchingScorer
 from fraudstack.serve.settings import ServeSettings
 
@@ -69,12 +69,9 @@ class RoutingSpec:
     mode: str = "canary"
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.candidate_share <= 100.0:
-            raise ModelError(f"candidate share {self.candidate_share} is outside 0-100")
-        if self.candidate_share and not self.candidate:
-            raise ModelError("a candidate share needs a candidate version")
-        if self.mode not in MODES:
-            raise ModelError(f"routing mode {self.mode!r} is not one of {', '.join(MODES)}")
+        problems = split_problems(self.candidate or None, self.candidate_share, self.mode)
+        if problems:
+            raise ModelError("invalid routing: " + "; ".join(problems))
 
 
 def routing_spec(settings: ServeSettings) -> RoutingSpec:
