@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -82,8 +83,10 @@ def test_the_drift_gate_reads_the_exposed_buckets() -> None:
     assert drift is not None and drift > 0.5
 
 
-@pytest.fixture
-def shadow_client(store: RedisProcess, registry_root: str) -> Iterator[TestClient]:
+@contextmanager
+def shadow_service(
+    store: RedisProcess, registry_root: str, loader: Any = None
+) -> Iterator[TestClient]:
     """The service in-process, following a published routing: the candidate in the shadow of
     stable for every customer."""
     key = f"fraudstack:routing:score-{uuid.uuid4().hex[:8]}"
@@ -97,11 +100,17 @@ def shadow_client(store: RedisProcess, registry_root: str) -> Iterator[TestClien
     with redis.Redis.from_url(store.url) as connection:
         connection.set(key, routing.to_json())
         try:
-            app = create_app(serve_settings(store.url, registry_root, routing_key=key))
-            with TestClient(app) as client:
+            settings = serve_settings(store.url, registry_root, routing_key=key)
+            with TestClient(create_app(settings, loader=loader)) as client:
                 yield client
         finally:
             connection.delete(key)
+
+
+@pytest.fixture
+def shadow_client(store: RedisProcess, registry_root: str) -> Iterator[TestClient]:
+    with shadow_service(store, registry_root) as client:
+        yield client
 
 
 def test_answered_and_shadow_scores_are_observed_by_version(
@@ -130,30 +139,13 @@ def test_answered_and_shadow_scores_are_observed_by_version(
 def test_a_failing_shadow_candidate_does_not_fail_the_answer(
     store: RedisProcess, registry_root: str, transactions: pa.Table
 ) -> None:
-    key = f"fraudstack:routing:shadow-fails-{uuid.uuid4().hex[:8]}"
-    routing = RoutingDocument(
-        stable=STABLE,
-        candidate=CANDIDATE,
-        candidate_share=100.0,
-        mode="shadow",
-        source="fraudstack/score-test",
-    )
-
     def loader(root: str, version: str) -> Any:
         return load_scorer(root, version) if version == STABLE else BrokenScorer(version)
 
     customer = transactions["customer_id"][0].as_py()
-    with redis.Redis.from_url(store.url) as connection:
-        connection.set(key, routing.to_json())
-        try:
-            app = create_app(
-                serve_settings(store.url, registry_root, routing_key=key), loader=loader
-            )
-            with TestClient(app) as client:
-                response = client.get(f"/predict/{customer}")
-                text = client.get("/metrics").text
-        finally:
-            connection.delete(key)
+    with shadow_service(store, registry_root, loader) as client:
+        response = client.get(f"/predict/{customer}")
+        text = client.get("/metrics").text
     assert response.status_code == 200, response.text
     assert response.json()["model_version"] == STABLE
     assert (
