@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
+from fraudstack.adapters.registry import ModelRegistry
 
 
 def say(message: str) -> None:
@@ -22,9 +22,9 @@ def prepare_model(
     best by validation average precision (the last week, after a one-week gap)."""
     from sklearn.metrics import average_precision_score
 
-    from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION, MS_PER_DAY
+    from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY
     from fraudstack.features.offline import compute_features
-    from fraudstack.train.export import check_equivalence, to_joblib, to_onnx
+    from fraudstack.train.export import check_equivalence, publish_model, to_onnx
     from fraudstack.train.models import DEFAULT_MODELS, fit
 
     features = compute_features(table)
@@ -51,17 +51,14 @@ def prepare_model(
     check = matrix[rng.choice(len(matrix), size=min(5_000, len(matrix)), replace=False)]
     difference = check_equivalence(model, onnx_model, check)
     version = f"bench-{chosen.replace('_', '-')}"
-    metadata = ModelMetadata(
-        version=version,
-        model_type=chosen,
-        feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION,
-        training_window={},
+    publish_model(
+        registry_root,
+        version,
+        chosen,
+        model,
+        onnx_model=onnx_model,
         metrics={"onnx_max_abs_diff": difference, "validation_average_precision": precision},
         extra={"rows": len(train)},
-    )
-    ModelRegistry(registry_root).publish(
-        metadata, {"model.onnx": onnx_model, "model.joblib": to_joblib(model)}
     )
     return version, model, check, precision
 

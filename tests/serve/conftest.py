@@ -21,11 +21,10 @@ import pyarrow as pa
 import pytest
 import redis
 
-from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.aggregate.bulk import load_table
 from fraudstack.devstack.process import free_port, wait_until
 from fraudstack.errors import DevstackError
-from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.features.offline import compute_features
 from fraudstack.serve.settings import ServeSettings
 from fraudstack.simulate import SimulationConfig, simulate
@@ -106,26 +105,14 @@ def registry_root(
     tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table, offline_features: pa.Table
 ) -> str:
     """A registry with two real models trained on the table: logistic regression and a tree."""
-    from fraudstack.train.export import to_joblib, to_onnx
+    from fraudstack.train.export import publish_model
     from fraudstack.train.models import fit
 
     root = tmp_path_factory.mktemp("registry")
     matrix = np.column_stack([offline_features[name].to_numpy() for name in FEATURE_NAMES])
     target = np.asarray(transactions["is_fraud"].to_numpy(zero_copy_only=False), dtype=np.int64)
     for version, name in ((STABLE, "logistic_regression"), (CANDIDATE, "decision_tree_depth_2")):
-        model = fit(name, matrix, target, seed=0, jobs=1)
-        metadata = ModelMetadata(
-            version=version,
-            model_type=name,
-            feature_names=list(FEATURE_NAMES),
-            feature_set_version=FEATURE_SET_VERSION,
-            training_window={},
-            metrics={},
-        )
-        ModelRegistry(root).publish(
-            metadata,
-            {"model.onnx": to_onnx(model, len(FEATURE_NAMES)), "model.joblib": to_joblib(model)},
-        )
+        publish_model(str(root), version, name, fit(name, matrix, target, seed=0, jobs=1))
     return str(root)
 
 

@@ -8,6 +8,7 @@ a fast single-row scorer wants).
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import joblib
 import numpy as np
@@ -17,7 +18,9 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.base import ClassifierMixin
 
+from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.errors import ModelError
+from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
 from fraudstack.scoring import PROBABILITIES_OUTPUT
 from fraudstack.train.models import final_estimator
 
@@ -71,3 +74,35 @@ def check_equivalence(
             f"ONNX export differs from scikit-learn by {difference:.2e} (> {tolerance:.0e})"
         )
     return difference
+
+
+def publish_model(
+    registry_root: str,
+    version: str,
+    model_type: str,
+    model: ClassifierMixin,
+    *,
+    onnx_model: bytes | None = None,
+    training_window: dict[str, str] | None = None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    files: dict[str, bytes] | None = None,
+) -> ModelMetadata:
+    """Publish a fitted model on the current feature set: ONNX (converted here unless given),
+    joblib and any other ``files``, with its ``metadata.json``."""
+    metadata = ModelMetadata(
+        version=version,
+        model_type=model_type,
+        feature_names=list(FEATURE_NAMES),
+        feature_set_version=FEATURE_SET_VERSION,
+        training_window=training_window or {},
+        metrics=metrics or {},
+        extra=extra or {},
+    )
+    artifacts = {
+        "model.onnx": onnx_model if onnx_model is not None else to_onnx(model, len(FEATURE_NAMES)),
+        "model.joblib": to_joblib(model),
+        **(files or {}),
+    }
+    ModelRegistry(registry_root).publish(metadata, artifacts)
+    return metadata

@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow.compute as pc
 
 from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore, day_of, epoch_ms
-from fraudstack.adapters.registry import ModelMetadata, ModelRegistry, new_version
+from fraudstack.adapters.registry import new_version
 from fraudstack.errors import StoreError
-from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.train.dataset import LabelledSet, load_from_store
 from fraudstack.train.evaluate import Scores, evaluate
-from fraudstack.train.export import check_equivalence, to_joblib, to_onnx
+from fraudstack.train.export import check_equivalence, publish_model, to_onnx
 from fraudstack.train.models import DEFAULT_MODELS, fit
 from fraudstack.train.plots import pr_curve_png, score_hist_png
 
@@ -132,11 +132,12 @@ def train_and_register(
 
     version = new_version()
     title = f"{version} ({chosen}), validation {window.valid_start}..{window.valid_end}"
-    metadata = ModelMetadata(
-        version=version,
-        model_type=f"{chosen} ({type(model).__name__})",
-        feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION,
+    metadata = publish_model(
+        registry_root,
+        version,
+        f"{chosen} ({type(model).__name__})",
+        model,
+        onnx_model=onnx_model,
         training_window={"start": _iso(window.train_start), "end": _iso(window.train_end)},
         metrics={
             "validation": dict(metrics),
@@ -160,14 +161,11 @@ def train_and_register(
             "hyperparameters": _parameters(model),
             "onnx": {"input": "features", "output": "probabilities", "dtype": "float32"},
         },
+        files={
+            "pr_curve.png": pr_curve_png(valid.is_fraud, score, title),
+            "score_hist.png": score_hist_png(valid.is_fraud, score, title),
+        },
     )
-    files = {
-        "model.onnx": onnx_model,
-        "model.joblib": to_joblib(model),
-        "pr_curve.png": pr_curve_png(valid.is_fraud, score, title),
-        "score_hist.png": score_hist_png(valid.is_fraud, score, title),
-    }
-    ModelRegistry(registry_root).publish(metadata, files)
     return version, metadata.metrics
 
 
