@@ -5,6 +5,8 @@ candidate, or rolls it back by itself when it is slow. Steps last the CRD's mini
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 from kubernetes import client
@@ -23,12 +25,36 @@ from fraudstack.routing import RoutingDocument
 GATES = {"minRequests": 20, "maxLatencyP99Ratio": 1.5, "maxErrorRateDelta": 0.05}
 
 
-def routing(store: redis.Redis, key: str, *fields: object) -> Callable[[], RoutingDocument | None]:
-    def probe() -> RoutingDocument | None:
-        document = published(store, key)
-        return document if document is not None and document.routing_fields() == fields else None
+@dataclass
+class Rollout:
+    """Watches one FraudModel's rollout: the routing it publishes and the status it writes."""
 
-    return probe
+    store: redis.Redis
+    routing_key: str
+    objects: client.CustomObjectsApi
+    namespace: str
+    name: str
+
+    def published(self, what: str, *fields: object, timeout: float = 20.0) -> RoutingDocument:
+        """The routing document once its routing fields are ``fields``."""
+
+        def probe() -> RoutingDocument | None:
+            document = published(self.store, self.routing_key)
+            same = document is not None and document.routing_fields() == fields
+            return document if same else None
+
+        return wait_for(f"{what} published", probe, timeout)
+
+    def status(self, timeout: float = 20.0, **expected: object) -> dict[str, Any]:
+        """The FraudModel once its status holds every ``expected`` field."""
+        return wait_for_status(
+            self.objects,
+            self.namespace,
+            self.name,
+            ", ".join(f"{key}={value}" for key, value in expected.items()),
+            lambda body: all(body.get("status", {}).get(k) == v for k, v in expected.items()),
+            timeout,
+        )
 
 
 def start_rollout(
@@ -72,45 +98,20 @@ def test_the_rollout_walks_its_steps_and_promotes(
         fraudmodels, publish_version, metrics_target, "walker", 0.002, (10, 30)
     )
 
-    wait_for("step 1 published", routing(store, routing_key, stable, candidate, 10.0, "canary"))
-    body = wait_for_status(
-        objects,
-        namespace,
-        "walker",
-        "step 1",
-        lambda b: b.get("status", {}).get("currentStep") == 1,
-    )
+    rollout = Rollout(store, routing_key, objects, namespace, "walker")
+    rollout.published("step 1", stable, candidate, 10.0, "canary")
+    # the routing is published before the status is written: wait for the status too
+    body = rollout.status(currentStep=1)
     assert body["status"]["phase"] == "Progressing"
     assert condition(body, "Progressing")["status"] == "True"
 
-    wait_for(
-        "step 2 published",
-        routing(store, routing_key, stable, candidate, 30.0, "canary"),
-        timeout=60,
-    )
-    # the routing is published before the status is written: wait for the status too
-    body = wait_for_status(
-        objects,
-        namespace,
-        "walker",
-        "step 2",
-        lambda b: b.get("status", {}).get("currentStep") == 2,
-    )["status"]
+    rollout.published("step 2", stable, candidate, 30.0, "canary", timeout=60)
+    body = rollout.status(currentStep=2)["status"]
     assert body["currentStep"] == 2 and body["candidateShare"] == 30
     assert body["rollout"]["lastGateCheck"]["verdict"] == "Pass"
 
-    wait_for(
-        "promotion published",
-        routing(store, routing_key, candidate, None, 0.0, "canary"),
-        timeout=60,
-    )
-    body = wait_for_status(
-        objects,
-        namespace,
-        "walker",
-        "Promoted",
-        lambda b: b.get("status", {}).get("phase") == "Promoted",
-    )
+    rollout.published("promotion", candidate, None, 0.0, "canary", timeout=60)
+    body = rollout.status(phase="Promoted")
     assert body["status"]["stableVersion"] == candidate
     assert condition(body, "Progressing")["reason"] == "Promoted"
     assert condition(body, "Ready")["status"] == "True"
@@ -131,16 +132,9 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
     stable, candidate = start_rollout(
         fraudmodels, publish_version, metrics_target, "slowpoke", 0.2, (20, 50)
     )
-    wait_for("step 1 published", routing(store, routing_key, stable, candidate, 20.0, "canary"))
-
-    body = wait_for_status(
-        objects,
-        namespace,
-        "slowpoke",
-        "RolledBack",
-        lambda b: b.get("status", {}).get("phase") == "RolledBack",
-        timeout=40,
-    )
+    rollout = Rollout(store, routing_key, objects, namespace, "slowpoke")
+    rollout.published("step 1", stable, candidate, 20.0, "canary")
+    body = rollout.status(timeout=40, phase="RolledBack")
     degraded = condition(body, "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "GateFailed"
     assert "p99 latency" in degraded["message"] and candidate in degraded["message"]
