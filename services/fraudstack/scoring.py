@@ -1,9 +1,12 @@
-"""The runtime scorer: a registered model, verified, run by onnxruntime.
+"""The runtime scorer: a registered model, verified, run by onnxruntime or the tree walker.
 
-Only numpy, onnxruntime and the standard library are imported (through the registry), so the
-inference image carries no scikit-learn. One :class:`Scorer` per process: an onnxruntime session
-is thread-safe for ``run``, but :meth:`Scorer.score` reuses one preallocated input row, so call
-it from one thread at a time (the asyncio worker of the inference service does).
+Only numpy, onnxruntime, the tree walker and the standard library are imported (through the
+registry), so the inference image carries no scikit-learn. A tree model published with its
+compact form (``forest.npz``, :mod:`fraudstack.forest`) is scored by the walker, once the walker
+has been shown to answer what onnxruntime answers for it; any other model by onnxruntime. One
+:class:`Scorer` per process: an onnxruntime session is thread-safe for ``run``, but
+:meth:`Scorer.score` reuses one preallocated input row, so call it from one thread at a time (the
+asyncio worker of the inference service does).
 
 The model takes a float32 row of the features in ``Scorer.feature_names`` order (the order of
 ``metadata.json``) and its output ``probabilities`` holds ``[P(genuine), P(fraud)]`` per row.
@@ -18,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from fraudstack import forest
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.errors import ModelIntegrityError
 
@@ -28,7 +32,9 @@ PROBABILITIES_OUTPUT = "probabilities"
 class Scorer:
     """Scores feature vectors with one model version."""
 
-    def __init__(self, model: bytes, metadata: ModelMetadata) -> None:
+    def __init__(
+        self, model: bytes, metadata: ModelMetadata, compact_forest: bytes | None = None
+    ) -> None:
         self.metadata = metadata
         self.version = metadata.version
         self.feature_names: tuple[str, ...] = tuple(metadata.feature_names)
@@ -61,20 +67,52 @@ class Scorer:
         self._outputs = [PROBABILITIES_OUTPUT]
         self._row = np.zeros((1, len(self.feature_names)), dtype=np.float32)
         self._feed = {self._input_name: self._row}
+        self._forest = None if compact_forest is None else self._checked_forest(compact_forest)
+        #: What scores the rows: ``"tree walker"`` or ``"onnxruntime"``.
+        self.engine = "onnxruntime" if self._forest is None else "tree walker"
+
+    def _checked_forest(self, compact_forest: bytes) -> forest.Forest:
+        width = len(self.feature_names)
+        try:
+            walker = forest.load_forest(compact_forest, width)
+            probe = forest.probe_rows(compact_forest, width)
+        except (ValueError, KeyError, OSError) as exc:  # not a forest file the walker can run
+            raise ModelIntegrityError(
+                f"model {self.version}: {forest.FOREST_FILE} cannot be loaded: {exc}"
+            ) from exc
+        difference = forest.largest_difference(walker, self._onnx_many, probe)
+        if not difference <= forest.TOLERANCE:
+            raise ModelIntegrityError(
+                f"model {self.version}: {forest.FOREST_FILE} differs from model.onnx by "
+                f"{difference:.2e} (> {forest.TOLERANCE:.0e})"
+            )
+        return walker
 
     def score(self, vector: Sequence[float] | npt.ArrayLike) -> float:
         """P(fraud) of one feature vector (in :attr:`feature_names` order)."""
+        if self._forest is not None:
+            score: float = self._forest.score(vector)
+            return score
         self._row[0] = vector
         probabilities = self._session.run(self._outputs, self._feed)[0]
         return float(probabilities[0, 1])
 
-    def score_many(self, matrix: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    def score_many(self, matrix: npt.ArrayLike) -> npt.NDArray[np.float32] | list[float]:
         """P(fraud) of each row of a ``(rows, features)`` matrix."""
+        if self._forest is not None and isinstance(matrix, list):
+            scores: list[float] = self._forest.score_many(matrix)  # checks each row's length
+            return scores
         rows = np.ascontiguousarray(matrix, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
             raise ValueError(
                 f"expected a (rows, {len(self.feature_names)}) matrix, got shape {rows.shape}"
             )
+        if self._forest is not None:
+            scores = self._forest.score_many(rows.tolist())
+            return scores
+        return self._onnx_many(rows)
+
+    def _onnx_many(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         probabilities = self._session.run(self._outputs, {self._input_name: rows})[0]
         result: npt.NDArray[np.float32] = np.ascontiguousarray(probabilities[:, 1])
         return result
@@ -88,11 +126,18 @@ def load_scorer(registry_root: str, version: str) -> Scorer:
     """
     registry = ModelRegistry(registry_root)
     metadata = registry.verify(version)
-    path = registry.path(version) / ONNX_FILE
     if ONNX_FILE not in metadata.files:
         raise ModelIntegrityError(f"model {version}: metadata.json does not list {ONNX_FILE}")
-    model = path.read_bytes()
+    model = _read_verified(registry, metadata, ONNX_FILE)
+    compact = None
+    if forest.FOREST_FILE in metadata.files:
+        compact = _read_verified(registry, metadata, forest.FOREST_FILE)
+    return Scorer(model, metadata, compact)
+
+
+def _read_verified(registry: ModelRegistry, metadata: ModelMetadata, name: str) -> bytes:
+    data = (registry.path(metadata.version) / name).read_bytes()
     # hash the very bytes loaded: the file could change between verify() and this read
-    if hashlib.sha256(model).hexdigest() != metadata.files[ONNX_FILE]:
-        raise ModelIntegrityError(f"model {version}: {ONNX_FILE} changed while being loaded")
-    return Scorer(model, metadata)
+    if hashlib.sha256(data).hexdigest() != metadata.files[name]:
+        raise ModelIntegrityError(f"model {metadata.version}: {name} changed while being loaded")
+    return data

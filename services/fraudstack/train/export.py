@@ -18,6 +18,7 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.base import ClassifierMixin
 
+from fraudstack import forest
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
 from fraudstack.errors import ModelError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
@@ -76,6 +77,22 @@ def check_equivalence(
     return difference
 
 
+def compact_forest(onnx_model: bytes) -> bytes | None:
+    """``forest.npz`` for a tree model whose walker answers what onnxruntime answers, else None
+    (the model is then served by onnxruntime; see :mod:`fraudstack.forest`)."""
+    compact = forest.compile_forest(onnx_model)
+    if compact is None:
+        return None
+    width = len(FEATURE_NAMES)
+    walker = forest.load_forest(compact, width)
+    difference = forest.largest_difference(
+        walker,
+        lambda rows: onnx_probabilities(onnx_model, rows),
+        forest.probe_rows(compact, width),
+    )
+    return compact if difference <= forest.TOLERANCE else None
+
+
 def publish_model(
     registry_root: str,
     version: str,
@@ -89,7 +106,8 @@ def publish_model(
     files: dict[str, bytes] | None = None,
 ) -> ModelMetadata:
     """Publish a fitted model on the current feature set: ONNX (converted here unless given),
-    joblib and any other ``files``, with its ``metadata.json``."""
+    the compact forest of a tree model, joblib and any other ``files``, with its
+    ``metadata.json``."""
     metadata = ModelMetadata(
         version=version,
         model_type=model_type,
@@ -99,10 +117,11 @@ def publish_model(
         metrics=metrics or {},
         extra=extra or {},
     )
-    artifacts = {
-        "model.onnx": onnx_model if onnx_model is not None else to_onnx(model, len(FEATURE_NAMES)),
-        "model.joblib": to_joblib(model),
-        **(files or {}),
-    }
+    if onnx_model is None:
+        onnx_model = to_onnx(model, len(FEATURE_NAMES))
+    artifacts = {"model.onnx": onnx_model, "model.joblib": to_joblib(model), **(files or {})}
+    compact = compact_forest(onnx_model)
+    if compact is not None:
+        artifacts[forest.FOREST_FILE] = compact
     ModelRegistry(registry_root).publish(metadata, artifacts)
     return metadata

@@ -1,0 +1,243 @@
+/* A compact tree-ensemble walker for single rows: fraudstack._treewalk.Forest.
+ *
+ * Why: onnxruntime scores a row of a 100-tree random forest in ~20 µs while its nodes sit in the
+ * CPU caches, but its node records take ~40 bytes each (4 MB for 100,000 nodes), and a worker that
+ * serves one request at a time finds most of them evicted by the rest of the request; a cold call
+ * then costs several times more. Here a node is 8 bytes, laid out depth-first so that the "true"
+ * child is the next node: a whole forest of 100,000 nodes takes 800 KB, and a walk that goes
+ * left reads consecutive memory.
+ *
+ * Layout (built by fraudstack.forest from the ONNX TreeEnsembleClassifier, little-endian):
+ *   node = { float32 value; int32 link; }
+ *   link >= 0: a branch; go to node i + 1 when x[link & 0xFF] <= value, else to node
+ *              i + (link >> 8);
+ *   link <  0: a leaf; value is the tree's contribution to the score.
+ * The score of a row is base + the sum of its leaves, through the logistic function if asked;
+ * features and thresholds are float32, as onnxruntime compares them.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_FEATURES 256
+
+typedef struct {
+    float value;
+    int32_t link;
+} Node;
+
+typedef struct {
+    PyObject_HEAD
+    Node *nodes;
+    Py_ssize_t node_count;
+    int32_t *roots;
+    Py_ssize_t tree_count;
+    Py_ssize_t feature_count;
+    double base;
+    int logistic;
+} Forest;
+
+static void Forest_dealloc(Forest *self) {
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->roots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Every link of every tree must stay inside the forest and name a known feature, so that
+ * walking can never read out of bounds, whatever bytes it was given. */
+static int check_layout(Forest *self) {
+    for (Py_ssize_t t = 0; t < self->tree_count; t++) {
+        int32_t root = self->roots[t];
+        if (root < 0 || root >= self->node_count) {
+            PyErr_Format(PyExc_ValueError, "tree %zd starts outside the forest", t);
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < self->node_count; i++) {
+        int32_t link = self->nodes[i].link;
+        if (link < 0) {
+            continue;
+        }
+        Py_ssize_t feature = link & 0xFF;
+        Py_ssize_t jump = link >> 8;
+        if (feature >= self->feature_count) {
+            PyErr_Format(PyExc_ValueError, "node %zd splits on feature %zd of %zd", i, feature,
+                         self->feature_count);
+            return -1;
+        }
+        if (jump < 2 || i + jump >= self->node_count || i + 1 >= self->node_count) {
+            PyErr_Format(PyExc_ValueError, "node %zd links outside the forest", i);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"nodes", "roots", "feature_count", "base", "logistic", NULL};
+    Py_buffer nodes, roots;
+    Py_ssize_t feature_count;
+    double base = 0.0;
+    int logistic = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*n|dp", keywords, &nodes, &roots,
+                                     &feature_count, &base, &logistic)) {
+        return -1;
+    }
+    int status = -1;
+    if (nodes.len == 0 || nodes.len % (Py_ssize_t)sizeof(Node) != 0) {
+        PyErr_SetString(PyExc_ValueError, "nodes: a non-empty buffer of 8-byte records");
+        goto done;
+    }
+    if (roots.len == 0 || roots.len % (Py_ssize_t)sizeof(int32_t) != 0) {
+        PyErr_SetString(PyExc_ValueError, "roots: a non-empty buffer of int32");
+        goto done;
+    }
+    if (feature_count < 1 || feature_count > MAX_FEATURES) {
+        PyErr_Format(PyExc_ValueError, "feature_count must be within 1..%d", MAX_FEATURES);
+        goto done;
+    }
+    PyMem_Free(self->nodes);
+    PyMem_Free(self->roots);
+    self->nodes = PyMem_Malloc(nodes.len);
+    self->roots = PyMem_Malloc(roots.len);
+    if (self->nodes == NULL || self->roots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(self->nodes, nodes.buf, nodes.len);
+    memcpy(self->roots, roots.buf, roots.len);
+    self->node_count = nodes.len / (Py_ssize_t)sizeof(Node);
+    self->tree_count = roots.len / (Py_ssize_t)sizeof(int32_t);
+    self->feature_count = feature_count;
+    self->base = base;
+    self->logistic = logistic;
+    status = check_layout(self);
+done:
+    PyBuffer_Release(&nodes);
+    PyBuffer_Release(&roots);
+    return status;
+}
+
+static double walk(const Forest *self, const float *x) {
+    const Node *nodes = self->nodes;
+    double sum = self->base;
+    for (Py_ssize_t t = 0; t < self->tree_count; t++) {
+        const Node *node = nodes + self->roots[t];
+        while (node->link >= 0) {
+            node += x[node->link & 0xFF] <= node->value ? 1 : (node->link >> 8);
+        }
+        sum += node->value;
+    }
+    return self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum;
+}
+
+/* A row (any sequence of numbers, feature_count long) as float32, as onnxruntime reads it. */
+static int read_row(const Forest *self, PyObject *row, float *x) {
+    PyObject *items = PySequence_Fast(row, "a row must be a sequence of numbers");
+    if (items == NULL) {
+        return -1;
+    }
+    int status = 0;
+    if (PySequence_Fast_GET_SIZE(items) != self->feature_count) {
+        PyErr_Format(PyExc_ValueError, "a row has %zd features, the model takes %zd",
+                     PySequence_Fast_GET_SIZE(items), self->feature_count);
+        status = -1;
+    } else {
+        PyObject **values = PySequence_Fast_ITEMS(items);
+        for (Py_ssize_t i = 0; i < self->feature_count; i++) {
+            double value = PyFloat_AsDouble(values[i]);
+            if (value == -1.0 && PyErr_Occurred()) {
+                status = -1;
+                break;
+            }
+            x[i] = (float)value;
+        }
+    }
+    Py_DECREF(items);
+    return status;
+}
+
+static PyObject *Forest_score(Forest *self, PyObject *row) {
+    float x[MAX_FEATURES];
+    if (read_row(self, row, x) < 0) {
+        return NULL;
+    }
+    return PyFloat_FromDouble(walk(self, x));
+}
+
+static PyObject *Forest_score_many(Forest *self, PyObject *rows) {
+    PyObject *items = PySequence_Fast(rows, "rows must be a sequence of rows");
+    if (items == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+    PyObject *scores = PyList_New(count);
+    float x[MAX_FEATURES];
+    for (Py_ssize_t r = 0; scores != NULL && r < count; r++) {
+        PyObject *score = NULL;
+        if (read_row(self, PySequence_Fast_GET_ITEM(items, r), x) == 0) {
+            score = PyFloat_FromDouble(walk(self, x));
+        }
+        if (score == NULL) {
+            Py_CLEAR(scores);
+            break;
+        }
+        PyList_SET_ITEM(scores, r, score);
+    }
+    Py_DECREF(items);
+    return scores;
+}
+
+static PyObject *Forest_get_sizes(Forest *self, void *closure) {
+    (void)closure;
+    return Py_BuildValue("(nnn)", self->tree_count, self->node_count, self->feature_count);
+}
+
+static PyMethodDef Forest_methods[] = {
+    {"score", (PyCFunction)Forest_score, METH_O, "score(row) -> float: the score of one row."},
+    {"score_many", (PyCFunction)Forest_score_many, METH_O,
+     "score_many(rows) -> list[float]: the score of each row."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Forest_getset[] = {
+    {"sizes", (getter)Forest_get_sizes, NULL, "(trees, nodes, features)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject ForestType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "fraudstack._treewalk.Forest",
+    .tp_doc = PyDoc_STR("Forest(nodes, roots, feature_count, base=0.0, logistic=False)"),
+    .tp_basicsize = sizeof(Forest),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Forest_init,
+    .tp_dealloc = (destructor)Forest_dealloc,
+    .tp_methods = Forest_methods,
+    .tp_getset = Forest_getset,
+};
+
+static struct PyModuleDef treewalk_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "fraudstack._treewalk",
+    .m_doc = "A compact single-row tree-ensemble walker (see fraudstack.forest).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__treewalk(void) {
+    if (PyType_Ready(&ForestType) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&treewalk_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "Forest", (PyObject *)&ForestType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

@@ -1,0 +1,157 @@
+"""The compact tree walker scores what onnxruntime and scikit-learn score, and refuses bad input.
+
+The walker (``fraudstack._treewalk``, fed by :mod:`fraudstack.forest`) serves tree models in the
+inference service; these tests compare it with the ONNX graph it was compiled from and with the
+scikit-learn model that graph was exported from.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
+from fraudstack.errors import ModelIntegrityError
+from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.forest import (
+    FOREST_FILE,
+    Forest,
+    compile_forest,
+    largest_difference,
+    load_forest,
+    probe_rows,
+)
+from fraudstack.scoring import Scorer, load_scorer
+from fraudstack.train.dataset import LabelledSet
+from fraudstack.train.export import onnx_probabilities, publish_model, to_onnx
+
+WIDTH = len(FEATURE_NAMES)
+TREE_MODELS = ("decision_tree_depth_2", "random_forest", "gradient_boosting")
+
+
+def _onnx(fitted: dict, name: str) -> bytes:
+    return to_onnx(fitted[name], WIDTH)
+
+
+@pytest.mark.parametrize("name", TREE_MODELS)
+def test_walker_equals_onnxruntime_and_scikit_learn(
+    name: str, fitted: dict, labelled: LabelledSet
+) -> None:
+    onnx_model = _onnx(fitted, name)
+    compact = compile_forest(onnx_model)
+    assert compact is not None
+    walker = load_forest(compact, WIDTH)
+    # rows on the split thresholds, one float32 below and above: any other comparison shows
+    probe = probe_rows(compact, WIDTH)
+    assert largest_difference(walker, lambda rows: onnx_probabilities(onnx_model, rows), probe) <= (
+        1e-6
+    )
+    rows = labelled.features
+    expected = fitted[name].predict_proba(rows)[:, 1]
+    assert np.max(np.abs(np.asarray(walker.score_many(rows.tolist())) - expected)) <= 1e-5
+    # one row at a time gives exactly the batch's answers
+    assert [walker.score(list(row)) for row in rows[:200]] == walker.score_many(rows[:200].tolist())
+
+
+def test_missing_values_take_the_false_branch_as_in_onnxruntime(fitted: dict) -> None:
+    onnx_model = _onnx(fitted, "random_forest")
+    compact = compile_forest(onnx_model)
+    assert compact is not None
+    rows = probe_rows(compact, WIDTH, rows=64)
+    rows[::2, ::3] = np.nan
+    walker = load_forest(compact, WIDTH)
+    assert largest_difference(walker, lambda m: onnx_probabilities(onnx_model, m), rows) <= 1e-6
+
+
+def test_a_linear_model_has_no_compact_form(fitted: dict, tmp_path) -> None:
+    assert compile_forest(_onnx(fitted, "logistic_regression")) is None
+    publish_model(str(tmp_path), "v-linear", "logistic_regression", fitted["logistic_regression"])
+    assert FOREST_FILE not in ModelRegistry(str(tmp_path)).metadata("v-linear").files
+    assert load_scorer(str(tmp_path), "v-linear").engine == "onnxruntime"
+
+
+def test_published_tree_models_are_served_by_the_walker(
+    fitted: dict, labelled: LabelledSet, tmp_path
+) -> None:
+    publish_model(str(tmp_path), "v-forest", "random_forest", fitted["random_forest"])
+    assert FOREST_FILE in ModelRegistry(str(tmp_path)).metadata("v-forest").files
+    scorer = load_scorer(str(tmp_path), "v-forest")
+    assert scorer.engine == "tree walker"
+    rows = labelled.features[:300]
+    expected = fitted["random_forest"].predict_proba(rows)[:, 1]
+    np.testing.assert_allclose(scorer.score_many(rows), expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(scorer.score_many(rows.tolist()), expected, atol=1e-5, rtol=0)
+    assert scorer.score(list(rows[0])) == pytest.approx(expected[0], abs=1e-5)
+
+
+def test_a_forest_that_disagrees_with_its_onnx_model_stops_loading(fitted: dict) -> None:
+    """A forest.npz of another model (its sha256 listed, so only the comparison can tell)."""
+    other = compile_forest(_onnx(fitted, "gradient_boosting"))
+    metadata = ModelMetadata(
+        version="v-mixed",
+        model_type="random_forest",
+        feature_names=list(FEATURE_NAMES),
+        feature_set_version=FEATURE_SET_VERSION,
+        training_window={},
+        metrics={},
+    )
+    with pytest.raises(ModelIntegrityError, match=f"{FOREST_FILE} differs from model.onnx"):
+        Scorer(_onnx(fitted, "random_forest"), metadata, other)
+    with pytest.raises(ModelIntegrityError, match=f"{FOREST_FILE} cannot be loaded"):
+        Scorer(_onnx(fitted, "random_forest"), metadata, b"not a forest")
+
+
+def _forest_file(values: list[float], links: list[int], roots: list[int]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        values=np.asarray(values, dtype="<f4"),
+        links=np.asarray(links, dtype="<i4"),
+        roots=np.asarray(roots, dtype="<i4"),
+        feature_count=np.asarray(2),
+        base=np.asarray(0.0),
+        logistic=np.asarray(False),
+    )
+    return buffer.getvalue()
+
+
+def test_a_hand_made_tree_walks_as_written() -> None:
+    # x0 <= 1.5 ? (x1 <= 0.5 ? 0.1 : 0.2) : 0.7
+    tree = _forest_file([1.5, 0.5, 0.1, 0.2, 0.7], [0 | 4 << 8, 1 | 2 << 8, -1, -1, -1], [0])
+    walker = load_forest(tree, 2)
+    assert walker.sizes == (1, 5, 2)
+    assert walker.score([1.5, 0.5]) == pytest.approx(0.1)
+    assert walker.score((1.0, 0.6)) == pytest.approx(0.2)
+    assert walker.score(np.array([1.6, 0.0])) == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    ("values", "links", "roots", "reason"),
+    [
+        ([1.5, 0.1, 0.2], [0 | 9 << 8, -1, -1], [0], "links outside the forest"),
+        ([1.5, 0.1, 0.2], [5 | 2 << 8, -1, -1], [0], "splits on feature 5"),
+        ([1.5, 0.1, 0.2], [0 | 2 << 8, -1, -1], [3], "starts outside the forest"),
+        ([0.1, 1.5], [-1, 0 | 2 << 8], [0], "links outside the forest"),  # a branch last
+    ],
+)
+def test_a_layout_that_would_read_out_of_bounds_is_refused(
+    values: list[float], links: list[int], roots: list[int], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        load_forest(_forest_file(values, links, roots), 2)
+
+
+def test_bad_rows_get_a_clear_error() -> None:
+    one_leaf = np.array([(0.25, -1)], dtype=[("value", "<f4"), ("link", "<i4")])
+    walker = Forest(one_leaf.tobytes(), np.zeros(1, dtype="<i4").tobytes(), 2)
+    assert walker.score([0.0, 0.0]) == 0.25
+    with pytest.raises(ValueError, match="a row has 3 features, the model takes 2"):
+        walker.score([0.0, 1.0, 2.0])
+    with pytest.raises(TypeError):
+        walker.score(["a", 1.0])
+    with pytest.raises(TypeError, match="a row must be a sequence"):
+        walker.score(3.0)
+    with pytest.raises(ValueError, match="a row has 1 features"):
+        walker.score_many([[0.0, 0.0], [1.0]])
