@@ -150,12 +150,21 @@ def markdown(document: dict[str, Any]) -> str:
     evaluation = document["model_eval_us"]
     lines += [
         "",
-        "## Single-row model evaluation (median)",
+        "## Single-row model evaluation (median µs)",
         "",
-        f"ours (ONNX Runtime): **{evaluation['ours']} µs**; scikit-learn `predict_proba`: "
-        f"{evaluation['scikit_learn']} µs; largest difference between the two "
-        f"{evaluation['max_abs_diff']:.1e}. Ours and the naive service answered the same "
-        f"probabilities to {document['probability_max_abs_diff_ours_vs_baseline']:.1e}.",
+        "| evaluator | warm | cold |",
+        "|---|---:|---:|",
+        f"| ours ({evaluation['engine']}) | **{evaluation['ours']}** | {evaluation['ours_cold']} |",
+        f"| onnxruntime, same ONNX graph | {evaluation['onnxruntime']} "
+        f"| {evaluation['onnxruntime_cold']} |",
+        f"| scikit-learn `predict_proba` | {evaluation['scikit_learn']} | |",
+        "",
+        "warm: calls back to back; cold: "
+        f"{evaluation['cold_sweep_bytes'] // 2**20} MiB of memory written before each call, as "
+        "the rest of a request does between two requests of a lone worker. Largest difference "
+        f"between ours and scikit-learn: {evaluation['max_abs_diff']:.1e}. Ours and the naive "
+        "service answered the same probabilities to "
+        f"{document['probability_max_abs_diff_ours_vs_baseline']:.1e}.",
         "",
         "## Targets",
         "",

@@ -47,7 +47,15 @@ def test_train_writes_a_valid_version(
     metadata = registry.verify(version)
     assert metadata.feature_names == list(FEATURE_NAMES)
     assert metadata.feature_set_version == FEATURE_SET_VERSION
-    assert set(metadata.files) == {"model.onnx", "model.joblib", "pr_curve.png", "score_hist.png"}
+    # a tree model is published with its compact form too, which the service scores with
+    compact = {"forest.npz"} if metadata.model_type != "logistic_regression" else set()
+    assert set(metadata.files) == {
+        "model.onnx",
+        "model.joblib",
+        "pr_curve.png",
+        "score_hist.png",
+        *compact,
+    }
     assert set(metadata.metrics["candidates"]) == {
         "logistic_regression",
         "random_forest",
@@ -65,6 +73,7 @@ def test_train_writes_a_valid_version(
 
     # the runtime scorer and the pickled scikit-learn model agree
     scorer = load_scorer(str(registry_root), version)
+    assert scorer.engine == ("tree walker" if compact else "onnxruntime")
     model = joblib.load(io.BytesIO((folder / "model.joblib").read_bytes()))
     rows = labelled.features[-300:]
     np.testing.assert_allclose(scorer.score_many(rows), model.predict_proba(rows)[:, 1], atol=1e-5)
