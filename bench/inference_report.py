@@ -123,8 +123,8 @@ def markdown(document: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        f"## Fixed-rate ladder (fractions of each design's maximum; least disturbed of "
-        f"{config.get('ladder_runs', 1)} interleaved runs)",
+        f"## Fixed-rate ladder (least disturbed of {config.get('ladder_runs', 1)} runs; each "
+        "set against the design's maximum measured right before it)",
         "",
         "| design | rate (req/s) | success | p50 ms | p95 ms | p99 ms | max ms | "
         "CPU µs/req: server / vegeta / Redis | machine busy |",
@@ -133,7 +133,7 @@ def markdown(document: dict[str, Any]) -> str:
     for design in ("ours", "baseline", "ceiling"):
         for row in document[design]["ladder"]:
             lines.append(
-                f"| {NAMES[design]} | {row['rate']:,} ({row['fraction_of_max']:.0%}) | "
+                f"| {NAMES[design]} | {row['rate']:,} ({_share(row)}) | "
                 f"{row['success']:.2%} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
                 f"{row['p99_ms']:.2f} | {row['max_ms']:.2f} | {_cpu(row)} |"
             )
@@ -193,6 +193,13 @@ def markdown(document: dict[str, Any]) -> str:
         met = "" if check["met"] is None else ("yes" if check["met"] else "**no**")
         lines.append(f"| {labels[name]} | {wanted} | {check['measured']} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _share(row: dict[str, Any]) -> str:
+    """``50% of 3,967``: the rung's fraction and the maximum it was set against."""
+    basis = row.get("max_rps_basis")
+    share = f"{row['fraction_of_max']:.0%}"
+    return f"{share} of {basis:,.0f}" if basis else share
 
 
 def plot(document: dict[str, Any], path: Path) -> None:

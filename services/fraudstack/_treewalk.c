@@ -39,9 +39,16 @@ typedef struct {
     int logistic;
 } Forest;
 
-static void Forest_dealloc(Forest *self) {
+static void Forest_clear(Forest *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->roots);
+    self->nodes = NULL;
+    self->roots = NULL;
+    self->node_count = self->tree_count = self->feature_count = 0;
+}
+
+static void Forest_dealloc(Forest *self) {
+    Forest_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -85,6 +92,8 @@ static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
                                      &feature_count, &base, &logistic)) {
         return -1;
     }
+    /* an object whose __init__ failed holds no trees: it scores nothing, and reads nothing */
+    Forest_clear(self);
     int status = -1;
     if (nodes.len == 0 || nodes.len % (Py_ssize_t)sizeof(Node) != 0) {
         PyErr_SetString(PyExc_ValueError, "nodes: a non-empty buffer of 8-byte records");
@@ -98,8 +107,6 @@ static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
         PyErr_Format(PyExc_ValueError, "feature_count must be within 1..%d", MAX_FEATURES);
         goto done;
     }
-    PyMem_Free(self->nodes);
-    PyMem_Free(self->roots);
     self->nodes = PyMem_Malloc(nodes.len);
     self->roots = PyMem_Malloc(roots.len);
     if (self->nodes == NULL || self->roots == NULL) {
@@ -115,6 +122,9 @@ static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     self->logistic = logistic;
     status = check_layout(self);
 done:
+    if (status < 0) {
+        Forest_clear(self);
+    }
     PyBuffer_Release(&nodes);
     PyBuffer_Release(&roots);
     return status;

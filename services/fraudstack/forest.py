@@ -37,6 +37,7 @@ MAX_JUMP = 2**23 - 1
 
 _NODE = np.dtype([("value", "<f4"), ("link", "<i4")])
 _PASSING = {"TreeEnsembleClassifier", "Identity"}
+_SIDES = ("nodes_truenodeids", "nodes_falsenodeids")
 
 __all__ = [
     "FOREST_FILE",
@@ -65,67 +66,37 @@ def compile_forest(onnx_model: bytes) -> bytes | None:
     if layout is None:
         return None
     buffer = io.BytesIO()
-    np.savez(buffer, **layout)
+    np.savez(
+        buffer,
+        values=layout["values"],
+        links=layout["links"],
+        roots=layout["roots"],
+        feature_count=layout["feature_count"],
+        base=layout["base"],
+        logistic=layout["logistic"],
+    )
     return buffer.getvalue()
 
 
 def _layout(attributes: dict[str, Any]) -> dict[str, npt.NDArray[Any]] | None:
-    modes = [mode.decode() for mode in attributes["nodes_modes"]]
-    feature_ids = list(attributes["nodes_featureids"])
+    """The arrays of ``forest.npz`` for a ``TreeEnsembleClassifier``'s attributes, or None."""
     transform = attributes.get("post_transform", b"NONE").decode()
     base = list(attributes.get("base_values", []))
+    feature_ids = list(attributes["nodes_featureids"])
     if (
-        set(modes) - {"BRANCH_LEQ", "LEAF"}
+        {mode.decode() for mode in attributes["nodes_modes"]} - {"BRANCH_LEQ", "LEAF"}
         or any(attributes.get("nodes_missing_value_tracks_true", []))
         or len(attributes.get("classlabels_int64s", [])) != 2
-        or set(attributes["class_ids"]) != {0}
+        or set(attributes["class_ids"]) != {0}  # one score column: P(class 1)
         or transform not in ("NONE", "LOGISTIC")
         or len(base) > 1
         or max(feature_ids, default=0) >= MAX_FEATURES
     ):
         return None
-    row_of = {
-        (tree, node): row
-        for row, (tree, node) in enumerate(
-            zip(attributes["nodes_treeids"], attributes["nodes_nodeids"], strict=True)
-        )
-    }
-    weight: dict[tuple[int, int], float] = {}
-    for tree, node, value in zip(
-        attributes["class_treeids"],
-        attributes["class_nodeids"],
-        attributes["class_weights"],
-        strict=True,
-    ):
-        weight[(tree, node)] = weight.get((tree, node), 0.0) + value
-    children: set[tuple[int, int]] = set()
-    for (tree, _), row in row_of.items():
-        if modes[row] != "LEAF":
-            children.add((tree, attributes["nodes_truenodeids"][row]))
-            children.add((tree, attributes["nodes_falsenodeids"][row]))
-    values: list[float] = []
-    links: list[int] = []
-    roots: list[int] = []
-    for key in sorted(set(row_of) - children):  # one root per tree, in tree order
-        tree = key[0]
-        roots.append(len(values))
-        stack = [(row_of[key], -1)]  # (row of a node, index of the parent it is the false child of)
-        while stack:
-            row, parent = stack.pop()
-            here = len(values)
-            if parent >= 0:
-                if here - parent > MAX_JUMP:
-                    return None
-                links[parent] |= (here - parent) << 8
-            if modes[row] == "LEAF":
-                values.append(weight.get((tree, attributes["nodes_nodeids"][row]), 0.0))
-                links.append(-1)
-            else:
-                values.append(attributes["nodes_values"][row])
-                links.append(feature_ids[row])
-                # popped first, the true child lands right after its parent
-                stack.append((row_of[(tree, attributes["nodes_falsenodeids"][row])], here))
-                stack.append((row_of[(tree, attributes["nodes_truenodeids"][row])], -1))
+    nodes = _depth_first(attributes)
+    if nodes is None:
+        return None
+    values, links, roots = nodes
     return {
         "values": np.asarray(values, dtype="<f4"),
         "links": np.asarray(links, dtype="<i4"),
@@ -134,6 +105,58 @@ def _layout(attributes: dict[str, Any]) -> dict[str, npt.NDArray[Any]] | None:
         "base": np.asarray(base[0] if base else 0.0, dtype=np.float64),
         "logistic": np.asarray(transform == "LOGISTIC"),
     }
+
+
+def _depth_first(attributes: dict[str, Any]) -> tuple[list[float], list[int], list[int]] | None:
+    """Every tree's nodes in depth-first order, the true child right after its parent: the
+    nodes' values and links (see :mod:`fraudstack._treewalk`) and each tree's first node."""
+    modes = attributes["nodes_modes"]
+    row_of = {
+        (tree, node): row
+        for row, (tree, node) in enumerate(
+            zip(attributes["nodes_treeids"], attributes["nodes_nodeids"], strict=True)
+        )
+    }
+    leaf_value: dict[tuple[int, int], float] = {}
+    for tree, node, weight in zip(
+        attributes["class_treeids"],
+        attributes["class_nodeids"],
+        attributes["class_weights"],
+        strict=True,
+    ):
+        leaf_value[(tree, node)] = leaf_value.get((tree, node), 0.0) + weight
+
+    def child(row: int, side: str) -> int:
+        return row_of[(attributes["nodes_treeids"][row], attributes[side][row])]
+
+    branches = [row for row in range(len(modes)) if modes[row] != b"LEAF"]
+    children = {child(row, side) for row in branches for side in _SIDES}
+    values: list[float] = []
+    links: list[int] = []
+    roots: list[int] = []
+    for root in sorted(set(range(len(modes))) - children):  # one per tree, in tree order
+        roots.append(len(values))
+        stack = [(root, -1)]  # (a node's row, the index of the parent it is the false child of)
+        while stack:
+            row, parent = stack.pop()
+            here = len(values)
+            if here >= len(modes):
+                return None  # a node reached twice: not a forest
+            if parent >= 0:
+                if here - parent > MAX_JUMP:
+                    return None  # a jump the link cannot hold
+                links[parent] |= (here - parent) << 8
+            if modes[row] == b"LEAF":
+                key = (attributes["nodes_treeids"][row], attributes["nodes_nodeids"][row])
+                values.append(leaf_value.get(key, 0.0))
+                links.append(-1)
+            else:
+                values.append(attributes["nodes_values"][row])
+                links.append(attributes["nodes_featureids"][row])
+                # popped first, the true child lands right after its parent
+                stack.append((child(row, "nodes_falsenodeids"), here))
+                stack.append((child(row, "nodes_truenodeids"), -1))
+    return values, links, roots
 
 
 def load_forest(data: bytes, feature_count: int) -> Forest:
@@ -179,7 +202,9 @@ def probe_rows(data: bytes, feature_count: int, rows: int = 512, seed: int = 0) 
 
 
 def largest_difference(
-    forest: Forest, reference: Callable[[np.ndarray], Sequence[float] | np.ndarray], rows: np.ndarray
+    forest: Forest,
+    reference: Callable[[np.ndarray], Sequence[float] | np.ndarray],
+    rows: np.ndarray,
 ) -> float:
     """Largest |forest - reference| over ``rows``; ``reference`` scores a float32 matrix."""
     ours = np.asarray(forest.score_many(rows.tolist()), dtype=np.float64)

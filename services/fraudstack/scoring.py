@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import SupportsFloat
 
 import numpy as np
 import numpy.typing as npt
@@ -88,7 +89,7 @@ class Scorer:
             )
         return walker
 
-    def score(self, vector: Sequence[float] | npt.ArrayLike) -> float:
+    def score(self, vector: Sequence[SupportsFloat]) -> float:
         """P(fraud) of one feature vector (in :attr:`feature_names` order)."""
         if self._forest is not None:
             score: float = self._forest.score(vector)

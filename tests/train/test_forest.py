@@ -155,3 +155,13 @@ def test_bad_rows_get_a_clear_error() -> None:
         walker.score(3.0)
     with pytest.raises(ValueError, match="a row has 1 features"):
         walker.score_many([[0.0, 0.0], [1.0]])
+
+
+def test_a_failed_init_leaves_a_forest_that_reads_nothing() -> None:
+    good = _forest_file([1.5, 0.1, 0.2], [0 | 2 << 8, -1, -1], [0])
+    walker = load_forest(good, 2)
+    bad = np.array([(1.5, 0 | 9 << 8), (0.1, -1), (0.2, -1)], dtype=[("v", "<f4"), ("l", "<i4")])
+    with pytest.raises(ValueError, match="links outside the forest"):
+        walker.__init__(bad.tobytes(), np.zeros(1, dtype="<i4").tobytes(), 2)  # type: ignore[misc]
+    assert walker.sizes == (0, 0, 0)
+    assert walker.score([]) == 0.0

@@ -4,7 +4,9 @@ Layout under the registry root (a local path, or a ``file://`` URI; the inferenc
 needs the files on local disk for onnxruntime, so remote registries are synced to a volume)::
 
     models/<version>/
-      model.onnx        the exported model, what the inference service runs
+      model.onnx        the exported model
+      forest.npz        tree models only: the compact form the inference service walks
+                        (:mod:`fraudstack.forest`); other models are run by onnxruntime
       model.joblib      the scikit-learn estimator (baselines, re-export)
       metadata.json     see :class:`ModelMetadata`
       pr_curve.png  score_hist.png

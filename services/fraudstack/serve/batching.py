@@ -1,10 +1,13 @@
 """Dynamic batching: the requests of one event-loop turn are scored in one model call.
 
 Why: a single-row evaluation is fast only while the model sits in the CPU caches. Measured on a
-2-core machine, a 100-tree random forest scores a row in ~20 µs in a tight loop but
-in ~800 µs once other work has pushed its 4 MB of nodes out of the caches, which is what a busy
-worker does between two requests. Rows scored together share the walk through the upper levels of
-every tree (and one call's fixed overhead): 16 rows cost ~8 µs each even warm.
+2-core machine, onnxruntime scores a row of a 100-tree random forest in ~20 µs in a tight loop
+but several times slower once other work has pushed its 4 MB of nodes out of the caches, which is
+what a busy worker does between two requests. Rows scored together share the walk through the
+upper levels of every tree and one call's fixed overhead (with onnxruntime, 16 rows cost ~8 µs
+each even warm). Tree models are served by a compact walker now (:mod:`fraudstack.forest`),
+whose cold rows cost far less; batching still saves a call's overhead per extra row, and serves
+any other model.
 
 How: a request queues its row and awaits a future; the first row of a turn schedules the model
 call with ``call_soon``, so it runs after every request already woken in that turn (those whose

@@ -19,6 +19,7 @@ candidate, never back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -32,6 +33,8 @@ from fraudstack.serve.batching import BatchableScorer, BatchingScorer
 from fraudstack.serve.settings import ServeSettings
 
 BUCKETS = 10_000
+
+log = logging.getLogger(__name__)
 
 
 #: What the service needs of a loaded model (see :class:`fraudstack.scoring.Scorer`).
@@ -200,4 +203,5 @@ class ModelHolder:
                 f"model {version} needs features this service does not compute: "
                 f"{', '.join(unknown)}"
             )
+        log.info("model %s loaded, scored by %s", version, getattr(scorer, "engine", "its loader"))
         return BatchingScorer(scorer)
