@@ -15,9 +15,10 @@ One command (``make bench``) does everything, on this machine, in this run:
    maximum throughput (``-rate=0``, interleaved rounds so each design meets the same machine
    load, best round kept) and a fixed-rate ladder at fractions of each design's maximum. The
    ladder runs twice; each time, a design's maximum is measured again right before its rungs
-   and the rungs are set against it (half of it first), since the speed of a shared host drifts
-   within minutes. Of a rung's runs, the one with the fewest failures and the lowest p99 is
-   kept; every run's p99 and the maximum it was set against are in the JSON.
+   (one more round) and the rungs are set against it (half of it first), since the speed of a
+   shared host drifts within minutes. Of a rung's runs, the one with the fewest failures and
+   the lowest p99 is kept; every run's p99 and the maximum it was set against are in the JSON
+   and the half-maximum runs are listed in the Markdown.
 
 Every run also records the CPU time per request of the server, of vegeta and of Redis, and how
 busy the machine was (:mod:`cpu`): they share the cores, so a latency figure is read next to who
@@ -162,7 +163,9 @@ def least_disturbed(runs: list[dict[str, Any]], fraction: float) -> dict[str, An
     """Of the runs of one rung, the one other tenants of the machine disturbed least."""
     best = dict(min(runs, key=lambda row: (-row["success"], row["p99_ms"])))
     best["fraction_of_max"] = fraction
-    best["p99_ms_of_each_run"] = [row["p99_ms"] for row in runs]
+    best["runs"] = [
+        {key: row[key] for key in ("rate", "max_rps_basis", "success", "p99_ms")} for row in runs
+    ]
     return best
 
 
@@ -342,20 +345,18 @@ def main() -> int:
                     f"max throughput, round {round_number}, {design}: {row['throughput']:,.0f} "
                     f"req/s ({row['success']:.2%} ok, p99 {row['p99_ms']} ms)"
                 )
-        for design in DESIGNS:
-            best = max(results[design]["rounds"], key=lambda row: row["throughput"])
-            # vegeta's throughput counts successful requests only
-            results[design]["max_rps"] = best["throughput"]
         # Each ladder run is set against a maximum measured just before it, by the same
         # design: this host's speed drifts by tens of percent within minutes (other tenants), so
-        # half of a maximum measured minutes earlier can be most of the machine by then.
+        # half of a maximum measured minutes earlier can be most of the machine by then. Those
+        # maxima are rounds too: every design gets rounds + ladder runs of them.
         attempts: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for repetition in range(1, args.ladder_runs + 1):
-            for design in LADDERED:
-                basis = run(design, 0, args.seconds, args.concurrency)["throughput"]
-                results[design].setdefault("ladder_bases", []).append(basis)
+            for design in DESIGNS:
+                row = {**run(design, 0, args.seconds, args.concurrency), "before_ladder": True}
+                results[design]["rounds"].append(row)
+                basis = row["throughput"]
                 say(f"ladder {repetition}/{args.ladder_runs}, {design}: max {basis:,.0f} req/s")
-                for fraction in LADDER_ORDER:
+                for fraction in LADDER_ORDER if design in LADDERED else ():
                     rate = max(1.0, fraction * basis)
                     row = {**run(design, rate, args.seconds, 1_000), "max_rps_basis": basis}
                     attempts.setdefault((design, fraction), []).append(row)
@@ -364,6 +365,10 @@ def main() -> int:
                         f"req/s: {row['success']:.2%} ok, p50 {row['p50_ms']} ms, "
                         f"p99 {row['p99_ms']} ms"
                     )
+        for design in DESIGNS:
+            best = max(results[design]["rounds"], key=lambda row: row["throughput"])
+            # vegeta's throughput counts successful requests only
+            results[design]["max_rps"] = best["throughput"]
         for design in LADDERED:
             results[design]["ladder"] = [
                 least_disturbed(attempts[(design, fraction)], fraction)

@@ -106,7 +106,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"{', '.join(f'{value:.1f}' for value in machine['load_average_after'])}), so compare "
         "designs within this run.",
         "",
-        "## Maximum throughput (best of interleaved rounds)",
+        "## Maximum throughput (best of interleaved rounds; the last rounds precede the ladder)",
         "",
         "| design | max req/s | median req/s | rounds (req/s) | max vs ours | "
         "CPU µs/req: server / vegeta / Redis | machine busy |",
@@ -137,6 +137,14 @@ def markdown(document: dict[str, Any]) -> str:
                 f"{row['success']:.2%} | {row['p50_ms']:.2f} | {row['p95_ms']:.2f} | "
                 f"{row['p99_ms']:.2f} | {row['max_ms']:.2f} | {_cpu(row)} |"
             )
+    half = _half_max_row(document)
+    if "runs" in half:
+        each = "; ".join(
+            f"{run['rate']:,} req/s ({_share({**run, 'fraction_of_max': 0.5})}): "
+            f"p99 {run['p99_ms']:.2f} ms, {run['success']:.2%} ok"
+            for run in half["runs"]
+        )
+        lines += ["", f"Every run of our half-maximum rung: {each}."]
     lines += [
         "",
         "CPU µs/req: CPU time per request of the server's processes, of the load generator and "
