@@ -19,6 +19,7 @@ from fraudstack.features import (
     feature_vector,
     label_field,
     terminal_features,
+    terminal_features_from_fields,
     transaction_features,
 )
 from fraudstack.features.definitions import (
@@ -243,3 +244,35 @@ def test_all_features_and_vector_follow_the_model_order() -> None:
     assert vector[0] == 42.0
     assert vector[FEATURE_NAMES.index("terminal_risk_1d")] == 1.0
     assert all(isinstance(value, float) for value in vector)
+
+
+def test_terminal_windows_read_from_fields_equal_the_history() -> None:
+    """The request path's reading of a terminal hash gives the history's windows, for random
+    terminals with late, early, uncounted and orphan labels and ties on the window edges."""
+    rng = random.Random(11)
+    day = MS_PER_DAY
+    newest = T - 7 * day  # terminal windows end 7 days before the transaction
+    edges = [newest - length for _, _, length in TERMINAL_WINDOWS] + [newest]
+    for case in range(300):
+        history = TerminalHistory()
+        for i in range(rng.randrange(0, 60)):
+            ts = rng.choice(edges) + rng.choice((-1, 0, 1)) if i % 3 == 0 else 0
+            ts = ts or T - rng.randrange(0, 40 * day)
+            history.add(f"t{i}", ts)
+            if rng.random() < 0.25:
+                history.add_label(f"t{i}", rng.random() < 0.9, ts + rng.randrange(0, 9 * day), ts)
+        for i in range(rng.randrange(0, 3)):  # labels whose transaction has not arrived
+            ts = T - rng.randrange(8 * day, 20 * day)
+            history.add_label(f"orphan{i}", True, ts + day, ts)
+        fields = history.to_fields()
+        if history.txn_ids and case % 2:  # a label reported too late to count, written as is
+            ts = history.ts[0]
+            fields[label_field(history.txn_ids[0])] = f"{ts}:{ts + 7 * day + 1}"
+        as_redis = {key.encode(): value.encode() for key, value in fields.items()}
+        as_redis[b"_event_ts"] = b"1"
+        expected = terminal_features(TerminalHistory.from_fields(as_redis), T)
+        assert terminal_features_from_fields(as_redis, T) == expected, case
+        assert terminal_features_from_fields(fields, T) == expected, case
+        if not case % 2:
+            assert expected == terminal_features(history, T), case
+    assert terminal_features_from_fields({}, T) == terminal_features(TerminalHistory(), T)

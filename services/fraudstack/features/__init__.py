@@ -32,6 +32,7 @@ from fraudstack.features.online import (
     label_value,
     terminal_event_value,
     terminal_features,
+    terminal_features_from_fields,
     transaction_features,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "label_value",
     "terminal_event_value",
     "terminal_features",
+    "terminal_features_from_fields",
     "transaction_features",
 ]
 

@@ -322,15 +322,57 @@ def customer_features(
 
 def terminal_features(history: TerminalHistory, ts_ms: int) -> dict[str, float]:
     """The terminal windows (delayed by 7 days) of a transaction at ``ts_ms``."""
-    ts = history.ts
-    frauds = history.frauds
-    end = bisect_right(ts, ts_ms - TERMINAL_DELAY_MS)
+    fraud_ts = [ts for ts, fraud in zip(history.ts, history.frauds, strict=True) if fraud]
+    return _terminal_windows(history.ts, fraud_ts, ts_ms)
+
+
+def terminal_features_from_fields(fields: HashFields, ts_ms: int) -> dict[str, float]:
+    """``terminal_features(TerminalHistory.from_fields(fields), ts_ms)`` without building the
+    history: the request path reads a terminal once and needs only the times of its events and
+    of its frauds (a quarter of the time, measured on 40-event terminals)."""
+    if not fields:
+        return _terminal_windows([], [], ts_ms)
+    raw = cast("Mapping[bytes | str, bytes | str]", fields)
+    first = next(iter(raw))
+    event, label = (
+        (EVENT_PREFIX.encode(), LABEL_PREFIX.encode())
+        if isinstance(first, bytes)
+        else (EVENT_PREFIX, LABEL_PREFIX)
+    )
+    event_ts: list[int] = []
+    labels: list[tuple[bytes | str, bytes | str]] = []
+    for key, value in raw.items():
+        tag = key[:2]
+        if tag == event:
+            event_ts.append(int(value))
+        elif tag == label:
+            labels.append((key, value))
+    fraud_ts: list[int] = []
+    for key, value in labels:  # rare: frauds only
+        label_ts, reported_at = _pairs([_text(value)], "terminal label")
+        known = raw.get(event + key[2:])  # type: ignore[operator]
+        if known is not None and label_counts(True, label_ts[0], reported_at[0]):
+            fraud_ts.append(int(known))
+    event_ts.sort()
+    fraud_ts.sort()
+    return _terminal_windows(event_ts, fraud_ts, ts_ms)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _terminal_windows(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> dict[str, float]:
+    """The terminal windows from the sorted times of a terminal's events and of its frauds."""
+    newest = ts_ms - TERMINAL_DELAY_MS
+    end = bisect_right(event_ts, newest)
+    fraud_end = bisect_right(fraud_ts, newest)
     features: dict[str, float] = {}
     for count_name, risk_name, reach_ms in _TERMINAL_REACH:
-        start = bisect_right(ts, ts_ms - reach_ms, 0, end)
-        count = end - start
+        count = end - bisect_right(event_ts, ts_ms - reach_ms, 0, end)
+        frauds = fraud_end - bisect_right(fraud_ts, ts_ms - reach_ms, 0, fraud_end)
         features[count_name] = float(count)
-        features[risk_name] = sum(frauds[start:end]) / count if count else 0.0
+        features[risk_name] = frauds / count if count else 0.0
     return features
 
 

@@ -38,10 +38,8 @@ from fraudstack.events import Transaction
 from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import (
     CustomerHistory,
-    TerminalHistory,
-    all_features,
     customer_features,
-    terminal_features,
+    terminal_features_from_fields,
     transaction_features,
 )
 
@@ -90,8 +88,7 @@ class FeatureLookup:
             for name, raw in zip(CUSTOMER_FEATURES, stored, strict=True):
                 features[name] = float(raw)
         (flat,) = await self.link.execute(_HGETALL + bulk_string(terminal_key(last.terminal_id)))
-        terminal = TerminalHistory.from_fields(_as_dict(flat))
-        features.update(terminal_features(terminal, last.ts_ms))
+        features.update(terminal_features_from_fields(_as_dict(flat), last.ts_ms))
         event_ts = int(raw_event_ts) if raw_event_ts is not None else None
         return last, Scored(features, event_ts)
 
@@ -106,8 +103,10 @@ class FeatureLookup:
         )
         record = customer_record(_as_dict(customer_flat))
         history = record.history if record is not None else CustomerHistory()
-        terminal = TerminalHistory.from_fields(_as_dict(terminal_flat))
-        features = all_features(history, terminal, txn.txn_id, txn.ts, txn.amount_cents)
+        # all_features(), with the terminal's windows read straight from its fields
+        features = transaction_features(txn.ts, txn.amount_cents)
+        features.update(customer_features(history, txn.txn_id, txn.ts, txn.amount_cents))
+        features.update(terminal_features_from_fields(_as_dict(terminal_flat), txn.ts))
         return Scored(features, record.event_ts_ms if record is not None else None)
 
     async def _customer_history(self, key: str, customer_id: str) -> CustomerHistory:
