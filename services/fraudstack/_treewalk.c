@@ -17,6 +17,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -45,6 +46,8 @@ static void Forest_clear(Forest *self) {
     self->nodes = NULL;
     self->roots = NULL;
     self->node_count = self->tree_count = self->feature_count = 0;
+    self->base = 0.0;
+    self->logistic = 0;
 }
 
 static void Forest_dealloc(Forest *self) {
@@ -74,7 +77,7 @@ static int check_layout(Forest *self) {
                          self->feature_count);
             return -1;
         }
-        if (jump < 2 || i + jump >= self->node_count || i + 1 >= self->node_count) {
+        if (jump < 2 || i + jump >= self->node_count) { /* so the true child, i + 1, is in too */
             PyErr_Format(PyExc_ValueError, "node %zd links outside the forest", i);
             return -1;
         }
@@ -143,51 +146,83 @@ static double walk(const Forest *self, const float *x) {
     return self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum;
 }
 
-/* A row (any sequence of numbers, feature_count long) as float32, as onnxruntime reads it. */
+/* A float32 the way numpy casts a double: round to nearest, and infinite beyond float's range
+ * (a plain C cast of such a double is undefined). */
+static float to_float32(double value) {
+    if (value > FLT_MAX) {
+        return INFINITY;
+    }
+    if (value < -FLT_MAX) {
+        return -INFINITY;
+    }
+    return (float)value;
+}
+
+/* A row (any sequence of numbers, feature_count long) as float32, as onnxruntime reads it. The
+ * row is copied into a tuple first: converting an item may run Python code (__float__) that
+ * changes a list, and a tuple cannot change under the loop. */
 static int read_row(const Forest *self, PyObject *row, float *x) {
-    PyObject *items = PySequence_Fast(row, "a row must be a sequence of numbers");
+    if (!PySequence_Check(row)) {
+        PyErr_SetString(PyExc_TypeError, "a row must be a sequence of numbers");
+        return -1;
+    }
+    PyObject *items = PySequence_Tuple(row);
     if (items == NULL) {
         return -1;
     }
     int status = 0;
-    if (PySequence_Fast_GET_SIZE(items) != self->feature_count) {
+    if (PyTuple_GET_SIZE(items) != self->feature_count) {
         PyErr_Format(PyExc_ValueError, "a row has %zd features, the model takes %zd",
-                     PySequence_Fast_GET_SIZE(items), self->feature_count);
+                     PyTuple_GET_SIZE(items), self->feature_count);
         status = -1;
     } else {
-        PyObject **values = PySequence_Fast_ITEMS(items);
         for (Py_ssize_t i = 0; i < self->feature_count; i++) {
-            double value = PyFloat_AsDouble(values[i]);
+            double value = PyFloat_AsDouble(PyTuple_GET_ITEM(items, i));
             if (value == -1.0 && PyErr_Occurred()) {
                 status = -1;
                 break;
             }
-            x[i] = (float)value;
+            x[i] = to_float32(value);
         }
     }
     Py_DECREF(items);
     return status;
 }
 
+static int ready(const Forest *self) {
+    if (self->tree_count == 0) {
+        PyErr_SetString(PyExc_ValueError, "the forest holds no trees (its __init__ failed)");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *Forest_score(Forest *self, PyObject *row) {
     float x[MAX_FEATURES];
-    if (read_row(self, row, x) < 0) {
+    if (ready(self) < 0 || read_row(self, row, x) < 0) {
         return NULL;
     }
     return PyFloat_FromDouble(walk(self, x));
 }
 
 static PyObject *Forest_score_many(Forest *self, PyObject *rows) {
-    PyObject *items = PySequence_Fast(rows, "rows must be a sequence of rows");
+    if (ready(self) < 0) {
+        return NULL;
+    }
+    if (!PySequence_Check(rows)) {
+        PyErr_SetString(PyExc_TypeError, "rows must be a sequence of rows");
+        return NULL;
+    }
+    PyObject *items = PySequence_Tuple(rows); /* a copy the rows' conversion cannot change */
     if (items == NULL) {
         return NULL;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
+    Py_ssize_t count = PyTuple_GET_SIZE(items);
     PyObject *scores = PyList_New(count);
     float x[MAX_FEATURES];
     for (Py_ssize_t r = 0; scores != NULL && r < count; r++) {
         PyObject *score = NULL;
-        if (read_row(self, PySequence_Fast_GET_ITEM(items, r), x) == 0) {
+        if (read_row(self, PyTuple_GET_ITEM(items, r), x) == 0) {
             score = PyFloat_FromDouble(walk(self, x));
         }
         if (score == NULL) {

@@ -62,7 +62,10 @@ def compile_forest(onnx_model: bytes) -> bytes | None:
     if len(ensembles) != 1 or any(node.op_type not in _PASSING for node in nodes):
         return None
     attributes = {item.name: helper.get_attribute_value(item) for item in ensembles[0].attribute}
-    layout = _layout(attributes)
+    try:
+        layout = _layout(attributes)
+    except (KeyError, IndexError, ValueError):  # attributes this exporter does not write
+        return None
     if layout is None:
         return None
     buffer = io.BytesIO()
@@ -117,6 +120,8 @@ def _depth_first(attributes: dict[str, Any]) -> tuple[list[float], list[int], li
             zip(attributes["nodes_treeids"], attributes["nodes_nodeids"], strict=True)
         )
     }
+    if len(row_of) != len(modes):
+        return None  # a (tree, node) id given twice
     leaf_value: dict[tuple[int, int], float] = {}
     for tree, node, weight in zip(
         attributes["class_treeids"],
@@ -134,7 +139,7 @@ def _depth_first(attributes: dict[str, Any]) -> tuple[list[float], list[int], li
     values: list[float] = []
     links: list[int] = []
     roots: list[int] = []
-    for root in sorted(set(range(len(modes))) - children):  # one per tree, in tree order
+    for root in sorted(set(range(len(modes))) - children):  # one per tree, in row order
         roots.append(len(values))
         stack = [(root, -1)]  # (a node's row, the index of the parent it is the false child of)
         while stack:

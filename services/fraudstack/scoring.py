@@ -99,19 +99,16 @@ class Scorer:
         return float(probabilities[0, 1])
 
     def score_many(self, matrix: npt.ArrayLike) -> npt.NDArray[np.float32] | list[float]:
-        """P(fraud) of each row of a ``(rows, features)`` matrix."""
+        """P(fraud) of each row of a ``(rows, features)`` matrix (a list of rows as the
+        service batches them, or an array)."""
         if self._forest is not None and isinstance(matrix, list):
-            scores: list[float] = self._forest.score_many(matrix)  # checks each row's length
-            return scores
+            return self._forest.score_many(matrix)  # the walker checks each row's length
         rows = np.ascontiguousarray(matrix, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
             raise ValueError(
                 f"expected a (rows, {len(self.feature_names)}) matrix, got shape {rows.shape}"
             )
-        if self._forest is not None:
-            scores = self._forest.score_many(rows.tolist())
-            return scores
-        return self._onnx_many(rows)
+        return self._onnx_many(rows) if self._forest is None else self.score_many(rows.tolist())
 
     def _onnx_many(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         probabilities = self._session.run(self._outputs, {self._input_name: rows})[0]

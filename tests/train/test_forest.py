@@ -152,7 +152,7 @@ def test_bad_rows_get_a_clear_error() -> None:
     with pytest.raises(TypeError):
         walker.score(["a", 1.0])
     with pytest.raises(TypeError, match="a row must be a sequence"):
-        walker.score(3.0)
+        walker.score(3.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="a row has 1 features"):
         walker.score_many([[0.0, 0.0], [1.0]])
 
@@ -164,4 +164,24 @@ def test_a_failed_init_leaves_a_forest_that_reads_nothing() -> None:
     with pytest.raises(ValueError, match="links outside the forest"):
         walker.__init__(bad.tobytes(), np.zeros(1, dtype="<i4").tobytes(), 2)  # type: ignore[misc]
     assert walker.sizes == (0, 0, 0)
-    assert walker.score([]) == 0.0
+    with pytest.raises(ValueError, match="holds no trees"):
+        walker.score([])
+    with pytest.raises(ValueError, match="holds no trees"):
+        Forest.__new__(Forest).score_many([[0.0, 0.0]])
+
+
+def test_a_row_changed_while_it_is_read_is_read_as_it_was() -> None:
+    """A number whose __float__ empties the row it sits in (the walker reads a copy)."""
+    walker = load_forest(_forest_file([1.5, 0.1, 0.2], [0 | 2 << 8, -1, -1], [0]), 2)
+    row: list[object] = []
+
+    class Emptying:
+        def __float__(self) -> float:
+            row.clear()
+            rows.clear()
+            return 1.0
+
+    row.extend([Emptying(), 0.0])
+    rows = [row, [2.0, 0.0]]
+    assert walker.score_many(rows) == [pytest.approx(0.1), pytest.approx(0.2)]
+    assert walker.score([1e300, -1e300]) == pytest.approx(0.2)  # beyond float32: infinite

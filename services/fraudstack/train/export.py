@@ -29,6 +29,9 @@ INPUT_NAME = "features"
 #: Opsets onnxruntime 1.17 and later all run.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 TOLERANCE = 1e-5
+#: Rows on the split thresholds the compact forest must score as onnxruntime does to be
+#: published (each service start checks 512 more).
+PUBLISH_PROBE_ROWS = 8_192
 
 
 def to_onnx(model: ClassifierMixin, feature_count: int) -> bytes:
@@ -84,11 +87,14 @@ def compact_forest(onnx_model: bytes) -> bytes | None:
     if compact is None:
         return None
     width = len(FEATURE_NAMES)
-    walker = forest.load_forest(compact, width)
+    try:
+        walker = forest.load_forest(compact, width)
+    except ValueError:  # more features than a link can name, say
+        return None
     difference = forest.largest_difference(
         walker,
         lambda rows: onnx_probabilities(onnx_model, rows),
-        forest.probe_rows(compact, width),
+        forest.probe_rows(compact, width, rows=PUBLISH_PROBE_ROWS),
     )
     return compact if difference <= forest.TOLERANCE else None
 
