@@ -220,7 +220,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(8, 5))
     colours = {"ours": "tab:green", "baseline": "tab:red", "ceiling": "tab:blue"}
     for design, colour in colours.items():
-        ladder = document[design]["ladder"]
+        # by rate: rungs set against different maxima need not come in the fractions' order
+        ladder = sorted(document[design]["ladder"], key=lambda row: row["rate"])
         rates = [row["rate"] for row in ladder]
         axis.plot(
             rates,

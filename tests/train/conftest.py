@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
+from fraudstack.adapters.registry import ModelMetadata
+from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
 from fraudstack.simulate import SimulationConfig, make_labels, simulate
 from fraudstack.train.dataset import LabelledSet, build
 from fraudstack.train.models import HANDBOOK_MODELS, fit
@@ -37,3 +40,17 @@ def fitted(labelled: LabelledSet) -> dict[str, object]:
 
 def _ms(day: date) -> int:
     return (day - date(1970, 1, 1)).days * 86_400_000
+
+
+def model_metadata(
+    version: str, model_type: str = "logistic_regression", **fields: Any
+) -> ModelMetadata:
+    """The metadata of a model on the current feature set; ``fields`` override the others."""
+    defaults: dict[str, Any] = {"training_window": {}, "metrics": {}}
+    return ModelMetadata(
+        version=version,
+        model_type=model_type,
+        feature_names=list(FEATURE_NAMES),
+        feature_set_version=FEATURE_SET_VERSION,
+        **(defaults | fields),
+    )

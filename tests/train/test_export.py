@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fraudstack.adapters.registry import ModelMetadata
-from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.scoring import Scorer
 from fraudstack.train.dataset import LabelledSet
 from fraudstack.train.export import max_difference, to_onnx
 from fraudstack.train.models import HANDBOOK_MODELS, final_estimator
+
+from .conftest import model_metadata
 
 
 @pytest.mark.parametrize("name", HANDBOOK_MODELS)
@@ -35,15 +36,9 @@ def test_scorer_single_row_equals_batch_and_scikit_learn(
     fitted: dict, labelled: LabelledSet
 ) -> None:
     model = fitted["gradient_boosting"]
-    metadata = ModelMetadata(
-        version="v-test",
-        model_type="gradient_boosting",
-        feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION,
-        training_window={},
-        metrics={},
+    scorer = Scorer(
+        to_onnx(model, len(FEATURE_NAMES)), model_metadata("v-test", "gradient_boosting")
     )
-    scorer = Scorer(to_onnx(model, len(FEATURE_NAMES)), metadata)
     rows = labelled.features[:500]
     batch = scorer.score_many(rows)
     single = np.array([scorer.score(list(row)) for row in rows])

@@ -12,9 +12,9 @@ import io
 import numpy as np
 import pytest
 
-from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
+from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import ModelIntegrityError
-from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
+from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.forest import (
     FOREST_FILE,
     Forest,
@@ -26,6 +26,8 @@ from fraudstack.forest import (
 from fraudstack.scoring import Scorer, load_scorer
 from fraudstack.train.dataset import LabelledSet
 from fraudstack.train.export import onnx_probabilities, publish_model, to_onnx
+
+from .conftest import model_metadata
 
 WIDTH = len(FEATURE_NAMES)
 TREE_MODELS = ("decision_tree_depth_2", "random_forest", "gradient_boosting")
@@ -89,14 +91,7 @@ def test_published_tree_models_are_served_by_the_walker(
 def test_a_forest_that_disagrees_with_its_onnx_model_stops_loading(fitted: dict) -> None:
     """A forest.npz of another model (its sha256 listed, so only the comparison can tell)."""
     other = compile_forest(_onnx(fitted, "gradient_boosting"))
-    metadata = ModelMetadata(
-        version="v-mixed",
-        model_type="random_forest",
-        feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION,
-        training_window={},
-        metrics={},
-    )
+    metadata = model_metadata("v-mixed", "random_forest")
     with pytest.raises(ModelIntegrityError, match=f"{FOREST_FILE} differs from model.onnx"):
         Scorer(_onnx(fitted, "random_forest"), metadata, other)
     with pytest.raises(ModelIntegrityError, match=f"{FOREST_FILE} cannot be loaded"):

@@ -12,13 +12,12 @@ from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
 from fraudstack.scoring import load_scorer
 from fraudstack.train.export import to_onnx
 
+from .conftest import model_metadata
+
 
 def metadata(version: str) -> ModelMetadata:
-    return ModelMetadata(
-        version=version,
-        model_type="logistic_regression",
-        feature_names=list(FEATURE_NAMES),
-        feature_set_version=FEATURE_SET_VERSION,
+    return model_metadata(
+        version,
         training_window={"start": "2018-04-21T00:00:00+00:00", "end": "2018-04-28T00:00:00+00:00"},
         metrics={"validation": {"auc_roc": 0.9}},
     )
