@@ -12,8 +12,8 @@
  *   link >= 0: a branch; go to node i + 1 when x[link & 0xFF] <= value, else to node
  *              i + (link >> 8);
  *   link <  0: a leaf; value is the tree's contribution to the score.
- * The score of a row is base + the sum of its leaves, through the logistic function if asked;
- * features and thresholds are float32, as onnxruntime compares them.
+ * The score of a row is base + the sum of its leaves, through the logistic function if asked,
+ * rounded to float32; features and thresholds are float32, as onnxruntime compares them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -143,7 +143,8 @@ static double walk(const Forest *self, const float *x) {
         }
         sum += node->value;
     }
-    return self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum;
+    /* summed in double, answered in float32 as onnxruntime answers (0.99999998 is 1.0 there) */
+    return (float)(self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum);
 }
 
 /* A float32 the way numpy casts a double: round to nearest, and infinite beyond float's range
