@@ -117,7 +117,7 @@ def test_a_hand_made_tree_walks_as_written() -> None:
     tree = _forest_file([1.5, 0.5, 0.1, 0.2, 0.7], [0 | 4 << 8, 1 | 2 << 8, -1, -1, -1], [0])
     walker = load_forest(tree, 2)
     assert walker.sizes == (1, 5, 2)
-    assert walker.score([1.5, 0.5]) == float(np.float32(0.1))  # answered in float32
+    assert walker.score([1.5, 0.5]) == pytest.approx(0.1)
     assert walker.score((1.0, 0.6)) == pytest.approx(0.2)
     assert walker.score(np.array([1.6, 0.0])) == pytest.approx(0.7)
 
@@ -180,3 +180,9 @@ def test_a_row_changed_while_it_is_read_is_read_as_it_was() -> None:
     rows = [row, [2.0, 0.0]]
     assert walker.score_many(rows) == [pytest.approx(0.1), pytest.approx(0.2)]
     assert walker.score([1e300, -1e300]) == pytest.approx(0.2)  # beyond float32: infinite
+
+
+def test_scores_are_answered_in_float32_as_onnxruntime_does() -> None:
+    """100 one-leaf trees of 0.01 (float32): 0.99999998 summed, 1.0 in float32."""
+    certain = load_forest(_forest_file([0.01] * 100, [-1] * 100, list(range(100))), 2)
+    assert certain.score([0.0, 0.0]) == 1.0
