@@ -13,8 +13,8 @@ the training job exports for tree models, one ``TreeEnsembleClassifier`` with ``
 splits and one score column (a random forest's averaged leaves, or a gradient-boosting sum
 through the logistic function); for anything else :func:`compile_forest` returns None and the
 model is served by onnxruntime. It is published next to ``model.onnx`` as ``forest.npz`` and
-checked against onnxruntime twice: when published and whenever it is loaded
-(:func:`largest_difference`, on rows that sit on the split thresholds).
+checked against onnxruntime twice, when published and whenever it is loaded
+(:func:`checked_forest`, on rows that sit on the split thresholds).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ __all__ = [
     "FOREST_FILE",
     "TOLERANCE",
     "Forest",
+    "ForestMismatch",
+    "checked_forest",
     "compile_forest",
     "largest_difference",
     "load_forest",
@@ -206,11 +208,32 @@ def probe_rows(data: bytes, feature_count: int, rows: int = 512, seed: int = 0) 
     return matrix
 
 
-def largest_difference(
-    forest: Forest,
-    reference: Callable[[np.ndarray], Sequence[float] | np.ndarray],
-    rows: np.ndarray,
-) -> float:
+class ForestMismatch(ValueError):
+    """A compact forest that does not score what its ONNX model scores."""
+
+
+#: What a compact forest is checked against: onnxruntime's P(fraud) for a float32 matrix.
+Reference = Callable[[np.ndarray], Sequence[float] | np.ndarray]
+
+
+def checked_forest(
+    data: bytes, feature_count: int, reference: Reference, rows: int = 512
+) -> Forest:
+    """The walker of a ``forest.npz``, once it scores ``rows`` probe rows as ``reference`` does.
+
+    Raises :class:`ForestMismatch` when it does not, and ``ValueError`` (or ``KeyError``,
+    ``OSError`` for a file that is no ``.npz`` of ours) when it cannot be loaded at all.
+    """
+    walker = load_forest(data, feature_count)
+    difference = largest_difference(walker, reference, probe_rows(data, feature_count, rows))
+    if not difference <= TOLERANCE:
+        raise ForestMismatch(
+            f"{FOREST_FILE} differs from model.onnx by {difference:.2e} (> {TOLERANCE:.0e})"
+        )
+    return walker
+
+
+def largest_difference(forest: Forest, reference: Reference, rows: np.ndarray) -> float:
     """Largest |forest - reference| over ``rows``; ``reference`` scores a float32 matrix."""
     ours = np.asarray(forest.score_many(rows.tolist()), dtype=np.float64)
     theirs = np.asarray(reference(rows), dtype=np.float64)

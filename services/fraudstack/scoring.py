@@ -73,21 +73,14 @@ class Scorer:
         self.engine = "onnxruntime" if self._forest is None else "tree walker"
 
     def _checked_forest(self, compact_forest: bytes) -> forest.Forest:
-        width = len(self.feature_names)
         try:
-            walker = forest.load_forest(compact_forest, width)
-            probe = forest.probe_rows(compact_forest, width)
+            return forest.checked_forest(compact_forest, len(self.feature_names), self._onnx_many)
+        except forest.ForestMismatch as exc:
+            raise ModelIntegrityError(f"model {self.version}: {exc}") from exc
         except (ValueError, KeyError, OSError) as exc:  # not a forest file the walker can run
             raise ModelIntegrityError(
                 f"model {self.version}: {forest.FOREST_FILE} cannot be loaded: {exc}"
             ) from exc
-        difference = forest.largest_difference(walker, self._onnx_many, probe)
-        if not difference <= forest.TOLERANCE:
-            raise ModelIntegrityError(
-                f"model {self.version}: {forest.FOREST_FILE} differs from model.onnx by "
-                f"{difference:.2e} (> {forest.TOLERANCE:.0e})"
-            )
-        return walker
 
     def score(self, vector: Sequence[SupportsFloat]) -> float:
         """P(fraud) of one feature vector (in :attr:`feature_names` order)."""
@@ -108,7 +101,9 @@ class Scorer:
             raise ValueError(
                 f"expected a (rows, {len(self.feature_names)}) matrix, got shape {rows.shape}"
             )
-        return self._onnx_many(rows) if self._forest is None else self.score_many(rows.tolist())
+        if self._forest is not None:
+            return self._forest.score_many(rows.tolist())
+        return self._onnx_many(rows)
 
     def _onnx_many(self, rows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         probabilities = self._session.run(self._outputs, {self._input_name: rows})[0]

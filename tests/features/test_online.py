@@ -291,3 +291,11 @@ def test_terminal_windows_read_from_fields_equal_the_history() -> None:
         if not case % 2:
             assert expected == terminal_features(history, T) == _windows_by_hand(history), case
     assert terminal_features_from_fields({}, T) == terminal_features(TerminalHistory(), T)
+    # all_features takes either form of the terminal
+    customer = CustomerHistory()
+    customer.add("c1", T - MS_PER_HOUR, 1_000)
+    from_fields = all_features(customer, as_redis, "x", T, 4_200)
+    assert from_fields == all_features(
+        customer, TerminalHistory.from_fields(as_redis), "x", T, 4_200
+    )
+    assert list(from_fields) == list(FEATURE_NAMES)

@@ -52,6 +52,11 @@ LABEL_PREFIX = "f:"
 #: A Redis hash as redis-py returns it: all bytes, or all text with ``decode_responses``
 #: (its stubs say ``bytes | str``; one hash mixing the two is not supported).
 HashFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
+#: (event, label) field prefixes as text (False) and as bytes (True): a hash is one or the other.
+_PREFIXES: dict[bool, tuple[bytes | str, bytes | str]] = {
+    False: (EVENT_PREFIX, LABEL_PREFIX),
+    True: (EVENT_PREFIX.encode(), LABEL_PREFIX.encode()),
+}
 #: Before any prune nothing is refused for being old.
 _NO_HORIZON = -(2**63)
 
@@ -336,12 +341,7 @@ def terminal_features_from_fields(fields: HashFields, ts_ms: int) -> dict[str, f
     if not fields:
         return _terminal_windows([], [], ts_ms)
     raw = cast("Mapping[bytes | str, bytes | str]", fields)
-    first = next(iter(raw))
-    event, label = (
-        (EVENT_PREFIX.encode(), LABEL_PREFIX.encode())
-        if isinstance(first, bytes)
-        else (EVENT_PREFIX, LABEL_PREFIX)
-    )
+    event, label = _PREFIXES[isinstance(next(iter(raw)), bytes)]
     event_ts: list[int] = []
     labels: list[tuple[bytes | str, bytes | str]] = []
     for key, value in raw.items():
@@ -381,15 +381,19 @@ def _terminal_windows(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> d
 
 def all_features(
     customer: CustomerHistory,
-    terminal: TerminalHistory,
+    terminal: TerminalHistory | HashFields,
     txn_id: str,
     ts_ms: int,
     amount_cents: int,
 ) -> dict[str, float]:
-    """Every feature of one transaction, keys in :data:`FEATURE_NAMES` order."""
+    """Every feature of one transaction, keys in :data:`FEATURE_NAMES` order; ``terminal`` is
+    the terminal's history or its hash fields as the store holds them (the request path's)."""
     features = transaction_features(ts_ms, amount_cents)
     features.update(customer_features(customer, txn_id, ts_ms, amount_cents))
-    features.update(terminal_features(terminal, ts_ms))
+    if isinstance(terminal, TerminalHistory):
+        features.update(terminal_features(terminal, ts_ms))
+    else:
+        features.update(terminal_features_from_fields(terminal, ts_ms))
     return features
 
 

@@ -38,6 +38,7 @@ from fraudstack.events import Transaction
 from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import (
     CustomerHistory,
+    all_features,
     customer_features,
     terminal_features_from_fields,
     transaction_features,
@@ -103,10 +104,8 @@ class FeatureLookup:
         )
         record = customer_record(_as_dict(customer_flat))
         history = record.history if record is not None else CustomerHistory()
-        # all_features(), with the terminal's windows read straight from its fields
-        features = transaction_features(txn.ts, txn.amount_cents)
-        features.update(customer_features(history, txn.txn_id, txn.ts, txn.amount_cents))
-        features.update(terminal_features_from_fields(_as_dict(terminal_flat), txn.ts))
+        terminal = _as_dict(terminal_flat)  # read as fields: no history to build
+        features = all_features(history, terminal, txn.txn_id, txn.ts, txn.amount_cents)
         return Scored(features, record.event_ts_ms if record is not None else None)
 
     async def _customer_history(self, key: str, customer_id: str) -> CustomerHistory:
