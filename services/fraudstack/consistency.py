@@ -8,7 +8,9 @@ likewise for its newest transaction. Equality is to a relative 1e-9.
 
 Customer features are compared at the customer's newest transaction and terminal features at
 the terminal's newest: the store keeps each entity's events only as far back as a window of its
-newest event can reach, which is exactly what scoring a new transaction needs.
+newest event can reach, which is exactly what scoring a new transaction needs. What ``GET
+/predict`` answers, the features stored for each customer's newest transaction (its terminal
+windows included), is compared as well, every feature of it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pyarrow as pa
 from fraudstack.adapters.online_store import OnlineStore
 from fraudstack.features.definitions import (
     CUSTOMER_FEATURES,
+    FEATURE_NAMES,
     TERMINAL_FEATURES,
     TRANSACTION_FEATURES,
     amount_to_cents,
@@ -80,13 +83,13 @@ async def compare(
     amounts = transactions["amount"].to_pylist()
     expected = {name: offline[name].to_numpy() for name in offline.column_names if name != "txn_id"}
 
-    jobs: list[tuple[int, tuple[str, ...]]] = [
-        (int(row), TRANSACTION_FEATURES + CUSTOMER_FEATURES)
+    jobs: list[tuple[int, tuple[str, ...], bool]] = [
+        (int(row), TRANSACTION_FEATURES + CUSTOMER_FEATURES, True)
         for row in _newest_rows(customers.astype(str), ts, txn_ids.astype(str))
     ]
     report = Report(customers=len(jobs))
     terminal_jobs = [
-        (int(row), TERMINAL_FEATURES)
+        (int(row), TERMINAL_FEATURES, False)
         for row in _newest_rows(terminals.astype(str), ts, txn_ids.astype(str))
     ]
     report.terminals = len(terminal_jobs)
@@ -94,7 +97,16 @@ async def compare(
 
     semaphore = asyncio.Semaphore(concurrency)
 
-    async def check(row: int, names: Iterable[str]) -> None:
+    def compare_values(row: int, names: Iterable[str], online: dict[str, float], how: str) -> None:
+        for name in names:
+            want, got = float(expected[name][row]), online[name]
+            report.compared_values += 1
+            if not math.isclose(got, want, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12):
+                report.mismatches.append(
+                    f"txn {txn_ids[row]} {name}: {how} {got!r} offline {want!r}"
+                )
+
+    async def check(row: int, names: Iterable[str], newest_of_customer: bool) -> None:
         async with semaphore:
             customer, terminal = await store.read_for_transaction(customers[row], terminals[row])
         if customer is None:
@@ -103,15 +115,17 @@ async def compare(
         online = all_features(
             customer.history, terminal, txn_ids[row], int(ts[row]), amount_to_cents(amounts[row])
         )
-        for name in names:
-            want, got = float(expected[name][row]), online[name]
-            report.compared_values += 1
-            if not math.isclose(got, want, rel_tol=RELATIVE_TOLERANCE, abs_tol=1e-12):
-                report.mismatches.append(
-                    f"txn {txn_ids[row]} {name}: online {got!r} offline {want!r}"
-                )
+        compare_values(row, names, online, "online")
+        if not newest_of_customer:
+            return
+        if customer.served is None or customer.last is None or customer.last.txn_id != txn_ids[row]:
+            report.missing.append(
+                f"stored features of customer {customers[row]}'s newest txn {txn_ids[row]}"
+            )
+            return
+        compare_values(row, FEATURE_NAMES, customer.served, "stored")
 
-    await asyncio.gather(*(check(row, names) for row, names in jobs))
+    await asyncio.gather(*(check(*job) for job in jobs))
     return report
 
 

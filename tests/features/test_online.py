@@ -217,19 +217,20 @@ def test_customer_fields_round_trip_as_text_and_bytes() -> None:
 
 def test_terminal_fields_round_trip_with_labels() -> None:
     history = TerminalHistory()
-    history.add("1", T)
-    history.add("2", T + 5)
+    history.add("1", T, "c:1")  # a customer id may hold the separator
+    history.add("2", T + 5)  # its customer unknown
     history.add_label("2", True, T + 10, T + 5)
     history.add_label("3", True, T + 20, T + 7)  # its transaction has not arrived
     fields = history.to_fields()
     assert fields == {
-        "e:1": str(T),
-        "e:2": str(T + 5),
+        "e:1": f"{T}:c:1",
+        "e:2": f"{T + 5}:",
         label_field("2"): f"{T + 5}:{T + 10}",
         "f:3": f"{T + 7}:{T + 20}",
     }
     parsed = TerminalHistory.from_fields({k.encode(): v.encode() for k, v in fields.items()})
     assert parsed == history
+    assert parsed.customers == {"1": "c:1"}
     parsed.add("3", T + 7)
     assert parsed.frauds == [0, 1, 1]
 

@@ -6,6 +6,7 @@ and Redis of the session never see each other's events.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ import redis
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.simulate import SimulationConfig, make_labels, simulate
 
-_next_database = iter(range(8, 16))
+#: Databases 8 to 15 in turn; each test empties its database before and after.
+_next_database = itertools.cycle(range(8, 16))
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from fraudstack.adapters.online_store import OnlineStore
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.consistency import compare
+from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.ingest.replay import produce_table
 
 from .conftest import Month
@@ -45,10 +46,11 @@ async def test_month_streamed_equals_offline(
     processed = await Aggregator(pipeline_settings).run(stop_after_idle_s=IDLE_S)
     assert processed == len(month.transactions) + len(month.labels)
     compared = await _online_equals_offline(pipeline_settings, month)
-    # every customer (13 values) and every terminal (6 values) was compared
+    # every customer (13 values, and the 19 stored for GET /predict) and every terminal
+    # (6 values) was compared
     customers = len(set(month.transactions["customer_id"].to_pylist()))
     terminals = len(set(month.transactions["terminal_id"].to_pylist()))
-    assert compared == customers * 13 + terminals * 6
+    assert compared == customers * (13 + len(FEATURE_NAMES)) + terminals * 6
 
 
 async def test_two_instances_split_partitions_and_agree(

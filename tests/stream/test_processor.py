@@ -51,8 +51,8 @@ async def test_a_redis_that_forgot_the_terminal_script_gets_it_again(
     finally:
         await link.close()
     assert result.applied == 1
-    assert client.hget(terminal_key("t-1"), "e:a") == b"1522540800000"
-    assert client.hget(terminal_key("t-1"), "e:b") == b"1522540800001"
+    assert client.hget(terminal_key("t-1"), "e:a") == b"1522540800000:c-1"
+    assert client.hget(terminal_key("t-1"), "e:b") == b"1522540800001:c-1"
     assert client.hget(customer_key("c-1"), "customer_nb_tx_1d") == b"2.0"
     client.close()
 
@@ -81,7 +81,7 @@ async def test_a_replay_restores_terminal_writes_that_a_failed_batch_did_not_mak
     finally:
         await link.close()
     assert replay.duplicates == 1 and replay.applied == 0
-    assert client.hget(terminal_key("t-partial"), "e:partial-1") == b"1522540800000"
+    assert client.hget(terminal_key("t-partial"), "e:partial-1") == b"1522540800000:c-partial"
     client.close()
 
 

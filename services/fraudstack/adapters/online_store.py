@@ -4,11 +4,13 @@ Layout (hash tags keep each entity's key in one Redis Cluster slot; every comman
 touches exactly one key, so the store works unchanged on Redis Cluster)::
 
     fs:{customer:<id>}                       fs:{terminal:<id>}
-      e:<txn_id>  "<ts_ms>:<amount_cents>"     e:<txn_id>  "<ts_ms>"
+      e:<txn_id>  "<ts_ms>:<amount_cents>"     e:<txn_id>  "<ts_ms>:<customer_id>"
       <feature>   value of the customer's      f:<txn_id>  "<ts_ms>:<reported_at_ms>"  (frauds)
                   newest transaction           _event_ts   newest event time (ms)
-      _last_txn   "<txn_id>:<ts_ms>:<cents>    _updated_at when the hash was last written (ms)
-                   :<terminal_id>"
+      _last_txn   "<txn_id>:<ts_ms>:<cents>    _seq        write counter (one per script call)
+                   :<terminal_id>"             _updated_at when the hash was last written (ms)
+      _terminal   "<txn_id>:<ts_ms>:<seq>:<events>:<frauds>..." per terminal window, of the newest
+                  transaction's terminal (a snapshot, see below)
       _event_ts   newest event time (ms)
       _updated_at when the hash was last written (ms)
 
@@ -17,6 +19,15 @@ can reach back (customers 30 days, terminals 37 days, plus the allowed lateness)
 the histories with :mod:`fraudstack.features.online` and compute every window exactly at the
 transaction's own time, so a feature never carries what fell out of its window since the last
 write. Each key has a TTL of its horizon plus a margin: an entity that stops transacting leaves.
+
+What ``GET /predict`` answers, the features of the customer's newest transaction, is stored in
+the customer's hash alone, so that one ``HMGET`` reads it: the customer windows (finished at that
+transaction's time) and ``_terminal``, its terminal windows as whole numbers. Those are counted
+inside Redis, atomically with the write that adds the transaction to its terminal, and counted
+again whenever a later write to the terminal (a late event or fraud label) can change them; the
+terminal's ``_seq`` at counting time orders the snapshots, so an older count never replaces a
+newer one (:mod:`fraudstack.aggregate.processor`). A snapshot names its transaction: one that is
+not the customer's ``_last_txn`` is not used, and the reader falls back to the terminal's events.
 """
 
 from __future__ import annotations
@@ -29,14 +40,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from fraudstack.errors import StoreUnavailable
+from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
     customer_features,
+    terminal_features_from_counts,
     transaction_features,
 )
 
 LAST_TXN_FIELD = "_last_txn"
+TERMINAL_SNAPSHOT_FIELD = "_terminal"
 EVENT_TS_FIELD = "_event_ts"
 UPDATED_AT_FIELD = "_updated_at"
 
@@ -69,10 +83,45 @@ class LastTransaction:
 
 
 @dataclass(frozen=True, slots=True)
+class TerminalSnapshot:
+    """The terminal windows of one transaction as whole numbers (events, frauds per window; see
+    :func:`~fraudstack.features.online.terminal_counts`), counted when the terminal's write
+    counter stood at ``seq``."""
+
+    txn_id: str
+    ts_ms: int
+    seq: int
+    counts: tuple[int, ...]
+
+    def encode(self) -> str:
+        return ":".join((self.txn_id, str(self.ts_ms), str(self.seq), *map(str, self.counts)))
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> TerminalSnapshot:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        txn_id, ts_ms, seq, *counts = text.split(":")
+        return cls(txn_id, int(ts_ms), int(seq), tuple(map(int, counts)))
+
+
+def snapshot_features(raw: bytes | str | None, txn_id: str) -> dict[str, float] | None:
+    """The terminal features stored for transaction ``txn_id``; None when the stored snapshot
+    is missing or belongs to another transaction."""
+    if raw is None:
+        return None
+    snapshot = TerminalSnapshot.decode(raw)
+    if snapshot.txn_id != txn_id:
+        return None
+    return terminal_features_from_counts(snapshot.counts)
+
+
+@dataclass(frozen=True, slots=True)
 class CustomerRecord:
     history: CustomerHistory
     last: LastTransaction | None
     event_ts_ms: int | None
+    #: The newest transaction's features as stored (what ``GET /predict`` answers), or None
+    #: when the hash does not hold them all.
+    served: dict[str, float] | None = None
 
 
 HashFields = Mapping[Any, Any]
@@ -89,11 +138,24 @@ def customer_record(fields: HashFields) -> CustomerRecord | None:
     if not fields:
         return None
     raw_last = fields.get(LAST_TXN_FIELD.encode())
+    last = LastTransaction.decode(raw_last) if raw_last is not None else None
     return CustomerRecord(
         history=CustomerHistory.from_fields(fields),
-        last=LastTransaction.decode(raw_last) if raw_last is not None else None,
+        last=last,
         event_ts_ms=_event_ts(fields),
+        served=_served(fields, last) if last is not None else None,
     )
+
+
+def _served(fields: HashFields, last: LastTransaction) -> dict[str, float] | None:
+    terminal = snapshot_features(fields.get(TERMINAL_SNAPSHOT_FIELD.encode()), last.txn_id)
+    stored = [fields.get(name.encode()) for name in CUSTOMER_FEATURES]
+    if terminal is None or None in stored:
+        return None
+    features = transaction_features(last.ts_ms, last.amount_cents)
+    features.update(zip(CUSTOMER_FEATURES, map(float, stored), strict=True))
+    features.update(terminal)
+    return features
 
 
 class OnlineStore:

@@ -17,9 +17,11 @@ import redis
 from fraudstack.adapters.online_store import (
     CUSTOMER_TTL_SECONDS,
     EVENT_TS_FIELD,
+    TERMINAL_SNAPSHOT_FIELD,
     TERMINAL_TTL_SECONDS,
     UPDATED_AT_FIELD,
     LastTransaction,
+    TerminalSnapshot,
     customer_key,
     customer_summary_fields,
     terminal_key,
@@ -27,6 +29,7 @@ from fraudstack.adapters.online_store import (
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
+    history_counts,
 )
 
 
@@ -60,7 +63,7 @@ def load_table(
         # the newest by (ts, txn_id), as the stream orders ties, not by input order
         if known is None or (when, txn_id) > (known.ts_ms, known.txn_id):
             last[customer] = LastTransaction(txn_id, when, amount, terminal)
-        terminal_histories.setdefault(terminal, TerminalHistory()).add(txn_id, when)
+        terminal_histories.setdefault(terminal, TerminalHistory()).add(txn_id, when, customer)
 
     for txn_id, when, terminal, reported in _label_rows(transactions, labels):
         terminal_histories.setdefault(terminal, TerminalHistory()).add_label(
@@ -75,6 +78,12 @@ def load_table(
         newest = last[customer]
         history.prune(newest.ts_ms)
         fields = {**history.to_fields(), **customer_summary_fields(history, newest, now_ms)}
+        # counted from every event and label, before any terminal is pruned; seq 0 is older
+        # than any count the terminal script will take
+        counts = history_counts(terminal_histories[newest.terminal_id], newest.ts_ms)
+        fields[TERMINAL_SNAPSHOT_FIELD] = TerminalSnapshot(
+            newest.txn_id, newest.ts_ms, 0, counts
+        ).encode()
         pending = _replace(
             pipe, customer_key(customer), fields, CUSTOMER_TTL_SECONDS, pending, batch
         )

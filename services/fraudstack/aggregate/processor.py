@@ -1,4 +1,4 @@
-"""Turn a batch of Kafka records into one pipelined write to the online store.
+"""Turn a batch of Kafka records into pipelined writes to the online store (two round trips).
 
 Where each entity's state lives, and why:
 
@@ -9,16 +9,29 @@ Where each entity's state lives, and why:
   fields in one ``HSET``.
 * **Terminals** are not: a terminal's transactions come from every customer, hence from every
   partition. Rather than re-keying them through a repartition topic (one more produce and
-  consume per event), every instance updates terminal hashes *atomically in Redis* with a small
-  Lua script: add the event and label fields, raise ``_event_ts`` to the newest, prune what no
-  window can reach any more. That is enough because terminal windows end 7 days before the
-  transaction: they are finished at read time from the event fields, never precomputed.
+  consume per event), every instance updates terminal hashes *atomically in Redis* with a Lua
+  script: add the event and label fields, raise ``_event_ts`` to the newest, prune what no
+  window can reach any more, and count the terminal windows of the transactions just added.
+* **The terminal windows of a customer's newest transaction** are stored in the customer's hash
+  too (``_terminal``), so that ``GET /predict`` reads one hash in one round trip. The terminal
+  script's counts are taken atomically with the add, so they hold every event and label the
+  terminal had; an event or label that arrives later and reaches back into a counted window (a
+  partition that lags, a labels topic behind the transactions) makes the script count the
+  windows it reaches again, and those counts go to their customers too, whichever instance owns
+  them. A small script on the customer's key keeps only the snapshot of the customer's newest
+  transaction, and of it only the count taken at the highest terminal ``_seq``, so concurrent
+  instances cannot put an older count back. One limit: a count is taken again only while the
+  prune has left its 30-day window whole; once the terminal has dropped events its windows
+  reach (a transaction a day or more older than its terminal's newest event, in steady state),
+  it keeps the count it was given.
 
-Both writes are idempotent (a field per transaction id), so a batch replayed after a crash
-changes nothing; a replayed transaction's terminal write is sent again, because the customer and
-terminal writes of one batch are not one transaction and a crash may fall between them. An event
-more than the allowed lateness behind its partition's newest event, an invalid record, and a
-fraud label reported after the 7-day feature delay go to the dead-letter topic with the reason.
+A batch is the terminals' scripts, then, with their counts, the customers' writes and snapshots.
+Every write is idempotent (a field per transaction id; a snapshot replaces one of the same
+transaction only with a newer count), so a batch replayed after a crash changes nothing; a
+replayed transaction's terminal write is sent again, because the writes of one batch are not
+one transaction and a crash may fall between them. An event more than the allowed lateness
+behind its partition's newest event, an invalid record, and a fraud label reported after the
+7-day feature delay go to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -28,12 +41,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
+from typing import Any
 
 from fraudstack.adapters.kafka import SourceRecord
 from fraudstack.adapters.online_store import (
     CUSTOMER_TTL_SECONDS,
     TERMINAL_TTL_SECONDS,
     LastTransaction,
+    TerminalSnapshot,
     customer_key,
     customer_record,
     customer_summary_fields,
@@ -43,7 +58,10 @@ from fraudstack.adapters.redis_link import Command, RedisLink
 from fraudstack.errors import InvalidEvent, StoreError
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import (
+    LABEL_DELAY_MS,
+    TERMINAL_DELAY_MS,
     TERMINAL_HORIZON_MS,
+    TERMINAL_WINDOWS,
     label_counts,
 )
 from fraudstack.features.online import (
@@ -56,35 +74,127 @@ from fraudstack.features.online import (
 )
 from fraudstack.settings import Topics
 
-# KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, then field/value pairs.
-# Event fields (e:) carry "<ts>", label fields (f:) "<ts>:<reported_at>".
+# KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, terminal delay (ms), label
+# delay (ms), the terminal windows' lengths (ms, comma-separated), then field/value pairs. Event
+# fields (e:) carry "<ts>:<customer>", label fields (f:) "<ts>:<reported_at>".
+#
+# Adds the fields, bumps the write counter _seq, prunes what no window can reach any more (at most
+# once per day of event time), then counts the terminal windows (see terminal_counts in
+# fraudstack.features.online, which this mirrors) of every event this call added, and of every
+# stored event whose windows an item of this call can reach (late events and labels: at or after
+# the item's time plus the delay, before it plus the delay plus the longest window) and whose
+# windows the prune has left whole (_dropped: the newest time of a field it deleted).
+# Returns {seq, then per transaction counted: txn_id, ts, customer, events and frauds per window}. Returns {seq, txn_id, customer, events, frauds per window, ...}.
 _TERMINAL_SCRIPT = """
 local key = KEYS[1]
-local stored = redis.call('HMGET', key, '_event_ts', '_pruned_at')
+local delay, label_delay = tonumber(ARGV[4]), tonumber(ARGV[5])
+local windows, longest = {}, 0
+for w in string.gmatch(ARGV[6], '%d+') do
+  windows[#windows + 1] = tonumber(w)
+  if tonumber(w) > longest then longest = tonumber(w) end
+end
+local stored = redis.call('HMGET', key, '_event_ts', '_pruned_at', '_dropped')
 local newest = tonumber(stored[1] or '0')
 local pruned = tonumber(stored[2] or '0')
-for i = 4, #ARGV, 2 do
+local dropped = tonumber(stored[3] or '0')
+local added = {}
+local earliest, latest = math.huge, -math.huge
+for i = 7, #ARGV, 2 do
+  local ts = tonumber(string.match(ARGV[i + 1], '^%d+'))
+  if ts < earliest then earliest = ts end
+  if ts > latest then latest = ts end
   if string.sub(ARGV[i], 1, 2) == 'e:' then
-    local ts = tonumber(ARGV[i + 1])
+    added[string.sub(ARGV[i], 3)] = true
     if ts > newest then newest = ts end
   end
 end
-redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 4))
+redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 7))
+local seq = redis.call('HINCRBY', key, '_seq', 1)
 local cutoff = newest - tonumber(ARGV[2])
-if cutoff - pruned > 86400000 then
-  local fields = redis.call('HGETALL', key)
-  for i = 1, #fields, 2 do
-    local prefix = string.sub(fields[i], 1, 2)
-    if prefix == 'e:' or prefix == 'f:' then
-      local ts = tonumber(string.match(fields[i + 1], '^%d+'))
-      if ts <= cutoff then redis.call('HDEL', key, fields[i]) end
+local prune = cutoff - pruned > 86400000
+local fields = redis.call('HGETALL', key)
+local events, frauds = {}, {}
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  local prefix = string.sub(name, 1, 2)
+  if prefix == 'e:' or prefix == 'f:' then
+    local ts, rest = string.match(fields[i + 1], '^(%d+):?(.*)$')
+    ts = tonumber(ts)
+    if prune and ts <= cutoff then
+      redis.call('HDEL', key, name)
+      if ts > dropped then dropped = ts end
+    elseif prefix == 'e:' then
+      events[#events + 1] = {ts, string.sub(name, 3), rest}
+    elseif tonumber(rest) <= ts + label_delay then
+      frauds[string.sub(name, 3)] = true
     end
   end
-  redis.call('HSET', key, '_pruned_at', cutoff)
 end
+if prune then redis.call('HSET', key, '_pruned_at', cutoff, '_dropped', dropped) end
 redis.call('EXPIRE', key, ARGV[3])
-return newest
+table.sort(events, function(a, b) return a[1] < b[1] end)
+local times, fraud_times = {}, {}
+for i, event in ipairs(events) do
+  times[i] = event[1]
+  if frauds[event[2]] then fraud_times[#fraud_times + 1] = event[1] end
+end
+local function upto(list, t)
+  local lo, hi = 1, #list + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if list[mid] <= t then lo = mid + 1 else hi = mid end
+  end
+  return lo - 1
+end
+local reply = {seq}
+for _, event in ipairs(events) do
+  local t = event[1]
+  local reached = t >= earliest + delay and t < latest + delay + longest
+  if added[event[2]] or (reached and t - delay - longest >= dropped) then
+    reply[#reply + 1] = event[2]
+    reply[#reply + 1] = t
+    reply[#reply + 1] = event[3]
+    local end_events, end_frauds = upto(times, t - delay), upto(fraud_times, t - delay)
+    for _, w in ipairs(windows) do
+      reply[#reply + 1] = end_events - upto(times, t - delay - w)
+      reply[#reply + 1] = end_frauds - upto(fraud_times, t - delay - w)
+    end
+  end
+end
+return reply
 """
+
+# KEYS[1] a customer hash. ARGV: txn_id, ts_ms, seq, the encoded snapshot. Stores the snapshot of
+# the terminal windows of transaction txn_id unless the customer has a newer transaction (by
+# (ts, txn_id)), the stored snapshot is of a newer one, or it is of this one counted at the same
+# or a later seq. A transaction not written to the customer yet is accepted: another instance's
+# recount may come before the owner's write. Returns 1 if stored, else 0.
+_SNAPSHOT_SCRIPT = """
+local txn, ts, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local function before(other, other_ts)
+  return ts < other_ts or (ts == other_ts and txn < other)
+end
+local last = redis.call('HGET', KEYS[1], '_last_txn')
+if last then
+  local id, last_ts = string.match(last, '^([^:]*):(%d+):')
+  if before(id, tonumber(last_ts)) then return 0 end
+end
+local current = redis.call('HGET', KEYS[1], '_terminal')
+if current then
+  local id, current_ts, current_seq = string.match(current, '^([^:]*):(%d+):(%d+):')
+  if id == txn then
+    if tonumber(current_seq) >= seq then return 0 end
+  elseif before(id, tonumber(current_ts)) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], '_terminal', ARGV[4])
+return 1
+"""
+_SCRIPTS = (_TERMINAL_SCRIPT, _SNAPSHOT_SCRIPT)
+_TERMINAL_WINDOW_LENGTHS = ",".join(str(window[2]) for window in TERMINAL_WINDOWS)
+#: Length of one counted transaction in the terminal script's reply: id, time, customer, counts.
+_COUNTED_STRIDE = 3 + 2 * len(TERMINAL_WINDOWS)
 
 
 #: Fields one terminal script call writes at most (two values each; Lua's ``unpack`` limit).
@@ -131,7 +241,9 @@ class Processor:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
-        self._terminal_script = hashlib.sha1(_TERMINAL_SCRIPT.encode()).hexdigest()
+        self._terminal_script, self._snapshot_script = (
+            hashlib.sha1(script.encode()).hexdigest() for script in _SCRIPTS
+        )
         self._busy = False
         self._forget_after_batch = False
 
@@ -169,9 +281,11 @@ class Processor:
         now_ms = int(time.time() * 1000)
         commands: list[Command] = []
         applied, replayed = self._write_customers(commands, arrivals, now_ms, result)
-        # a replayed transaction's terminal write is sent again: the batch that first carried it
-        # may have died after its customer writes and before its terminal ones (idempotent)
-        self._write_terminals(commands, applied + replayed, labels, now_ms)
+        # Terminals first: their replies are the terminal windows the customers' snapshots need.
+        # A replayed transaction's terminal write is sent again: the batch that first carried it
+        # may have died after its terminal writes and before its customer ones (idempotent).
+        counted = await self._execute(self._write_terminals(applied + replayed, labels, now_ms))
+        commands += self._write_snapshots(counted)
         await self._execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
@@ -208,17 +322,18 @@ class Processor:
     def _reject(record: SourceRecord, reason: str, result: BatchResult) -> None:
         result.dead_letters.append((record, reason))
 
-    async def _execute(self, commands: list[Command]) -> None:
-        """Run a batch; when Redis forgot the terminal script (it restarted), load it and run the
-        batch again, which is idempotent."""
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        """Run a batch and return its replies; when Redis forgot the scripts (it restarted), load
+        them and run the batch again, which is idempotent."""
+        if not commands:
+            return []  # a batch of rejects, or labels only: nothing to send
         try:
-            await self.link.execute_many(commands)
-            return
+            return await self.link.execute_many(commands)
         except StoreError as exc:
             if "NOSCRIPT" not in str(exc):
                 raise
-        await self.link.execute_many([("SCRIPT", "LOAD", _TERMINAL_SCRIPT)])
-        await self.link.execute_many(commands)
+        await self.link.execute_many([("SCRIPT", "LOAD", script) for script in _SCRIPTS])
+        return await self.link.execute_many(commands)
 
     async def _hydrate(self, customer_ids: set[str]) -> None:
         missing = [customer for customer in customer_ids if customer not in self.customers]
@@ -289,17 +404,17 @@ class Processor:
 
     def _write_terminals(
         self,
-        commands: list[Command],
         transactions: list[Transaction],
         labels: list[Label],
         now_ms: int,
-    ) -> None:
+    ) -> list[Command]:
+        commands: list[Command] = []
         per_terminal: dict[str, list[str]] = {}
         for txn in transactions:
             pairs = per_terminal.get(txn.terminal_id)
             if pairs is None:
                 pairs = per_terminal[txn.terminal_id] = []
-            pairs += (event_field(txn.txn_id), terminal_event_value(txn.ts))
+            pairs += (event_field(txn.txn_id), terminal_event_value(txn.ts, txn.customer_id))
         for label in labels:
             per_terminal.setdefault(label.terminal_id, []).extend(
                 (label_field(label.txn_id), label_value(label.ts, label.reported_at))
@@ -318,9 +433,51 @@ class Processor:
                         now_ms,
                         horizon,
                         TERMINAL_TTL_SECONDS,
+                        TERMINAL_DELAY_MS,
+                        LABEL_DELAY_MS,
+                        _TERMINAL_WINDOW_LENGTHS,
                         *pairs[start : start + 2 * MAX_FIELDS_PER_SCRIPT_CALL],
                     ]
                 )
+        return commands
+
+    def _write_snapshots(self, replies: list[list[Any]]) -> list[Command]:
+        """The snapshot writes of the terminal windows the terminal scripts counted.
+
+        A transaction of this batch is snapshotted only if it is its customer's newest; one the
+        script counted again because a late event or label reached its windows may belong to a
+        customer of another partition, so it is always sent: the snapshot script itself keeps
+        only the newest transaction's snapshot, and of it only the latest count.
+        """
+        latest: dict[str, tuple[str, TerminalSnapshot]] = {}
+        for reply in replies:
+            seq = int(reply[0])
+            for at in range(1, len(reply), _COUNTED_STRIDE):
+                txn_id, ts_ms, customer = reply[at].decode(), int(reply[at + 1]), reply[at + 2]
+                known = latest.get(txn_id)
+                if customer and (known is None or known[1].seq < seq):
+                    counts = tuple(map(int, reply[at + 3 : at + _COUNTED_STRIDE]))
+                    snapshot = TerminalSnapshot(txn_id, ts_ms, seq, counts)
+                    latest[txn_id] = (customer.decode(), snapshot)
+        commands: list[Command] = []
+        for txn_id, (customer, snapshot) in latest.items():
+            state = self.customers.get(customer)
+            if state is not None and txn_id in state.history:
+                if state.last is None or state.last.txn_id != txn_id:
+                    continue  # ours, and not the newest: nothing reads its snapshot
+            commands.append(
+                [
+                    "EVALSHA",
+                    self._snapshot_script,
+                    1,
+                    customer_key(customer),
+                    txn_id,
+                    snapshot.ts_ms,
+                    snapshot.seq,
+                    snapshot.encode(),
+                ]
+            )
+        return commands
 
 
 def count_by_kind(result: BatchResult) -> dict[tuple[str, str], int]:

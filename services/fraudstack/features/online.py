@@ -19,7 +19,7 @@ keys; other fields such as ``_event_ts`` are ignored here):
 entity              field                     value
 ==================  ========================  ==========================================
 customer            ``e:<txn_id>``            ``"<ts_ms>:<amount_cents>"``
-terminal            ``e:<txn_id>``            ``"<ts_ms>"``
+terminal            ``e:<txn_id>``            ``"<ts_ms>:<customer_id>"``
 terminal            ``f:<txn_id>``            ``"<ts_ms>:<reported_at_ms>"`` (frauds only)
 ==================  ========================  ==========================================
 """
@@ -27,7 +27,7 @@ terminal            ``f:<txn_id>``            ``"<ts_ms>:<reported_at_ms>"`` (fr
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -52,10 +52,11 @@ LABEL_PREFIX = "f:"
 #: A Redis hash as redis-py returns it: all bytes, or all text with ``decode_responses``
 #: (its stubs say ``bytes | str``; one hash mixing the two is not supported).
 HashFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
-#: (event, label) field prefixes as text (False) and as bytes (True): a hash is one or the other.
-_PREFIXES: dict[bool, tuple[bytes | str, bytes | str]] = {
-    False: (EVENT_PREFIX, LABEL_PREFIX),
-    True: (EVENT_PREFIX.encode(), LABEL_PREFIX.encode()),
+#: (event, label) field prefixes and the value separator, as text (False) and as bytes (True):
+#: a hash is one or the other.
+_PREFIXES: dict[bool, tuple[bytes | str, bytes | str, bytes | str]] = {
+    False: (EVENT_PREFIX, LABEL_PREFIX, ":"),
+    True: (EVENT_PREFIX.encode(), LABEL_PREFIX.encode(), b":"),
 }
 #: Before any prune nothing is refused for being old.
 _NO_HORIZON = -(2**63)
@@ -81,8 +82,10 @@ def customer_event_value(ts_ms: int, amount_cents: int) -> str:
     return f"{ts_ms}:{amount_cents}"
 
 
-def terminal_event_value(ts_ms: int) -> str:
-    return str(ts_ms)
+def terminal_event_value(ts_ms: int, customer_id: str) -> str:
+    """The customer rides along so that a late event or label can find the customers whose
+    stored terminal windows it changes (see :mod:`fraudstack.aggregate.processor`)."""
+    return f"{ts_ms}:{customer_id}"
 
 
 def label_value(ts_ms: int, reported_at_ms: int) -> str:
@@ -219,18 +222,22 @@ class TerminalHistory(_EventLog):
 
     ``labels`` maps a txn_id to ``(ts_ms, reported_at_ms)`` for every fraud label that counts
     (see :func:`~fraudstack.features.definitions.label_counts`); a label may arrive before its
-    transaction, and ``frauds[i]`` is 1 when ``txn_ids[i]`` has one.
+    transaction, and ``frauds[i]`` is 1 when ``txn_ids[i]`` has one. ``customers`` maps a txn_id
+    to its customer, where known; the windows do not use it.
     """
 
     frauds: list[int] = field(default_factory=list)
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    customers: dict[str, str] = field(default_factory=dict, compare=False)
 
-    def add(self, txn_id: str, ts_ms: int) -> bool:
+    def add(self, txn_id: str, ts_ms: int, customer_id: str = "") -> bool:
         """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
         position = self._place(txn_id, ts_ms)
         if position < 0:
             return False
         self.frauds.insert(position, 1 if txn_id in self.labels else 0)
+        if customer_id:
+            self.customers[txn_id] = customer_id
         return True
 
     def add_label(self, txn_id: str, is_fraud: bool, reported_at_ms: int, ts_ms: int) -> bool:
@@ -251,14 +258,18 @@ class TerminalHistory(_EventLog):
         cutoff = now_ms - TERMINAL_HORIZON_MS - allowed_lateness_ms
         if cutoff <= self.horizon_ms:
             return
-        del self.frauds[: len(self._drop_through(cutoff))]
+        dropped = self._drop_through(cutoff)
+        del self.frauds[: len(dropped)]
+        for txn_id in dropped:
+            self.customers.pop(txn_id, None)
         for txn_id in [key for key, (ts_ms, _) in self.labels.items() if ts_ms <= cutoff]:
             del self.labels[txn_id]
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields of every event and fraud label (see the module docstring)."""
+        customers = self.customers
         fields = {
-            EVENT_PREFIX + txn_id: str(ts_ms)
+            EVENT_PREFIX + txn_id: terminal_event_value(ts_ms, customers.get(txn_id, ""))
             for ts_ms, txn_id in zip(self.ts, self.txn_ids, strict=True)
         }
         for txn_id, (ts_ms, reported_at_ms) in self.labels.items():
@@ -279,11 +290,15 @@ class TerminalHistory(_EventLog):
                 history.labels[txn_id] = (ts_ms, reported_at_ms)
         txn_ids, values = _select(fields, EVENT_PREFIX)
         if txn_ids:
-            rows = sorted(zip(map(int, values), txn_ids, strict=True))
+            parts = [value.partition(":") for value in values]
+            rows = sorted(zip((int(part[0]) for part in parts), txn_ids, strict=True))
             history.ts = [row[0] for row in rows]
             history.txn_ids = [row[1] for row in rows]
             labels = history.labels
             history.frauds = [1 if txn_id in labels else 0 for txn_id in history.txn_ids]
+            history.customers = {
+                txn_id: part[2] for txn_id, part in zip(txn_ids, parts, strict=True) if part[2]
+            }
             history._known = set(txn_ids)
         return history
 
@@ -327,8 +342,13 @@ def customer_features(
 
 def terminal_features(history: TerminalHistory, ts_ms: int) -> dict[str, float]:
     """The terminal windows (delayed by 7 days) of a transaction at ``ts_ms``."""
+    return terminal_features_from_counts(history_counts(history, ts_ms))
+
+
+def history_counts(history: TerminalHistory, ts_ms: int) -> tuple[int, ...]:
+    """:func:`terminal_counts` of a transaction at ``ts_ms`` from a terminal's history."""
     fraud_ts = [ts for ts, fraud in zip(history.ts, history.frauds, strict=True) if fraud]
-    return _terminal_windows(history.ts, fraud_ts, ts_ms)
+    return terminal_counts(history.ts, fraud_ts, ts_ms)
 
 
 def terminal_features_from_fields(fields: HashFields, ts_ms: int) -> dict[str, float]:
@@ -341,13 +361,13 @@ def terminal_features_from_fields(fields: HashFields, ts_ms: int) -> dict[str, f
     if not fields:
         return _terminal_windows([], [], ts_ms)
     raw = cast("Mapping[bytes | str, bytes | str]", fields)
-    event, label = _PREFIXES[isinstance(next(iter(raw)), bytes)]
+    event, label, colon = _PREFIXES[isinstance(next(iter(raw)), bytes)]
     event_ts: list[int] = []
     labels: list[tuple[bytes | str, bytes | str]] = []
     for key, value in raw.items():
         tag = key[:2]
         if tag == event:
-            event_ts.append(int(value))
+            event_ts.append(int(value.partition(colon)[0]))  # type: ignore[arg-type]
         elif tag == label:
             labels.append((key, value))
     fraud_ts: list[int] = []
@@ -355,7 +375,7 @@ def terminal_features_from_fields(fields: HashFields, ts_ms: int) -> dict[str, f
         label_ts, reported_at = _pairs([_text(value)], "terminal label")
         known = raw.get(event + key[2:])  # type: ignore[operator]
         if known is not None and label_counts(True, label_ts[0], reported_at[0]):
-            fraud_ts.append(int(known))
+            fraud_ts.append(int(known.partition(colon)[0]))  # type: ignore[arg-type]
     event_ts.sort()
     fraud_ts.sort()
     return _terminal_windows(event_ts, fraud_ts, ts_ms)
@@ -365,18 +385,38 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _terminal_windows(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> dict[str, float]:
-    """The terminal windows from the sorted times of a terminal's events and of its frauds."""
+def terminal_counts(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> tuple[int, ...]:
+    """The terminal windows of a transaction at ``ts_ms`` as whole numbers: (events, frauds)
+    per window of :data:`~fraudstack.features.definitions.TERMINAL_WINDOWS`, from the sorted
+    times of a terminal's events and of its frauds. This is all a terminal window is; the
+    store keeps these numbers for a customer's newest transaction (see
+    :func:`terminal_features_from_counts`)."""
     newest = ts_ms - TERMINAL_DELAY_MS
     end = bisect_right(event_ts, newest)
     fraud_end = bisect_right(fraud_ts, newest)
+    counts: list[int] = []
+    for _, _, reach_ms in _TERMINAL_REACH:
+        counts.append(end - bisect_right(event_ts, ts_ms - reach_ms, 0, end))
+        counts.append(fraud_end - bisect_right(fraud_ts, ts_ms - reach_ms, 0, fraud_end))
+    return tuple(counts)
+
+
+def terminal_features_from_counts(counts: Sequence[int]) -> dict[str, float]:
+    """The terminal features from :func:`terminal_counts`: each count, and each risk as
+    ``frauds / count`` (0.0 for an empty window)."""
+    if len(counts) != 2 * len(_TERMINAL_REACH):
+        raise ValueError(f"expected {2 * len(_TERMINAL_REACH)} terminal counts, got {len(counts)}")
     features: dict[str, float] = {}
-    for count_name, risk_name, reach_ms in _TERMINAL_REACH:
-        count = end - bisect_right(event_ts, ts_ms - reach_ms, 0, end)
-        frauds = fraud_end - bisect_right(fraud_ts, ts_ms - reach_ms, 0, fraud_end)
+    for index, (count_name, risk_name, _) in enumerate(_TERMINAL_REACH):
+        count, frauds = counts[2 * index], counts[2 * index + 1]
         features[count_name] = float(count)
         features[risk_name] = frauds / count if count else 0.0
     return features
+
+
+def _terminal_windows(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> dict[str, float]:
+    """The terminal windows from the sorted times of a terminal's events and of its frauds."""
+    return terminal_features_from_counts(terminal_counts(event_ts, fraud_ts, ts_ms))
 
 
 def all_features(

@@ -4,15 +4,13 @@ The layout is the store's (:mod:`fraudstack.adapters.online_store`), and every w
 finished here with the one feature code (:mod:`fraudstack.features.online`) at the transaction's
 own time, so a value never carries what fell out of its window since the last write:
 
-* ``newest(customer)`` (``GET /predict``): the customer's newest transaction (``_last_txn``).
-  Its customer windows were finished at its own time when it was written, so they are read as
-  stored (one ``HMGET`` of a dozen fields instead of the whole history); its terminal is only
-  known from that answer, hence a second round trip for the terminal's events. A hash written
-  without those fields falls back to the customer's events. The store keeps a terminal's events
-  for 37 days plus the allowed lateness behind the terminal's newest event, so when a customer's
-  newest transaction is older than its terminal's newest event by more than the lateness, the
-  far end of its 30-day terminal window may already be pruned and count short (the 1- and 7-day
-  windows are whole).
+* ``newest(customer)`` (``GET /predict``): the customer's newest transaction (``_last_txn``),
+  in ONE round trip: one ``HMGET`` of its customer windows, finished at its own time when it
+  was written, and of its terminal windows, counted in Redis when it was added to its terminal
+  and again whenever a late event or label changed them (the ``_terminal`` snapshot, see
+  :mod:`fraudstack.adapters.online_store`). A hash without those fields, or whose snapshot is
+  of an earlier transaction (written between the two commands of the aggregator's update),
+  falls back to the customer's events and to a second round trip for the terminal's.
 * ``transaction(txn)`` (``POST /v1/score``): both hashes in ONE round trip (two ``HGETALL`` in
   one send); the customer windows are computed from the customer's events at the transaction's
   time with the transaction included, the terminal windows from the terminal's events and fraud
@@ -27,9 +25,11 @@ from typing import Any
 from fraudstack.adapters.online_store import (
     EVENT_TS_FIELD,
     LAST_TXN_FIELD,
+    TERMINAL_SNAPSHOT_FIELD,
     LastTransaction,
     customer_key,
     customer_record,
+    snapshot_features,
     terminal_key,
 )
 from fraudstack.adapters.redis_link import RedisLink, bulk_string, command_head
@@ -44,7 +44,7 @@ from fraudstack.features.online import (
     transaction_features,
 )
 
-_NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, *CUSTOMER_FEATURES)
+_NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, TERMINAL_SNAPSHOT_FIELD, *CUSTOMER_FEATURES)
 # the constant parts of "HMGET <key> <fields...>" and "HGETALL <key>", encoded once
 _NEWEST_HEAD = command_head(len(_NEWEST_FIELDS) + 2) + bulk_string("HMGET")
 _NEWEST_TAIL = b"".join(map(bulk_string, _NEWEST_FIELDS))
@@ -76,20 +76,25 @@ class FeatureLookup:
         """The customer's newest transaction and its features; EntityNotFound if none."""
         key = customer_key(customer_id)
         (values,) = await self.link.execute(_NEWEST_HEAD + bulk_string(key) + _NEWEST_TAIL)
-        raw_last, raw_event_ts = values[0], values[1]
+        raw_last, raw_event_ts, raw_snapshot = values[0], values[1], values[2]
         if raw_last is None:
             raise EntityNotFound(f"no stored transaction for customer {customer_id!r}")
         last = LastTransaction.decode(raw_last)
         features = transaction_features(last.ts_ms, last.amount_cents)
-        stored = values[2:]
+        stored = values[3:]
         if None in stored:
             history = await self._customer_history(key, customer_id)
             features.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
         else:
             for name, raw in zip(CUSTOMER_FEATURES, stored, strict=True):
                 features[name] = float(raw)
-        (flat,) = await self.link.execute(_HGETALL + bulk_string(terminal_key(last.terminal_id)))
-        features.update(terminal_features_from_fields(_as_dict(flat), last.ts_ms))
+        terminal = snapshot_features(raw_snapshot, last.txn_id)
+        if terminal is None:
+            (flat,) = await self.link.execute(
+                _HGETALL + bulk_string(terminal_key(last.terminal_id))
+            )
+            terminal = terminal_features_from_fields(_as_dict(flat), last.ts_ms)
+        features.update(terminal)
         event_ts = int(raw_event_ts) if raw_event_ts is not None else None
         return last, Scored(features, event_ts)
 
