@@ -14,7 +14,11 @@ import pyarrow as pa
 import pytest
 import redis
 
-from fraudstack.adapters.online_store import customer_key
+from fraudstack.adapters.online_store import (
+    TERMINAL_SNAPSHOT_FIELD,
+    TerminalSnapshot,
+    customer_key,
+)
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY
@@ -134,5 +138,53 @@ async def test_predict_falls_back_to_the_events_when_stored_features_are_missing
         _, scored = await lookup.newest(newest["customer_id"])
     finally:
         client.hset(key, "customer_avg_amount_7d", saved)  # type: ignore[arg-type]
+    row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
+    assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
+
+
+def _calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {name[len("cmdstat_") :]: int(stat["calls"]) for name, stat in stats.items()}
+
+
+async def test_predict_reads_one_hash_in_one_round_trip(
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: RedisProcess
+) -> None:
+    """The terminal windows stored with the newest transaction are its own: no terminal read."""
+    newest = busiest_customer(transactions)
+    row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
+    assert offline_features["terminal_nb_tx_30d"][row].as_py() > 0  # a read would show
+    client = redis.Redis.from_url(store.url)
+    await lookup.link.ping()  # connected before counting
+    client.config_resetstat()
+    _, scored = await lookup.newest(newest["customer_id"])
+    calls = _calls(client)
+    client.close()
+    for own in ("config|resetstat", "info"):  # this test's
+        calls.pop(own, None)
+    assert calls == {"hmget": 1}
+    assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
+
+
+async def test_predict_reads_the_terminal_when_the_stored_windows_are_of_another_transaction(
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: RedisProcess
+) -> None:
+    """Between the aggregator's two commands the hash may name a new transaction and still hold
+    the windows of the one before: those are not used."""
+    newest = busiest_customer(transactions)
+    client = redis.Redis.from_url(store.url)
+    key = customer_key(newest["customer_id"])
+    saved = client.hget(key, TERMINAL_SNAPSHOT_FIELD)
+    assert saved is not None
+    stale = TerminalSnapshot("an-earlier-txn", newest["ts"] - 1, 0, (9, 9, 9, 9, 9, 9))
+    client.hset(key, TERMINAL_SNAPSHOT_FIELD, stale.encode())
+    try:
+        client.config_resetstat()
+        _, scored = await lookup.newest(newest["customer_id"])
+        calls = _calls(client)
+    finally:
+        client.hset(key, TERMINAL_SNAPSHOT_FIELD, saved)
+        client.close()
+    assert calls["hmget"] == 1 and calls["hgetall"] == 1
     row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
     assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import orjson
+import pytest
 import redis
 
 from fraudstack.adapters.online_store import (
@@ -61,12 +62,21 @@ def _snapshot(client: redis.Redis, customer: str) -> TerminalSnapshot:
     return TerminalSnapshot.decode(raw)
 
 
-async def _process(settings: AggregateSettings, *batches: list[Record]) -> None:
+async def _process(
+    settings: AggregateSettings, *batches: list[Record], instances: int = 1, copies: int = 100_000
+) -> None:
+    """Apply the batches in order; with several instances, each owns its share of partitions
+    (as a consumer group splits them) and takes the labels in turn."""
     link = RedisLink(settings.redis_url, timeout=10.0)
     try:
-        processor = Processor(link, settings.aggregate_allowed_lateness_ms, settings.topics)
-        for batch in batches:
-            await processor.process(batch)
+        processors = [
+            Processor(link, settings.aggregate_allowed_lateness_ms, settings.topics, copies)
+            for _ in range(instances)
+        ]
+        for number, batch in enumerate(batches):
+            first = batch[0]
+            owner = first.partition if first.topic == settings.topics.transactions else number
+            await processors[owner % instances].process(batch)
     finally:
         await link.close()
 
@@ -126,12 +136,19 @@ async def test_an_older_count_or_a_superseded_transaction_never_replaces_the_sna
     client.close()
 
 
+@pytest.mark.parametrize(
+    ("instances", "copies"),
+    [(1, 100_000), (2, 100_000), (1, 1)],
+    ids=["one instance", "two instances", "one terminal copy kept"],
+)
 async def test_stored_windows_equal_the_history_whatever_the_arrival_order(
-    pipeline_settings: AggregateSettings,
+    pipeline_settings: AggregateSettings, instances: int, copies: int
 ) -> None:
     """Three weeks on four terminals, sent in shuffled batches: partitions days apart, labels
     early and late, events at equal times and on the windows' edges. Every customer's stored
-    terminal windows equal those of its newest transaction computed from all the events."""
+    terminal windows equal those of its newest transaction computed from all the events, also
+    when two instances write the same terminals (each copy goes stale in turn) and when an
+    instance keeps a copy of one terminal only."""
     settings = pipeline_settings
     rng = random.Random(7)
     events, labels = [], []
@@ -161,7 +178,7 @@ async def test_stored_windows_equal_the_history_whatever_the_arrival_order(
     for record in label_records:  # labels anywhere in the stream, some long before their event
         batches.insert(rng.randrange(len(batches) + 1), [record])
     link_settings = settings.model_copy(update={"aggregate_allowed_lateness_ms": 30 * MS_PER_DAY})
-    await _process(link_settings, *batches)
+    await _process(link_settings, *batches, instances=instances, copies=copies)
 
     newest: dict[str, tuple[int, str, str]] = {}
     for txn_id, ts, customer, terminal in events:

@@ -22,9 +22,9 @@ write. Each key has a TTL of its horizon plus a margin: an entity that stops tra
 
 What ``GET /predict`` answers, the features of the customer's newest transaction, is stored in
 the customer's hash alone, so that one ``HMGET`` reads it: the customer windows (finished at that
-transaction's time) and ``_terminal``, its terminal windows as whole numbers. Those are counted
-inside Redis, atomically with the write that adds the transaction to its terminal, and counted
-again whenever a later write to the terminal (a late event or fraud label) can change them; the
+transaction's time) and ``_terminal``, its terminal windows as whole numbers. The aggregator
+counts those on the terminal exactly as the write that added the transaction left it, and again
+whenever a later write to the terminal (a late event or fraud label) can change them; the
 terminal's ``_seq`` at counting time orders the snapshots, so an older count never replaces a
 newer one (:mod:`fraudstack.aggregate.processor`). A snapshot names its transaction: one that is
 not the customer's ``_last_txn`` is not used, and the reader falls back to the terminal's events.
@@ -149,11 +149,14 @@ def customer_record(fields: HashFields) -> CustomerRecord | None:
 
 def _served(fields: HashFields, last: LastTransaction) -> dict[str, float] | None:
     terminal = snapshot_features(fields.get(TERMINAL_SNAPSHOT_FIELD.encode()), last.txn_id)
-    stored = [fields.get(name.encode()) for name in CUSTOMER_FEATURES]
-    if terminal is None or None in stored:
+    if terminal is None:
         return None
     features = transaction_features(last.ts_ms, last.amount_cents)
-    features.update(zip(CUSTOMER_FEATURES, map(float, stored), strict=True))
+    for name in CUSTOMER_FEATURES:
+        raw = fields.get(name.encode())
+        if raw is None:
+            return None
+        features[name] = float(raw)
     features.update(terminal)
     return features
 

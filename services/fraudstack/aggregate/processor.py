@@ -9,21 +9,25 @@ Where each entity's state lives, and why:
   fields in one ``HSET``.
 * **Terminals** are not: a terminal's transactions come from every customer, hence from every
   partition. Rather than re-keying them through a repartition topic (one more produce and
-  consume per event), every instance updates terminal hashes *atomically in Redis* with a Lua
-  script: add the event and label fields, raise ``_event_ts`` to the newest, prune what no
-  window can reach any more, and count the terminal windows of the transactions just added.
+  consume per event), every instance updates terminal hashes *atomically in Redis* with a small
+  Lua script: add the event and label fields, raise ``_event_ts`` to the newest, bump the write
+  counter ``_seq``, prune what no window can reach any more.
 * **The terminal windows of a customer's newest transaction** are stored in the customer's hash
-  too (``_terminal``), so that ``GET /predict`` reads one hash in one round trip. The terminal
-  script's counts are taken atomically with the add, so they hold every event and label the
-  terminal had; an event or label that arrives later and reaches back into a counted window (a
-  partition that lags, a labels topic behind the transactions) makes the script count the
-  windows it reaches again, and those counts go to their customers too, whichever instance owns
-  them. A small script on the customer's key keeps only the snapshot of the customer's newest
-  transaction, and of it only the count taken at the highest terminal ``_seq``, so concurrent
-  instances cannot put an older count back. One limit: a count is taken again only while the
-  prune has left its 30-day window whole; once the terminal has dropped events its windows
-  reach (a transaction a day or more older than its terminal's newest event, in steady state),
-  it keeps the count it was given.
+  too (``_terminal``), so that ``GET /predict`` reads one hash in one round trip. To count them,
+  an instance keeps a copy of the terminals it writes (a :class:`TerminalCopy`, least recently
+  used dropped first). The script compares the copy's ``_seq`` with the terminal's: if nobody
+  else wrote since, the copy plus this write is the terminal (the script only says how it
+  pruned); if somebody did, the script sends the whole terminal. Either way the windows are
+  counted, with :mod:`fraudstack.features.online`, on the terminal exactly as this write left
+  it. An event or label that arrives late and reaches back into windows already counted (a
+  partition that lags, a labels topic behind the transactions) makes the instance that writes it
+  count those windows again, and send the counts to their customers, whoever owns them. A small
+  script on the customer's key keeps only the snapshot of the customer's newest transaction, and
+  of it only the count taken at the highest terminal ``_seq``, so concurrent instances cannot put
+  an older count back. One limit: a count is taken again only while the prune has left its
+  30-day window whole; once the terminal has dropped events its windows reach (a transaction a
+  day or more older than its terminal's newest event, in steady state), it keeps the count it
+  was given.
 
 A batch is the terminals' scripts, then, with their counts, the customers' writes and snapshots.
 Every write is idempotent (a field per transaction id; a snapshot replaces one of the same
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -58,109 +63,69 @@ from fraudstack.adapters.redis_link import Command, RedisLink
 from fraudstack.errors import InvalidEvent, StoreError
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import (
-    LABEL_DELAY_MS,
     TERMINAL_DELAY_MS,
     TERMINAL_HORIZON_MS,
-    TERMINAL_WINDOWS,
     label_counts,
 )
 from fraudstack.features.online import (
     CustomerHistory,
+    TerminalHistory,
     customer_event_value,
     event_field,
     label_field,
     label_value,
+    terminal_counts,
     terminal_event_value,
 )
 from fraudstack.settings import Topics
 
-# KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, terminal delay (ms), label
-# delay (ms), the terminal windows' lengths (ms, comma-separated), then field/value pairs. Event
-# fields (e:) carry "<ts>:<customer>", label fields (f:) "<ts>:<reported_at>".
+# KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, the _seq the caller's copy
+# of the terminal is at (-1 for none), then field/value pairs. Event fields (e:) carry
+# "<ts>:<customer>", label fields (f:) "<ts>:<reported_at>".
 #
-# Adds the fields, bumps the write counter _seq, prunes what no window can reach any more (at most
-# once per day of event time), then counts the terminal windows (see terminal_counts in
-# fraudstack.features.online, which this mirrors) of every event this call added, and of every
-# stored event whose windows an item of this call can reach (late events and labels: at or after
-# the item's time plus the delay, before it plus the delay plus the longest window) and whose
-# windows the prune has left whole (_dropped: the newest time of a field it deleted).
-# Returns {seq, then per transaction counted: txn_id, ts, customer, events and frauds per window}. Returns {seq, txn_id, customer, events, frauds per window, ...}.
+# Adds the fields, bumps the write counter _seq and prunes what no window can reach any more (at
+# most once per day of event time; _dropped keeps the newest time of a field it deleted). Returns
+# {seq, dropped, cutoff} when the caller's copy plus these fields, pruned through cutoff (-1: not
+# pruned), is the terminal now (nobody else wrote since), else {seq, dropped, -1, every field and
+# value}.
 _TERMINAL_SCRIPT = """
 local key = KEYS[1]
-local delay, label_delay = tonumber(ARGV[4]), tonumber(ARGV[5])
-local windows, longest = {}, 0
-for w in string.gmatch(ARGV[6], '%d+') do
-  windows[#windows + 1] = tonumber(w)
-  if tonumber(w) > longest then longest = tonumber(w) end
-end
-local stored = redis.call('HMGET', key, '_event_ts', '_pruned_at', '_dropped')
+local stored = redis.call('HMGET', key, '_event_ts', '_pruned_at', '_seq', '_dropped')
 local newest = tonumber(stored[1] or '0')
 local pruned = tonumber(stored[2] or '0')
-local dropped = tonumber(stored[3] or '0')
-local added = {}
-local earliest, latest = math.huge, -math.huge
-for i = 7, #ARGV, 2 do
-  local ts = tonumber(string.match(ARGV[i + 1], '^%d+'))
-  if ts < earliest then earliest = ts end
-  if ts > latest then latest = ts end
+local copy_is_current = tonumber(stored[3] or '0') == tonumber(ARGV[4])
+local dropped = tonumber(stored[4] or '0')
+for i = 5, #ARGV, 2 do
   if string.sub(ARGV[i], 1, 2) == 'e:' then
-    added[string.sub(ARGV[i], 3)] = true
+    local ts = tonumber(string.match(ARGV[i + 1], '^%d+'))
     if ts > newest then newest = ts end
   end
 end
-redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 7))
+redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 5))
 local seq = redis.call('HINCRBY', key, '_seq', 1)
 local cutoff = newest - tonumber(ARGV[2])
-local prune = cutoff - pruned > 86400000
-local fields = redis.call('HGETALL', key)
-local events, frauds = {}, {}
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  local prefix = string.sub(name, 1, 2)
-  if prefix == 'e:' or prefix == 'f:' then
-    local ts, rest = string.match(fields[i + 1], '^(%d+):?(.*)$')
-    ts = tonumber(ts)
-    if prune and ts <= cutoff then
-      redis.call('HDEL', key, name)
-      if ts > dropped then dropped = ts end
-    elseif prefix == 'e:' then
-      events[#events + 1] = {ts, string.sub(name, 3), rest}
-    elseif tonumber(rest) <= ts + label_delay then
-      frauds[string.sub(name, 3)] = true
+if cutoff - pruned <= 86400000 then
+  cutoff = -1
+else
+  local fields = redis.call('HGETALL', key)
+  for i = 1, #fields, 2 do
+    local prefix = string.sub(fields[i], 1, 2)
+    if prefix == 'e:' or prefix == 'f:' then
+      local ts = tonumber(string.match(fields[i + 1], '^%d+'))
+      if ts <= cutoff then
+        redis.call('HDEL', key, fields[i])
+        if ts > dropped then dropped = ts end
+      end
     end
   end
+  redis.call('HSET', key, '_pruned_at', cutoff, '_dropped', dropped)
 end
-if prune then redis.call('HSET', key, '_pruned_at', cutoff, '_dropped', dropped) end
 redis.call('EXPIRE', key, ARGV[3])
-table.sort(events, function(a, b) return a[1] < b[1] end)
-local times, fraud_times = {}, {}
-for i, event in ipairs(events) do
-  times[i] = event[1]
-  if frauds[event[2]] then fraud_times[#fraud_times + 1] = event[1] end
-end
-local function upto(list, t)
-  local lo, hi = 1, #list + 1
-  while lo < hi do
-    local mid = math.floor((lo + hi) / 2)
-    if list[mid] <= t then lo = mid + 1 else hi = mid end
-  end
-  return lo - 1
-end
-local reply = {seq}
-for _, event in ipairs(events) do
-  local t = event[1]
-  local reached = t >= earliest + delay and t < latest + delay + longest
-  if added[event[2]] or (reached and t - delay - longest >= dropped) then
-    reply[#reply + 1] = event[2]
-    reply[#reply + 1] = t
-    reply[#reply + 1] = event[3]
-    local end_events, end_frauds = upto(times, t - delay), upto(fraud_times, t - delay)
-    for _, w in ipairs(windows) do
-      reply[#reply + 1] = end_events - upto(times, t - delay - w)
-      reply[#reply + 1] = end_frauds - upto(fraud_times, t - delay - w)
-    end
-  end
-end
+if copy_is_current then return {seq, dropped, cutoff} end
+local reply = redis.call('HGETALL', key)
+table.insert(reply, 1, -1)
+table.insert(reply, 1, dropped)
+table.insert(reply, 1, seq)
 return reply
 """
 
@@ -192,9 +157,9 @@ redis.call('HSET', KEYS[1], '_terminal', ARGV[4])
 return 1
 """
 _SCRIPTS = (_TERMINAL_SCRIPT, _SNAPSHOT_SCRIPT)
-_TERMINAL_WINDOW_LENGTHS = ",".join(str(window[2]) for window in TERMINAL_WINDOWS)
-#: Length of one counted transaction in the terminal script's reply: id, time, customer, counts.
-_COUNTED_STRIDE = 3 + 2 * len(TERMINAL_WINDOWS)
+#: How far back from a transaction its terminal windows reach, and how far they stop short.
+_REACH_MS = TERMINAL_HORIZON_MS
+_DELAY_MS = TERMINAL_DELAY_MS
 
 
 #: Fields one terminal script call writes at most (two values each; Lua's ``unpack`` limit).
@@ -217,6 +182,53 @@ class Arrival:
 
 
 @dataclass(slots=True)
+class TerminalCopy:
+    """This instance's copy of a terminal's events and labels, as of the terminal's ``_seq``.
+
+    The terminal script tells whether the copy is still current (nobody else wrote since);
+    if it is not, the script sends the whole terminal. So the windows counted here are those of
+    the terminal in Redis right after this instance's write, exactly.
+    """
+
+    history: TerminalHistory
+    seq: int
+
+
+@dataclass(slots=True)
+class TerminalCall:
+    """What one terminal script call adds: field/value pairs, and the events and labels."""
+
+    terminal_id: str
+    pairs: list[str] = field(default_factory=list)
+    events: list[Transaction] = field(default_factory=list)
+    labels: list[Label] = field(default_factory=list)
+
+    def split(self, max_fields: int) -> list[TerminalCall]:
+        """This call as calls of at most ``max_fields`` fields each, in order."""
+        if len(self.pairs) <= 2 * max_fields:
+            return [self]
+        parts = []
+        items: list[Transaction | Label] = [*self.events, *self.labels]
+        for start in range(0, len(items), max_fields):
+            part = TerminalCall(self.terminal_id, self.pairs[2 * start : 2 * (start + max_fields)])
+            for item in items[start : start + max_fields]:
+                if isinstance(item, Transaction):
+                    part.events.append(item)
+                else:
+                    part.labels.append(item)
+            parts.append(part)
+        return parts
+
+
+@dataclass(slots=True)
+class Counted:
+    """The terminal windows of one transaction, for its customer's hash."""
+
+    customer: str
+    snapshot: TerminalSnapshot
+
+
+@dataclass(slots=True)
 class BatchResult:
     applied: int = 0
     duplicates: int = 0
@@ -235,12 +247,16 @@ class Processor:
         link: RedisLink,
         allowed_lateness_ms: int,
         topics: Topics | None = None,
+        max_terminal_copies: int = 100_000,
     ) -> None:
         self.link = link
         self.topics = topics or Topics()
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: copies of the terminals last written, least recently used first (see TerminalCopy)
+        self.terminals: dict[str, TerminalCopy] = {}
+        self.max_terminal_copies = max_terminal_copies
         self._terminal_script, self._snapshot_script = (
             hashlib.sha1(script.encode()).hexdigest() for script in _SCRIPTS
         )
@@ -259,6 +275,7 @@ class Processor:
             return
         self.customers.clear()
         self.watermarks.clear()
+        self.terminals.clear()
 
     async def process(self, records: Iterable[SourceRecord]) -> BatchResult:
         self._busy = True
@@ -284,8 +301,14 @@ class Processor:
         # Terminals first: their replies are the terminal windows the customers' snapshots need.
         # A replayed transaction's terminal write is sent again: the batch that first carried it
         # may have died after its terminal writes and before its customer ones (idempotent).
-        counted = await self._execute(self._write_terminals(applied + replayed, labels, now_ms))
-        commands += self._write_snapshots(counted)
+        terminal_commands, planned = self._write_terminals(applied + replayed, labels, now_ms)
+        replies = await self._execute(terminal_commands)
+        newest = {
+            last.txn_id
+            for last in (self.customers[txn.customer_id].last for txn in applied + replayed)
+            if last is not None
+        }
+        commands += self._write_snapshots(self._count(planned, replies, newest))
         await self._execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
@@ -403,74 +426,124 @@ class Processor:
         return applied, replayed
 
     def _write_terminals(
-        self,
-        transactions: list[Transaction],
-        labels: list[Label],
-        now_ms: int,
-    ) -> list[Command]:
-        commands: list[Command] = []
-        per_terminal: dict[str, list[str]] = {}
+        self, transactions: list[Transaction], labels: list[Label], now_ms: int
+    ) -> tuple[list[Command], list[TerminalCall]]:
+        """The terminal script calls of a batch, and what each adds (to follow the replies)."""
+        calls: dict[str, TerminalCall] = {}
         for txn in transactions:
-            pairs = per_terminal.get(txn.terminal_id)
-            if pairs is None:
-                pairs = per_terminal[txn.terminal_id] = []
-            pairs += (event_field(txn.txn_id), terminal_event_value(txn.ts, txn.customer_id))
+            call = calls.get(txn.terminal_id)
+            if call is None:
+                call = calls[txn.terminal_id] = TerminalCall(txn.terminal_id)
+            call.pairs += (event_field(txn.txn_id), terminal_event_value(txn.ts, txn.customer_id))
+            call.events.append(txn)
         for label in labels:
-            per_terminal.setdefault(label.terminal_id, []).extend(
-                (label_field(label.txn_id), label_value(label.ts, label.reported_at))
-            )
+            call = calls.get(label.terminal_id)
+            if call is None:
+                call = calls[label.terminal_id] = TerminalCall(label.terminal_id)
+            call.pairs += (label_field(label.txn_id), label_value(label.ts, label.reported_at))
+            call.labels.append(label)
+        commands: list[Command] = []
+        planned: list[TerminalCall] = []
         horizon = TERMINAL_HORIZON_MS + self.allowed_lateness_ms
-        for terminal, pairs in per_terminal.items():
+        for call in calls.values():
+            known = self.terminals.get(call.terminal_id)
             # Redis's Lua unpacks at most ~8,000 values at once: a busy terminal's share of a
-            # large batch goes in several calls (each idempotent)
-            for start in range(0, len(pairs), 2 * MAX_FIELDS_PER_SCRIPT_CALL):
+            # large batch goes in several calls (each idempotent), the copy's _seq one further
+            # along each time
+            for number, part in enumerate(call.split(MAX_FIELDS_PER_SCRIPT_CALL)):
                 commands.append(
                     [
                         "EVALSHA",
                         self._terminal_script,
                         1,
-                        terminal_key(terminal),
+                        terminal_key(call.terminal_id),
                         now_ms,
                         horizon,
                         TERMINAL_TTL_SECONDS,
-                        TERMINAL_DELAY_MS,
-                        LABEL_DELAY_MS,
-                        _TERMINAL_WINDOW_LENGTHS,
-                        *pairs[start : start + 2 * MAX_FIELDS_PER_SCRIPT_CALL],
+                        known.seq + number if known is not None else -1,
+                        *part.pairs,
                     ]
                 )
-        return commands
+                planned.append(part)
+        return commands, planned
 
-    def _write_snapshots(self, replies: list[list[Any]]) -> list[Command]:
-        """The snapshot writes of the terminal windows the terminal scripts counted.
+    def _count(
+        self, planned: list[TerminalCall], replies: list[list[Any]], newest: set[str]
+    ) -> list[Counted]:
+        """Bring each terminal's copy up to date with its script's reply and count the windows
+        of the batch's transactions in ``newest`` (their customer's newest) and of every stored
+        transaction the batch's late events and labels reach."""
+        counted: list[Counted] = []
+        for call, reply in zip(planned, replies, strict=True):
+            seq, dropped, cutoff = int(reply[0]), int(reply[1]), int(reply[2])
+            # popped and put back: the terminal used last goes last
+            copy = self.terminals.pop(call.terminal_id, None)
+            if len(reply) > 3:  # somebody else wrote since: the whole terminal
+                flat = reply[3:]
+                history = TerminalHistory.from_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
+                copy = TerminalCopy(history, seq)
+            else:
+                assert copy is not None  # the script answers short only to a copy's _seq
+                history, copy.seq = copy.history, seq
+                for txn in call.events:
+                    history.add(txn.txn_id, txn.ts, txn.customer_id)
+                for label in call.labels:
+                    history.add_label(label.txn_id, True, label.reported_at, label.ts)
+                if cutoff >= 0:
+                    history.drop_through(cutoff)
+            self.terminals[call.terminal_id] = copy
+            # the batch's transactions that are their customer's newest
+            wanted = {txn.txn_id: txn.ts for txn in call.events if txn.txn_id in newest}
+            # a late item reaches the windows of the transactions 7 to 37 days after it
+            times = history.ts
+            latest = times[-1] if times else 0
+            for ts_ms in [txn.ts for txn in call.events] + [label.ts for label in call.labels]:
+                if ts_ms + _DELAY_MS > latest:
+                    continue  # on time: nothing stored is that much newer
+                first = bisect_left(times, ts_ms + _DELAY_MS)
+                last = bisect_left(times, ts_ms + _REACH_MS)
+                for index in range(first, last):
+                    # only windows the prune has left whole
+                    if times[index] - _REACH_MS >= dropped:
+                        wanted.setdefault(history.txn_ids[index], times[index])
+            if not wanted:
+                continue
+            fraud_ts = [ts for ts, fraud in zip(times, history.frauds, strict=True) if fraud]
+            for txn_id, ts_ms in wanted.items():
+                customer = history.customers.get(txn_id)
+                if customer:
+                    counts = terminal_counts(times, fraud_ts, ts_ms)
+                    counted.append(Counted(customer, TerminalSnapshot(txn_id, ts_ms, seq, counts)))
+        while len(self.terminals) > self.max_terminal_copies:
+            del self.terminals[next(iter(self.terminals))]  # the least recently used
+        return counted
 
-        A transaction of this batch is snapshotted only if it is its customer's newest; one the
-        script counted again because a late event or label reached its windows may belong to a
-        customer of another partition, so it is always sent: the snapshot script itself keeps
-        only the newest transaction's snapshot, and of it only the latest count.
+    def _write_snapshots(self, counted: list[Counted]) -> list[Command]:
+        """The snapshot writes of the terminal windows just counted.
+
+        A transaction of this batch is snapshotted only if it is its customer's newest; one
+        counted again because a late event or label reached its windows may belong to a customer
+        of another partition, so it is always sent: the snapshot script itself keeps only the
+        newest transaction's snapshot, and of it only the latest count.
         """
-        latest: dict[str, tuple[str, TerminalSnapshot]] = {}
-        for reply in replies:
-            seq = int(reply[0])
-            for at in range(1, len(reply), _COUNTED_STRIDE):
-                txn_id, ts_ms, customer = reply[at].decode(), int(reply[at + 1]), reply[at + 2]
-                known = latest.get(txn_id)
-                if customer and (known is None or known[1].seq < seq):
-                    counts = tuple(map(int, reply[at + 3 : at + _COUNTED_STRIDE]))
-                    snapshot = TerminalSnapshot(txn_id, ts_ms, seq, counts)
-                    latest[txn_id] = (customer.decode(), snapshot)
+        latest: dict[str, Counted] = {}
+        for item in counted:
+            known = latest.get(item.snapshot.txn_id)
+            if known is None or known.snapshot.seq < item.snapshot.seq:
+                latest[item.snapshot.txn_id] = item
         commands: list[Command] = []
-        for txn_id, (customer, snapshot) in latest.items():
-            state = self.customers.get(customer)
-            if state is not None and txn_id in state.history:
-                if state.last is None or state.last.txn_id != txn_id:
-                    continue  # ours, and not the newest: nothing reads its snapshot
+        for txn_id, item in latest.items():
+            state = self.customers.get(item.customer)
+            ours = state is not None and txn_id in state.history
+            if ours and (state.last is None or state.last.txn_id != txn_id):  # type: ignore[union-attr]
+                continue  # ours, and not the newest: nothing reads its snapshot
+            snapshot = item.snapshot
             commands.append(
                 [
                     "EVALSHA",
                     self._snapshot_script,
                     1,
-                    customer_key(customer),
+                    customer_key(item.customer),
                     txn_id,
                     snapshot.ts_ms,
                     snapshot.seq,

@@ -258,7 +258,15 @@ class TerminalHistory(_EventLog):
         cutoff = now_ms - TERMINAL_HORIZON_MS - allowed_lateness_ms
         if cutoff <= self.horizon_ms:
             return
+        self.drop_through(cutoff)
+        self.horizon_ms = cutoff
+
+    def drop_through(self, cutoff: int) -> None:
+        """Drop the events and labels at or before ``cutoff``, as the store's terminal script
+        prunes (which refuses nothing later: neither does this)."""
+        horizon = self.horizon_ms
         dropped = self._drop_through(cutoff)
+        self.horizon_ms = horizon
         del self.frauds[: len(dropped)]
         for txn_id in dropped:
             self.customers.pop(txn_id, None)
