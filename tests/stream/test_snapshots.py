@@ -16,6 +16,7 @@ from fraudstack.adapters.online_store import (
     TerminalSnapshot,
     customer_key,
     customer_record,
+    terminal_key,
 )
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate.processor import _SNAPSHOT_SCRIPT, Processor
@@ -192,4 +193,19 @@ async def test_stored_windows_equal_the_history_whatever_the_arrival_order(
         assert record is not None and record.served is not None
         expected = terminal_features(history[terminal], ts)
         assert {name: record.served[name] for name in expected} == expected
+    client.close()
+
+
+async def test_a_terminal_that_expired_counts_on_from_above_its_old_counter(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """A copy of the old hash must never pass for the new one, and the new hash's counts must
+    win over snapshots taken from the old: the counter of a new hash starts above any old one."""
+    settings = pipeline_settings
+    client = redis.Redis.from_url(settings.redis_url)
+    await _process(settings, [_txn(settings, "a", T0, "c-a", "t-gone")])
+    old = _snapshot(client, "c-a").seq
+    client.delete(terminal_key("t-gone"))  # as its TTL does after 39 quiet days
+    await _process(settings, [_txn(settings, "b", T0 + 1, "c-b", "t-gone")])
+    assert _snapshot(client, "c-b").seq > old
     client.close()

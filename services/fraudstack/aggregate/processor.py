@@ -83,7 +83,8 @@ from fraudstack.settings import Topics
 # of the terminal is at (-1 for none), then field/value pairs. Event fields (e:) carry
 # "<ts>:<customer>", label fields (f:) "<ts>:<reported_at>".
 #
-# Adds the fields, bumps the write counter _seq and prunes what no window can reach any more (at
+# Adds the fields, bumps the write counter _seq (a new hash's starts at updated_at_ms * 1000, above
+# any count of a hash of the same key that expired) and prunes what no window can reach any more (at
 # most once per day of event time; _dropped keeps the newest time of a field it deleted). Returns
 # {seq, dropped, cutoff} when the caller's copy plus these fields, pruned through cutoff (-1: not
 # pruned), is the terminal now (nobody else wrote since), else {seq, dropped, -1, every field and
@@ -102,6 +103,10 @@ for i = 5, #ARGV, 2 do
   end
 end
 redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 5))
+if not stored[3] then
+  -- a new hash (or one that expired): its counter starts above any earlier one's
+  redis.call('HSET', key, '_seq', ARGV[1] .. '000')
+end
 local seq = redis.call('HINCRBY', key, '_seq', 1)
 local cutoff = newest - tonumber(ARGV[2])
 if cutoff - pruned <= 86400000 then
