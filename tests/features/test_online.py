@@ -217,7 +217,7 @@ def test_customer_fields_round_trip_as_text_and_bytes() -> None:
 
 def test_terminal_fields_round_trip_with_labels() -> None:
     history = TerminalHistory()
-    history.add("1", T, "c:1")  # a customer id may hold the separator
+    history.add("1", T, "c:1")  # only the first separator splits
     history.add("2", T + 5)  # its customer unknown
     history.add_label("2", True, T + 10, T + 5)
     history.add_label("3", True, T + 20, T + 7)  # its transaction has not arrived

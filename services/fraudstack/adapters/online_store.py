@@ -63,6 +63,11 @@ def terminal_key(terminal_id: str) -> str:
     return f"fs:{{terminal:{terminal_id}}}"
 
 
+def watermarks_key(transactions_topic: str) -> str:
+    """The hash of each partition's newest event time, as the aggregators have read it."""
+    return f"fs:{{watermarks:{transactions_topic}}}"
+
+
 @dataclass(frozen=True, slots=True)
 class LastTransaction:
     """The newest transaction the store has for a customer."""
@@ -86,7 +91,7 @@ class LastTransaction:
 class TerminalSnapshot:
     """The terminal windows of one transaction as whole numbers (events, frauds per window; see
     :func:`~fraudstack.features.online.terminal_counts`), counted when the terminal's write
-    counter stood at ``seq``."""
+    counter stood at ``seq``; no counts: stale, the reader counts from the terminal's events."""
 
     txn_id: str
     ts_ms: int
@@ -100,7 +105,7 @@ class TerminalSnapshot:
     def decode(cls, raw: bytes | str) -> TerminalSnapshot:
         text = raw.decode() if isinstance(raw, bytes) else raw
         txn_id, ts_ms, seq, *counts = text.split(":")
-        return cls(txn_id, int(ts_ms), int(seq), tuple(map(int, counts)))
+        return cls(txn_id, int(ts_ms), int(seq), tuple(int(count) for count in counts if count))
 
 
 def snapshot_features(raw: bytes | str | None, txn_id: str) -> dict[str, float] | None:
@@ -108,10 +113,13 @@ def snapshot_features(raw: bytes | str | None, txn_id: str) -> dict[str, float] 
     is missing or belongs to another transaction."""
     if raw is None:
         return None
-    snapshot = TerminalSnapshot.decode(raw)
-    if snapshot.txn_id != txn_id:
+    try:
+        snapshot = TerminalSnapshot.decode(raw)
+        if snapshot.txn_id != txn_id or not snapshot.counts:  # another one's, or stale
+            return None
+        return terminal_features_from_counts(snapshot.counts)
+    except ValueError:  # a layout this code does not know (more windows, say): not used
         return None
-    return terminal_features_from_counts(snapshot.counts)
 
 
 @dataclass(frozen=True, slots=True)

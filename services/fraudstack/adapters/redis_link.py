@@ -313,3 +313,11 @@ def _parse_url(url: str) -> tuple[tuple[str, str, bool], list[bytes]]:
     if db and db != "0":
         handshake.append(encode_command(b"SELECT", db))
     return target, handshake
+
+
+def hash_reply(reply: dict[bytes, bytes] | list[Any]) -> dict[bytes, bytes]:
+    """An ``HGETALL`` reply as a mapping (RESP3 gives one already; RESP2 a flat list)."""
+    if isinstance(reply, dict):
+        return reply
+    it = iter(reply)
+    return dict(zip(it, it, strict=True))

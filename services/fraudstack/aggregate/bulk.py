@@ -26,6 +26,7 @@ from fraudstack.adapters.online_store import (
     customer_summary_fields,
     terminal_key,
 )
+from fraudstack.features.definitions import DEFAULT_ALLOWED_LATENESS_MS, TERMINAL_HORIZON_MS
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
@@ -88,9 +89,17 @@ def load_table(
             pipe, customer_key(customer), fields, CUSTOMER_TTL_SECONDS, pending, batch
         )
     for terminal, terminal_history in terminal_histories.items():
+        terminal_fields: dict[Any, str | int] = {}
         if terminal_history.ts:
+            # pruned as the terminal script prunes, and saying so: a later recount must know
+            # which windows no longer hold every event
+            cutoff = terminal_history.ts[-1] - TERMINAL_HORIZON_MS - DEFAULT_ALLOWED_LATENESS_MS
+            times = [ts for ts in terminal_history.ts if ts <= cutoff]
+            times += [ts for ts, _ in terminal_history.labels.values() if ts <= cutoff]
             terminal_history.prune(terminal_history.ts[-1])
-        terminal_fields: dict[Any, str | int] = dict(terminal_history.to_fields())
+            terminal_fields["_pruned_at"] = cutoff
+            terminal_fields["_dropped"] = max(times, default=0)
+        terminal_fields.update(terminal_history.to_fields())
         terminal_fields[EVENT_TS_FIELD] = terminal_history.ts[-1] if terminal_history.ts else 0
         terminal_fields[UPDATED_AT_FIELD] = now_ms
         pending = _replace(

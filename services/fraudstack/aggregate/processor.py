@@ -24,10 +24,12 @@ Where each entity's state lives, and why:
   count those windows again, and send the counts to their customers, whoever owns them. A small
   script on the customer's key keeps only the snapshot of the customer's newest transaction, and
   of it only the count taken at the highest terminal ``_seq``, so concurrent instances cannot put
-  an older count back. One limit: a count is taken again only while the prune has left its
-  30-day window whole; once the terminal has dropped events its windows reach (a transaction a
-  day or more older than its terminal's newest event, in steady state), it keeps the count it
-  was given.
+  an older count back.
+* **Terminals are pruned behind the low watermark** (see :meth:`Processor.assign`), so a
+  partition that lags still finds the events its transactions' windows need. When a late item
+  reaches windows the prune has already cut into (a labels topic far behind the transactions),
+  they cannot be counted again whole: the snapshot is marked stale and the reader counts from
+  the terminal's events, as it does for a customer without a snapshot.
 
 A batch is the terminals' scripts, then, with their counts, the customers' writes and snapshots.
 Every write is idempotent (a field per transaction id; a snapshot replaces one of the same
@@ -58,8 +60,9 @@ from fraudstack.adapters.online_store import (
     customer_record,
     customer_summary_fields,
     terminal_key,
+    watermarks_key,
 )
-from fraudstack.adapters.redis_link import Command, RedisLink
+from fraudstack.adapters.redis_link import Command, RedisLink, hash_reply
 from fraudstack.errors import InvalidEvent, StoreError
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import (
@@ -80,12 +83,14 @@ from fraudstack.features.online import (
 from fraudstack.settings import Topics
 
 # KEYS[1] the terminal hash. ARGV: updated_at_ms, horizon_ms, ttl_s, the _seq the caller's copy
-# of the terminal is at (-1 for none), then field/value pairs. Event fields (e:) carry
-# "<ts>:<customer>", label fields (f:) "<ts>:<reported_at>".
+# of the terminal is at (-1 for none), the transactions' low watermark (ms), then field/value
+# pairs. Event fields (e:) carry "<ts>:<customer>", label fields (f:) "<ts>:<reported_at>".
 #
 # Adds the fields, bumps the write counter _seq (a new hash's starts at updated_at_ms * 1000, above
-# any count of a hash of the same key that expired) and prunes what no window can reach any more (at
-# most once per day of event time; _dropped keeps the newest time of a field it deleted). Returns
+# any count of a hash of the same key that expired) and prunes what no window can reach any more:
+# what is older than the horizon behind the terminal's newest event and behind the low watermark,
+# the newest event time every partition of the transactions has reached (at most once per day of
+# event time; _dropped keeps the newest time of a field it deleted). Returns
 # {seq, dropped, cutoff} when the caller's copy plus these fields, pruned through cutoff (-1: not
 # pruned), is the terminal now (nobody else wrote since), else {seq, dropped, -1, every field and
 # value}.
@@ -96,19 +101,19 @@ local newest = tonumber(stored[1] or '0')
 local pruned = tonumber(stored[2] or '0')
 local copy_is_current = tonumber(stored[3] or '0') == tonumber(ARGV[4])
 local dropped = tonumber(stored[4] or '0')
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   if string.sub(ARGV[i], 1, 2) == 'e:' then
     local ts = tonumber(string.match(ARGV[i + 1], '^%d+'))
     if ts > newest then newest = ts end
   end
 end
-redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 5))
+redis.call('HSET', key, '_event_ts', newest, '_updated_at', ARGV[1], unpack(ARGV, 6))
 if not stored[3] then
   -- a new hash (or one that expired): its counter starts above any earlier one's
   redis.call('HSET', key, '_seq', ARGV[1] .. '000')
 end
 local seq = redis.call('HINCRBY', key, '_seq', 1)
-local cutoff = newest - tonumber(ARGV[2])
+local cutoff = math.min(newest, tonumber(ARGV[5])) - tonumber(ARGV[2])
 if cutoff - pruned <= 86400000 then
   cutoff = -1
 else
@@ -134,7 +139,8 @@ table.insert(reply, 1, seq)
 return reply
 """
 
-# KEYS[1] a customer hash. ARGV: txn_id, ts_ms, seq, the encoded snapshot. Stores the snapshot of
+# KEYS[1] a customer hash. ARGV: txn_id, ts_ms, seq, the encoded snapshot, the key's TTL (s), set
+# if the key had none (a recount may come before the owner's first write). Stores the snapshot of
 # the terminal windows of transaction txn_id unless the customer has a newer transaction (by
 # (ts, txn_id)), the stored snapshot is of a newer one, or it is of this one counted at the same
 # or a later seq. A transaction not written to the customer yet is accepted: another instance's
@@ -151,14 +157,17 @@ if last then
 end
 local current = redis.call('HGET', KEYS[1], '_terminal')
 if current then
-  local id, current_ts, current_seq = string.match(current, '^([^:]*):(%d+):(%d+):')
-  if id == txn then
+  local id, current_ts, current_seq = string.match(current, '^([^:]*):(%d+):(%d+)')
+  if not id then
+    -- a layout this script does not know: replaced
+  elseif id == txn then
     if tonumber(current_seq) >= seq then return 0 end
   elseif before(id, tonumber(current_ts)) then
     return 0
   end
 end
 redis.call('HSET', KEYS[1], '_terminal', ARGV[4])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
 return 1
 """
 _SCRIPTS = (_TERMINAL_SCRIPT, _SNAPSHOT_SCRIPT)
@@ -166,6 +175,9 @@ _SCRIPTS = (_TERMINAL_SCRIPT, _SNAPSHOT_SCRIPT)
 _REACH_MS = TERMINAL_HORIZON_MS
 _DELAY_MS = TERMINAL_DELAY_MS
 
+
+#: The low watermark when no partition has published one: nothing holds the prune back.
+_NO_WATERMARK = 2**62
 
 #: Fields one terminal script call writes at most (two values each; Lua's ``unpack`` limit).
 MAX_FIELDS_PER_SCRIPT_CALL = 1_000
@@ -259,6 +271,8 @@ class Processor:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: partitions of the transactions topic, when known (see :meth:`assign`)
+        self.partition_count: int | None = None
         #: copies of the terminals last written, least recently used first (see TerminalCopy)
         self.terminals: dict[str, TerminalCopy] = {}
         self.max_terminal_copies = max_terminal_copies
@@ -267,6 +281,18 @@ class Processor:
         )
         self._busy = False
         self._forget_after_batch = False
+
+    def assign(self, partition_count: int) -> None:
+        """How many partitions the transactions topic has (all instances together).
+
+        Terminals are pruned behind the *low watermark*, the oldest of every partition's newest
+        event time (published in Redis by whichever instance reads it, once a batch of it is
+        written), not only behind their own newest event: a partition that lags, as when a
+        backlog is replayed, may still send a transaction whose terminal windows reach back that
+        far. A partition no instance has published yet counts as 0, which holds every prune back
+        until it is read. Without a count, only the published partitions count.
+        """
+        self.partition_count = partition_count
 
     def forget(self) -> None:
         """Drop the in-memory state: partitions moved, another instance may have written since.
@@ -298,7 +324,7 @@ class Processor:
         labels: list[Label] = []
         for record in records:
             self._route(record, arrivals, labels, result)
-        await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
+        low_watermark = await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
 
         now_ms = int(time.time() * 1000)
         commands: list[Command] = []
@@ -306,14 +332,18 @@ class Processor:
         # Terminals first: their replies are the terminal windows the customers' snapshots need.
         # A replayed transaction's terminal write is sent again: the batch that first carried it
         # may have died after its terminal writes and before its customer ones (idempotent).
-        terminal_commands, planned = self._write_terminals(applied + replayed, labels, now_ms)
+        terminal_commands, planned = self._write_terminals(
+            applied + replayed, labels, now_ms, low_watermark
+        )
         replies = await self._execute(terminal_commands)
         newest = {
             last.txn_id
             for last in (self.customers[txn.customer_id].last for txn in applied + replayed)
             if last is not None
         }
-        commands += self._write_snapshots(self._count(planned, replies, newest))
+        fresh = {txn.txn_id for txn in applied}
+        commands += self._write_snapshots(self._count(planned, replies, newest, fresh))
+        commands += self._publish_watermarks()
         await self._execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
@@ -363,17 +393,36 @@ class Processor:
         await self.link.execute_many([("SCRIPT", "LOAD", script) for script in _SCRIPTS])
         return await self.link.execute_many(commands)
 
-    async def _hydrate(self, customer_ids: set[str]) -> None:
+    async def _hydrate(self, customer_ids: set[str]) -> int:
+        """Load the customers not in memory yet and read the partitions' watermarks as published
+        after the batches before this one; return the low watermark (see :meth:`assign`)."""
         missing = [customer for customer in customer_ids if customer not in self.customers]
-        if not missing:
-            return
-        stored = await self.link.execute_many([("HGETALL", customer_key(c)) for c in missing])
+        key = watermarks_key(self.topics.transactions)
+        replies = await self.link.execute_many(
+            [("HGETALL", key), *(("HGETALL", customer_key(c)) for c in missing)]
+        )
+        published = {int(name): int(value) for name, value in hash_reply(replies[0]).items()}
+        stored = replies[1:]
+        if self.partition_count is not None:
+            known = [published.get(partition, 0) for partition in range(self.partition_count)]
+        else:
+            known = list(published.values())
         for customer, fields in zip(missing, stored, strict=True):
             record = customer_record(fields)
             if record is None:
                 self.customers[customer] = CustomerState(CustomerHistory(), None)
             else:
                 self.customers[customer] = CustomerState(record.history, record.last)
+        return min(known) if known else _NO_WATERMARK
+
+    def _publish_watermarks(self) -> list[Command]:
+        """Each partition's newest event time, once its batch is written: the next batch's
+        transactions are at most the allowed lateness older, so a prune behind it is safe."""
+        ours: list[str | int] = []
+        for (topic, partition), watermark in self.watermarks.items():
+            if topic == self.topics.transactions:
+                ours += (str(partition), watermark)
+        return [["HSET", watermarks_key(self.topics.transactions), *ours]] if ours else []
 
     def _write_customers(
         self, commands: list[Command], arrivals: list[Arrival], now_ms: int, result: BatchResult
@@ -431,7 +480,7 @@ class Processor:
         return applied, replayed
 
     def _write_terminals(
-        self, transactions: list[Transaction], labels: list[Label], now_ms: int
+        self, transactions: list[Transaction], labels: list[Label], now_ms: int, low_watermark: int
     ) -> tuple[list[Command], list[TerminalCall]]:
         """The terminal script calls of a batch, and what each adds (to follow the replies)."""
         calls: dict[str, TerminalCall] = {}
@@ -466,6 +515,7 @@ class Processor:
                         horizon,
                         TERMINAL_TTL_SECONDS,
                         known.seq + number if known is not None else -1,
+                        low_watermark,
                         *part.pairs,
                     ]
                 )
@@ -473,11 +523,17 @@ class Processor:
         return commands, planned
 
     def _count(
-        self, planned: list[TerminalCall], replies: list[list[Any]], newest: set[str]
+        self,
+        planned: list[TerminalCall],
+        replies: list[list[Any]],
+        newest: set[str],
+        fresh: set[str],
     ) -> list[Counted]:
         """Bring each terminal's copy up to date with its script's reply and count the windows
         of the batch's transactions in ``newest`` (their customer's newest) and of every stored
-        transaction the batch's late events and labels reach."""
+        transaction the batch's late events and labels reach. Windows the prune has cut into
+        are counted only for transactions in ``fresh`` (new in this batch: the best count
+        there is); others get a stale snapshot."""
         counted: list[Counted] = []
         for call, reply in zip(planned, replies, strict=True):
             seq, dropped, cutoff = int(reply[0]), int(reply[1]), int(reply[2])
@@ -508,17 +564,22 @@ class Processor:
                 first = bisect_left(times, ts_ms + _DELAY_MS)
                 last = bisect_left(times, ts_ms + _REACH_MS)
                 for index in range(first, last):
-                    # only windows the prune has left whole
-                    if times[index] - _REACH_MS >= dropped:
-                        wanted.setdefault(history.txn_ids[index], times[index])
+                    wanted.setdefault(history.txn_ids[index], times[index])
             if not wanted:
                 continue
             fraud_ts = [ts for ts, fraud in zip(times, history.frauds, strict=True) if fraud]
             for txn_id, ts_ms in wanted.items():
                 customer = history.customers.get(txn_id)
-                if customer:
+                if not customer:
+                    continue
+                if ts_ms - _REACH_MS >= dropped or txn_id in fresh:
                     counts = terminal_counts(times, fraud_ts, ts_ms)
-                    counted.append(Counted(customer, TerminalSnapshot(txn_id, ts_ms, seq, counts)))
+                else:
+                    # the prune has cut into its windows: a count now could be short, and the
+                    # one stored misses this batch's late items; marked stale, the reader
+                    # counts from the terminal's events instead
+                    counts = ()
+                counted.append(Counted(customer, TerminalSnapshot(txn_id, ts_ms, seq, counts)))
         while len(self.terminals) > self.max_terminal_copies:
             del self.terminals[next(iter(self.terminals))]  # the least recently used
         return counted
@@ -553,6 +614,7 @@ class Processor:
                     snapshot.ts_ms,
                     snapshot.seq,
                     snapshot.encode(),
+                    CUSTOMER_TTL_SECONDS,
                 ]
             )
         return commands

@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 class _ForgetOnRebalance(ConsumerRebalanceListener):
     """Drops the partition-local state whenever partitions move, and tracks what we own."""
 
-    def __init__(self, processor: Processor, aggregator: Aggregator) -> None:
+    def __init__(
+        self, processor: Processor, aggregator: Aggregator, consumer: AIOKafkaConsumer
+    ) -> None:
         self.processor = processor
         self.aggregator = aggregator
+        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.processor.forget()
@@ -47,6 +50,11 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.processor.forget()
         self.aggregator.assignment = set(assigned)
+        partitions = self.consumer.partitions_for_topic(
+            self.aggregator.settings.topics.transactions
+        )
+        if partitions:  # known once the topic's metadata is
+            self.processor.assign(len(partitions))
 
 
 class Aggregator:
@@ -78,7 +86,8 @@ class Aggregator:
             fetch_max_wait_ms=50,
         )
         consumer.subscribe(
-            [topics.transactions, topics.labels], listener=_ForgetOnRebalance(processor, self)
+            [topics.transactions, topics.labels],
+            listener=_ForgetOnRebalance(processor, self, consumer),
         )
         producer = make_producer(bootstrap)
         await consumer.start()

@@ -6,11 +6,14 @@ own time, so a value never carries what fell out of its window since the last wr
 
 * ``newest(customer)`` (``GET /predict``): the customer's newest transaction (``_last_txn``),
   in ONE round trip: one ``HMGET`` of its customer windows, finished at its own time when it
-  was written, and of its terminal windows, counted in Redis when it was added to its terminal
-  and again whenever a late event or label changed them (the ``_terminal`` snapshot, see
-  :mod:`fraudstack.adapters.online_store`). A hash without those fields, or whose snapshot is
-  of an earlier transaction (written between the two commands of the aggregator's update),
-  falls back to the customer's events and to a second round trip for the terminal's.
+  was written, and of its terminal windows, counted by the aggregator when it reached its
+  terminal and again whenever a late event or label changed them (the ``_terminal`` snapshot,
+  see :mod:`fraudstack.adapters.online_store`). A hash without those fields, or whose snapshot
+  is of an earlier transaction (written between two commands of the aggregator's update) or
+  stale, falls back to the customer's events and to a second round trip for the terminal's.
+  The store keeps a terminal's events for 37 days plus the allowed lateness behind the
+  partitions' low watermark, so on that path the far end of a 30-day window of a transaction
+  much older than its terminal's newest event may already be pruned and count short.
 * ``transaction(txn)`` (``POST /v1/score``): both hashes in ONE round trip (two ``HGETALL`` in
   one send); the customer windows are computed from the customer's events at the transaction's
   time with the transaction included, the terminal windows from the terminal's events and fraud
@@ -20,7 +23,6 @@ own time, so a value never carries what fell out of its window since the last wr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fraudstack.adapters.online_store import (
     EVENT_TS_FIELD,
@@ -32,7 +34,7 @@ from fraudstack.adapters.online_store import (
     snapshot_features,
     terminal_key,
 )
-from fraudstack.adapters.redis_link import RedisLink, bulk_string, command_head
+from fraudstack.adapters.redis_link import RedisLink, bulk_string, command_head, hash_reply
 from fraudstack.errors import EntityNotFound
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import CUSTOMER_FEATURES
@@ -60,14 +62,6 @@ class Scored:
     event_ts_ms: int | None
 
 
-def _as_dict(reply: dict[bytes, bytes] | list[Any]) -> dict[bytes, bytes]:
-    """An HGETALL reply as a mapping (RESP3 gives one already; RESP2 a flat list)."""
-    if isinstance(reply, dict):
-        return reply
-    it = iter(reply)
-    return dict(zip(it, it, strict=True))
-
-
 class FeatureLookup:
     def __init__(self, link: RedisLink) -> None:
         self.link = link
@@ -93,7 +87,7 @@ class FeatureLookup:
             (flat,) = await self.link.execute(
                 _HGETALL + bulk_string(terminal_key(last.terminal_id))
             )
-            terminal = terminal_features_from_fields(_as_dict(flat), last.ts_ms)
+            terminal = terminal_features_from_fields(hash_reply(flat), last.ts_ms)
         features.update(terminal)
         event_ts = int(raw_event_ts) if raw_event_ts is not None else None
         return last, Scored(features, event_ts)
@@ -107,15 +101,15 @@ class FeatureLookup:
             + bulk_string(terminal_key(txn.terminal_id)),
             2,
         )
-        record = customer_record(_as_dict(customer_flat))
+        record = customer_record(hash_reply(customer_flat))
         history = record.history if record is not None else CustomerHistory()
-        terminal = _as_dict(terminal_flat)  # read as fields: no history to build
+        terminal = hash_reply(terminal_flat)  # read as fields: no history to build
         features = all_features(history, terminal, txn.txn_id, txn.ts, txn.amount_cents)
         return Scored(features, record.event_ts_ms if record is not None else None)
 
     async def _customer_history(self, key: str, customer_id: str) -> CustomerHistory:
         (flat,) = await self.link.execute(_HGETALL + bulk_string(key))
-        record = customer_record(_as_dict(flat))
+        record = customer_record(hash_reply(flat))
         if record is None:
             raise EntityNotFound(f"no stored transaction for customer {customer_id!r}")
         return record.history
