@@ -557,10 +557,11 @@ class Processor:
             wanted = {txn.txn_id: txn.ts for txn in call.events if txn.txn_id in newest}
             # a late item reaches the windows of the transactions 7 to 37 days after it
             times = history.ts
-            latest = times[-1] if times else 0
-            for ts_ms in [txn.ts for txn in call.events] + [label.ts for label in call.labels]:
-                if ts_ms + _DELAY_MS > latest:
-                    continue  # on time: nothing stored is that much newer
+            # an item on time reaches nothing stored: nothing is 7 days newer
+            reaching = times[-1] - _DELAY_MS if times else 0
+            late = [txn.ts for txn in call.events if txn.ts <= reaching]
+            late += [label.ts for label in call.labels if label.ts <= reaching]
+            for ts_ms in late:
                 first = bisect_left(times, ts_ms + _DELAY_MS)
                 last = bisect_left(times, ts_ms + _REACH_MS)
                 for index in range(first, last):

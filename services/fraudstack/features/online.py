@@ -232,10 +232,18 @@ class TerminalHistory(_EventLog):
 
     def add(self, txn_id: str, ts_ms: int, customer_id: str = "") -> bool:
         """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
-        position = self._place(txn_id, ts_ms)
-        if position < 0:
-            return False
-        self.frauds.insert(position, 1 if txn_id in self.labels else 0)
+        ts = self.ts
+        if ts and ts_ms > ts[-1] and txn_id not in self._known:
+            # the newest event, as a stream mostly brings them: appended, no search
+            ts.append(ts_ms)
+            self.txn_ids.append(txn_id)
+            self._known.add(txn_id)
+            self.frauds.append(1 if txn_id in self.labels else 0)
+        else:
+            position = self._place(txn_id, ts_ms)
+            if position < 0:
+                return False
+            self.frauds.insert(position, 1 if txn_id in self.labels else 0)
         if customer_id:
             self.customers[txn_id] = customer_id
         return True
