@@ -11,10 +11,11 @@ class AggregateSettings(CommonSettings):
     aggregate_group_id: str = "fraudstack-aggregate"
     """``FRAUDSTACK_AGGREGATE_GROUP_ID``: the consumer group; instances of one group split the
     partitions."""
-    aggregate_max_batch: int = 20_000
-    """``FRAUDSTACK_AGGREGATE_MAX_BATCH``: most records applied in one Redis pipeline. Batches
-    only grow this large when there is a backlog; a customer seen several times in one batch is
-    written once, so a backlog drains faster than a steady stream arrives."""
+    aggregate_max_batch: int = 50_000
+    """``FRAUDSTACK_AGGREGATE_MAX_BATCH``: most records applied in one batch of Redis pipelines.
+    Batches only grow this large when there is a backlog; a customer seen several times in one
+    batch is written once, and its newest transaction's terminal windows counted once, so a
+    backlog drains faster than a steady stream arrives."""
     aggregate_allowed_lateness_ms: int = 3_600_000
     """``FRAUDSTACK_AGGREGATE_ALLOWED_LATENESS_MS``: how far an event may trail the newest of its
     partition and still be applied; later ones go to the dead-letter topic."""
