@@ -147,8 +147,15 @@ return reply
 # recount may come before the owner's write. Returns 1 if stored, else 0.
 _SNAPSHOT_SCRIPT = """
 local txn, ts, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- (ts, txn_id) before (other_ts, other), txn ids compared byte by byte as Python compares them
+-- (Lua's < on strings follows the server's locale)
 local function before(other, other_ts)
-  return ts < other_ts or (ts == other_ts and txn < other)
+  if ts ~= other_ts then return ts < other_ts end
+  for i = 1, math.min(#txn, #other) do
+    local mine, theirs = string.byte(txn, i), string.byte(other, i)
+    if mine ~= theirs then return mine < theirs end
+  end
+  return #txn < #other
 end
 local last = redis.call('HGET', KEYS[1], '_last_txn')
 if last then
