@@ -148,17 +148,27 @@ class _EventLog:
         event is a duplicate or older than the horizon."""
         if txn_id in self._known or ts_ms <= self.horizon_ms:
             return -1
-        position = _insert_position(self.ts, self.txn_ids, ts_ms, txn_id)
+        ts = self.ts
+        # the newest event, as a stream mostly brings them, goes last without a search
+        position = (
+            len(ts)
+            if not ts or ts_ms > ts[-1]
+            else _insert_position(ts, self.txn_ids, ts_ms, txn_id)
+        )
         self.ts.insert(position, ts_ms)
         self.txn_ids.insert(position, txn_id)
         self._known.add(txn_id)
         return position
 
-    def _drop_through(self, cutoff: int) -> list[str]:
+    def _prune_through(self, cutoff: int) -> list[str]:
         """Move the horizon to ``cutoff`` and drop the events at or before it; their ids."""
         if cutoff <= self.horizon_ms:
             return []
         self.horizon_ms = cutoff
+        return self._drop_through(cutoff)
+
+    def _drop_through(self, cutoff: int) -> list[str]:
+        """Drop the events at or before ``cutoff`` (the horizon stays); their ids."""
         count = bisect_right(self.ts, cutoff)
         dropped = self.txn_ids[:count]
         if count:
@@ -186,7 +196,7 @@ class CustomerHistory(_EventLog):
     ) -> list[str]:
         """Drop events no window of a transaction at ``now - lateness`` or later can need;
         return the ids dropped (the store deletes their fields)."""
-        dropped = self._drop_through(now_ms - CUSTOMER_HORIZON_MS - allowed_lateness_ms)
+        dropped = self._prune_through(now_ms - CUSTOMER_HORIZON_MS - allowed_lateness_ms)
         del self.amounts_cents[: len(dropped)]
         return dropped
 
@@ -232,18 +242,10 @@ class TerminalHistory(_EventLog):
 
     def add(self, txn_id: str, ts_ms: int, customer_id: str = "") -> bool:
         """Add one event; False (state unchanged) for a duplicate or a pruned-away time."""
-        ts = self.ts
-        if ts and ts_ms > ts[-1] and txn_id not in self._known:
-            # the newest event, as a stream mostly brings them: appended, no search
-            ts.append(ts_ms)
-            self.txn_ids.append(txn_id)
-            self._known.add(txn_id)
-            self.frauds.append(1 if txn_id in self.labels else 0)
-        else:
-            position = self._place(txn_id, ts_ms)
-            if position < 0:
-                return False
-            self.frauds.insert(position, 1 if txn_id in self.labels else 0)
+        position = self._place(txn_id, ts_ms)
+        if position < 0:
+            return False
+        self.frauds.insert(position, 1 if txn_id in self.labels else 0)
         if customer_id:
             self.customers[txn_id] = customer_id
         return True
@@ -266,15 +268,13 @@ class TerminalHistory(_EventLog):
         cutoff = now_ms - TERMINAL_HORIZON_MS - allowed_lateness_ms
         if cutoff <= self.horizon_ms:
             return
-        self.drop_through(cutoff)
         self.horizon_ms = cutoff
+        self.drop_through(cutoff)
 
     def drop_through(self, cutoff: int) -> None:
         """Drop the events and labels at or before ``cutoff``, as the store's terminal script
         prunes (which refuses nothing later: neither does this)."""
-        horizon = self.horizon_ms
         dropped = self._drop_through(cutoff)
-        self.horizon_ms = horizon
         del self.frauds[: len(dropped)]
         for txn_id in dropped:
             self.customers.pop(txn_id, None)
