@@ -43,7 +43,6 @@ def _done(started: float, text: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fraudstack.adapters.online_store import OnlineStore
     from fraudstack.aggregate.service import Aggregator
     from fraudstack.aggregate.settings import AggregateSettings
     from fraudstack.consistency import compare
@@ -101,15 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = _step(5, "online features vs offline computation")
 
-    async def check() -> str:
-        store = OnlineStore.from_url(settings.redis_url)
-        try:
-            report = await compare(store, events, labels)
-        finally:
-            await store.close()
-        return report.summary()
-
-    print(asyncio.run(check()))
+    print(asyncio.run(compare(settings.redis_url, events, labels)).summary())
     _done(started)
 
     store, registry = folder / "offline", folder / "models"

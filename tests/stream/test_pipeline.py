@@ -11,7 +11,6 @@ import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer
 
 from fraudstack.adapters.kafka import make_producer
-from fraudstack.adapters.online_store import OnlineStore
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.consistency import compare
@@ -30,11 +29,7 @@ async def _stream(settings: AggregateSettings, transactions: pa.Table, labels: p
 
 
 async def _online_equals_offline(settings: AggregateSettings, month: Month) -> int:
-    store = OnlineStore.from_url(settings.redis_url)
-    try:
-        report = await compare(store, month.transactions, month.labels)
-    finally:
-        await store.close()
+    report = await compare(settings.redis_url, month.transactions, month.labels)
     assert report.ok, report.summary()
     return report.compared_values
 

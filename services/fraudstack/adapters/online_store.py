@@ -40,7 +40,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from fraudstack.errors import StoreUnavailable
-from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
@@ -127,9 +126,6 @@ class CustomerRecord:
     history: CustomerHistory
     last: LastTransaction | None
     event_ts_ms: int | None
-    #: The newest transaction's features as stored (what ``GET /predict`` answers), or None
-    #: when the hash does not hold them all.
-    served: dict[str, float] | None = None
 
 
 HashFields = Mapping[Any, Any]
@@ -151,22 +147,7 @@ def customer_record(fields: HashFields) -> CustomerRecord | None:
         history=CustomerHistory.from_fields(fields),
         last=last,
         event_ts_ms=_event_ts(fields),
-        served=_served(fields, last) if last is not None else None,
     )
-
-
-def _served(fields: HashFields, last: LastTransaction) -> dict[str, float] | None:
-    terminal = snapshot_features(fields.get(TERMINAL_SNAPSHOT_FIELD.encode()), last.txn_id)
-    if terminal is None:
-        return None
-    features = transaction_features(last.ts_ms, last.amount_cents)
-    for name in CUSTOMER_FEATURES:
-        raw = fields.get(name.encode())
-        if raw is None:
-            return None
-        features[name] = float(raw)
-    features.update(terminal)
-    return features
 
 
 class OnlineStore:
