@@ -75,9 +75,9 @@ from fraudstack.features.online import (
     TerminalHistory,
     customer_event_value,
     event_field,
+    history_counts,
     label_field,
     label_value,
-    terminal_counts,
     terminal_event_value,
 )
 from fraudstack.settings import Topics
@@ -573,15 +573,12 @@ class Processor:
                 last = bisect_left(times, ts_ms + _REACH_MS)
                 for index in range(first, last):
                     wanted.setdefault(history.txn_ids[index], times[index])
-            if not wanted:
-                continue
-            fraud_ts = [ts for ts, fraud in zip(times, history.frauds, strict=True) if fraud]
             for txn_id, ts_ms in wanted.items():
                 customer = history.customers.get(txn_id)
                 if not customer:
                     continue
                 if ts_ms - _REACH_MS >= dropped or txn_id in fresh:
-                    counts = terminal_counts(times, fraud_ts, ts_ms)
+                    counts = history_counts(history, ts_ms)
                 else:
                     # the prune has cut into its windows: a count now could be short, and the
                     # one stored misses this batch's late items; marked stale, the reader
