@@ -104,7 +104,7 @@ class TerminalSnapshot:
     def decode(cls, raw: bytes | str) -> TerminalSnapshot:
         text = raw.decode() if isinstance(raw, bytes) else raw
         txn_id, ts_ms, seq, *counts = text.split(":")
-        return cls(txn_id, int(ts_ms), int(seq), tuple(int(count) for count in counts if count))
+        return cls(txn_id, int(ts_ms), int(seq), tuple(map(int, counts)))
 
 
 def snapshot_features(raw: bytes | str | None, txn_id: str) -> dict[str, float] | None:
