@@ -46,6 +46,19 @@ def _placement(config: dict[str, Any]) -> str:
     return f"vegeta on the same machine; {where}"
 
 
+def _scheduling(machine: dict[str, Any]) -> list[str]:
+    """Where the kernel groups sessions for scheduling, how the processes were started."""
+    if not machine.get("sched_autogroup"):
+        return []
+    return [
+        "",
+        "Linux session autogroups are on here: the servers, Redis and vegeta are all started from "
+        "the benchmark's own session, so the scheduler weighs them one process at a time, as when "
+        "they are started from one shell (a server in a session of its own is weighed as one "
+        "group against vegeta's; see `start` in `bench/inference.py`).",
+    ]
+
+
 def _cpu(row: dict[str, Any]) -> str:
     """The CPU columns of one run (empty where /proc was not readable, or in older results)."""
     parts = [
@@ -105,6 +118,7 @@ def markdown(document: dict[str, Any]) -> str:
         f"(load average after the run: "
         f"{', '.join(f'{value:.1f}' for value in machine['load_average_after'])}), so compare "
         "designs within this run.",
+        *_scheduling(machine),
         "",
         "## Maximum throughput (best of interleaved rounds; the last rounds precede the ladder)",
         "",

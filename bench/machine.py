@@ -21,5 +21,15 @@ def machine() -> dict[str, object]:
         "cpus": os.cpu_count(),
         "memory_gib": memory_gib,
         "python": platform.python_version(),
+        "sched_autogroup": _sched_autogroup(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _sched_autogroup() -> bool | None:
+    """Whether Linux schedules each session as one group (None where the kernel does not say)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as setting:
+            return setting.read().strip() == "1"
+    except OSError:
+        return None
