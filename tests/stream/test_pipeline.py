@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 
 import orjson
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 from fraudstack.adapters.kafka import make_producer
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
+from fraudstack.collector import YOUNG_THRESHOLD
 from fraudstack.consistency import compare
 from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.ingest.replay import produce_table
@@ -38,7 +40,14 @@ async def test_month_streamed_equals_offline(
     pipeline_settings: AggregateSettings, month: Month
 ) -> None:
     await _stream(pipeline_settings, month.transactions, month.labels)
-    processed = await Aggregator(pipeline_settings).run(stop_after_idle_s=IDLE_S)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(700)  # the default, whatever ran in this process before
+    try:
+        processed = await Aggregator(pipeline_settings).run(stop_after_idle_s=IDLE_S)
+        # a batch's many short-lived containers no longer trigger a collection every 700
+        assert gc.get_threshold()[0] == YOUNG_THRESHOLD
+    finally:
+        gc.set_threshold(*thresholds)
     assert processed == len(month.transactions) + len(month.labels)
     compared = await _online_equals_offline(pipeline_settings, month)
     # every customer (13 values, and the 19 stored for GET /predict) and every terminal

@@ -28,6 +28,7 @@ from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate import metrics
 from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
 from fraudstack.aggregate.settings import AggregateSettings
+from fraudstack.collector import collect_less_often
 from fraudstack.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,12 @@ class Aggregator:
         self.assignment: set[TopicPartition] = set()
 
     async def run(self, stop_after_idle_s: float | None = None) -> int:
-        """Consume until stopped (or idle for ``stop_after_idle_s``); return events processed."""
+        """Consume until stopped (or idle for ``stop_after_idle_s``); return events processed.
+
+        Sets the process's garbage collector as a long-running service's (see
+        :mod:`fraudstack.collector`).
+        """
+        collect_less_often()
         bootstrap = self.settings.require("kafka_bootstrap")
         redis_url = self.settings.require("redis_url")
         topics = self.settings.topics

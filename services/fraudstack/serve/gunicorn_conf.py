@@ -23,12 +23,10 @@ from typing import Any
 
 from uvicorn_worker import UvicornWorker
 
+from fraudstack.collector import collect_less_often
 from fraudstack.errors import ConfigurationError
 from fraudstack.paths import state_dir
 from fraudstack.serve.settings import get_settings
-
-#: Allocations between two young-generation collections in a worker (the default is 700).
-GC_YOUNG_THRESHOLD = 50_000
 
 
 class ServeWorker(UvicornWorker):
@@ -78,17 +76,16 @@ def on_starting(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """Make the cyclic garbage collector run less often in a serving worker.
+    """Make the cyclic garbage collector run less often in a serving worker (see
+    :mod:`fraudstack.collector`).
 
-    A request allocates a few hundred short-lived containers that reference counting frees;
-    with the default threshold (700) a young-generation collection still runs every couple of
-    requests and walks them. What the worker holds at this point (the imported modules and the
-    app object) is frozen out of the collections; the lifespan runs later, and what it loads is
-    mostly native memory (onnxruntime sessions, buffers) that the collector does not walk.
+    What the worker holds at this point (the imported modules and the app object) is frozen out
+    of the collections; the lifespan runs later, and what it loads is mostly native memory
+    (onnxruntime sessions, buffers) that the collector does not walk.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD)
+    collect_less_often()
 
 
 def child_exit(server: Any, worker: Any) -> None:
