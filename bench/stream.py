@@ -1,6 +1,7 @@
 """Streaming benchmark: ingestion and aggregation throughput, event-to-feature delay.
 
-Runs against the real local stack (``fraudstack devstack up`` is done for you):
+Runs against the real local stack (``fraudstack devstack up`` is done for you, and undone at the
+end unless the stack was up already):
 
 1. ingestion: batches of 500 events POSTed to ``fraudstack ingest serve`` (one process), each
    acknowledged only once Kafka has it; events per second end to end;
@@ -34,6 +35,7 @@ from fraudstack.adapters.kafka import ensure_topics, make_producer
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.devstack import Devstack
+from fraudstack.devstack.base import ServerInfo
 from fraudstack.devstack.process import free_port
 from fraudstack.ingest.replay import produce_table
 from fraudstack.simulate import SimulationConfig, make_labels, simulate
@@ -212,7 +214,19 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
 
 
 def main() -> int:
-    stack = Devstack().up(progress=True)
+    devstack = Devstack()
+    # stopped at the end only if we started it: a later benchmark should not share the cores
+    # with an idle Kafka, and a stack someone else started is theirs
+    started_here = not any(server.answering for server in devstack.status())
+    try:
+        return run(devstack.up(progress=True))
+    finally:
+        if started_here:
+            print("stopping the local stack", flush=True)
+            devstack.down()
+
+
+def run(stack: dict[str, ServerInfo]) -> int:
     redis_url = stack["redis"]["address"].rsplit("/", 1)[0] + "/5"
     bootstrap = stack["kafka"]["address"]
     table = simulate(SimulationConfig(customers=5_000, terminals=10_000, days=20, seed=5))

@@ -243,3 +243,40 @@ async def test_a_terminal_that_expired_counts_on_from_above_its_old_counter(
     await _process(settings, [_txn(settings, "b", T0 + 1, "c-b", "t-gone")])
     assert _snapshot(client, "c-b").seq > old
     client.close()
+
+
+async def test_a_new_connection_drops_the_copies_a_lost_write_would_falsify(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """Redis restarts and has lost a terminal's last write; another instance's write brings the
+    terminal's ``_seq`` back to the number of this instance's copy, which still holds the lost
+    event. The copy must not pass for the terminal: the windows stored are those of what Redis
+    holds. (The restart is played on the real server: the terminal restored as it was before
+    the write, every client connection dropped.)"""
+    settings = pipeline_settings
+    client = redis.Redis.from_url(settings.redis_url)
+    links = [RedisLink(settings.redis_url, timeout=10.0) for _ in range(2)]
+    first, second = (
+        Processor(link, settings.aggregate_allowed_lateness_ms, settings.topics) for link in links
+    )
+    first.assign(4)
+    second.assign(4)
+    key = terminal_key("t")
+    try:
+        await first.process([_txn(settings, "a1", T0, "c-1", "t")])
+        before = client.dump(key)
+        await first.process([_txn(settings, "a2", T0 + MS_PER_HOUR, "c-2", "t")])
+        client.restore(key, 0, before, replace=True)
+        client.client_kill_filter(_type="normal", skipme=True)
+        # two days behind, so the lost a2 and this b fall in different windows of a3
+        await second.process([_txn(settings, "b", T0 - 2 * MS_PER_DAY, "c-3", "t")])
+        later = T0 + 8 * MS_PER_DAY
+        await first.process([_txn(settings, "a3", later, "c-4", "t")])
+
+        held = TerminalHistory.from_fields(client.hgetall(key))
+        assert held.txn_ids == ["b", "a1", "a3"]
+        assert _snapshot(client, "c-4").counts == history_counts(held, later) == (0, 0, 2, 0, 2, 0)
+    finally:
+        for link in links:
+            await link.close()
+        client.close()

@@ -180,6 +180,9 @@ class RedisLink:
         self._retry_at = 0.0
         self._last_error = "not connected yet"
         self._target, self._handshake = _parse_url(url)
+        #: Connections opened so far. A new one may mean a new server process (a restart, a
+        #: failover) that lost recent writes: whoever keeps a copy of what it wrote compares it.
+        self.connections = 0
 
     async def execute(self, payload: bytes, expected: int = 1) -> list[Any]:
         """Send ``payload`` (``expected`` encoded commands) and return their replies in order."""
@@ -283,6 +286,7 @@ class RedisLink:
             return
         assert protocol is not None
         self._protocol = protocol
+        self.connections += 1
         self._connecting = None
         done.set_result(protocol)
 

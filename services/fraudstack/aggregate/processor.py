@@ -283,6 +283,8 @@ class Processor:
         #: copies of the terminals last written, least recently used first (see TerminalCopy)
         self.terminals: dict[str, TerminalCopy] = {}
         self.max_terminal_copies = max_terminal_copies
+        #: the link's connection the copies were read through (see _drop_copies_on_reconnect)
+        self._connection = 0
         self._terminal_script, self._snapshot_script = (
             hashlib.sha1(script.encode()).hexdigest() for script in _SCRIPTS
         )
@@ -332,6 +334,7 @@ class Processor:
         for record in records:
             self._route(record, arrivals, labels, result)
         low_watermark = await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
+        self._drop_copies_on_reconnect()
 
         now_ms = int(time.time() * 1000)
         commands: list[Command] = []
@@ -354,6 +357,20 @@ class Processor:
         await self._execute(commands)
         result.written_event_ts = [txn.ts for txn in applied]
         return result
+
+    def _drop_copies_on_reconnect(self) -> None:
+        """Drop the terminal copies when the link had to connect again since they were read.
+
+        Redis may have restarted and lost its latest writes (an RDB snapshot, a replica promoted
+        while it lagged): a terminal's ``_seq`` is then behind this instance's copy, and once
+        other writes bring it back to the copy's number, the script would take a copy holding
+        events Redis no longer has for the terminal. Without copies, each terminal's next
+        script sends the whole terminal.
+        """
+        if self.link.connections != self._connection:
+            if self._connection:
+                self.terminals.clear()
+            self._connection = self.link.connections
 
     def _route(
         self,
