@@ -3,7 +3,8 @@
 One reconcile function does all the work, level-triggered: it reads the spec and the status it
 wrote last, checks the versions against the model registry, judges the gates when a rollout step
 has run its course, asks :func:`fraudmodel_operator.rollout.decide` for the next status,
-publishes the routing (Redis, then the ConfigMap mirror) and writes the status. It runs
+publishes the routing (Redis, then the ConfigMap mirror) and writes the status; a new split is
+stored in the status before it is published, so that the status never lags the routing. It runs
 
 * on create, update and resume (operator start), so a spec change takes effect at once;
 * from a timer every ``FRAUDSTACK_OPERATOR_RECONCILE_SECONDS``, which moves the rollout clock,
@@ -232,6 +233,11 @@ async def _decide(
     )
     split = decision.status.split
     if problem is None and split is not None:
+        if split != previous.split:
+            # The status first: an operator that stops between the two then publishes, when it
+            # starts again, what the status says. Routing first, it would start from the status
+            # before, and could give a rolled-back candidate its step's traffic again.
+            await _save_status(services, body, decision.status)
         problem = await _publish(services, body, memo, split, generation, now)
         if problem is not None:  # nothing changed where it matters: report, stay where we were
             decision = rollout.decide(
@@ -284,6 +290,27 @@ async def _publish(
                 "%s: cannot mirror the routing in a ConfigMap (%s); retrying", source, exc
             )
     return None
+
+
+async def _save_status(services: Services, body: kopf.Body, status: Status) -> None:
+    """Store ``status`` at once, not when the handler returns (as ``patch`` is).
+
+    A failure raises: nothing is published that the stored status does not describe, and kopf
+    runs the handler again. When the routing then cannot be published, the handler's patch puts
+    the status before back, with the problem.
+    """
+    namespace, _, name = _source(body).partition("/")
+    objects = client.CustomObjectsApi(services.api)
+    await asyncio.to_thread(
+        objects.patch_namespaced_custom_object_status,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"status": status.to_dict()},
+        _content_type="application/merge-patch+json",
+    )
 
 
 def _write_status(patch: kopf.Patch, stored: Mapping[str, Any], status: Status) -> None:

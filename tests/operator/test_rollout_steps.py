@@ -4,13 +4,18 @@ candidate, or rolls it back by itself when it is slow. Steps last the CRD's mini
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import redis
 from kubernetes import client
 from operator_support import (
+    GROUP,
+    PLURAL,
+    VERSION,
     CreateFraudModel,
     MetricsTarget,
     condition,
@@ -20,6 +25,8 @@ from operator_support import (
     wait_for_status,
 )
 
+from fraudmodel_operator.publish import PublishResult, RoutingPublisher
+from fraudmodel_operator.resource import Split, Status
 from fraudstack.routing import RoutingDocument
 
 GATES = {"minRequests": 20, "maxLatencyP99Ratio": 1.5, "maxErrorRateDelta": 0.05}
@@ -55,6 +62,39 @@ class Rollout:
             lambda body: all(body.get("status", {}).get(k) == v for k, v in expected.items()),
             timeout,
         )
+
+
+#: (FraudModel, routing fields published, the split its stored status held at that moment)
+Publication = tuple[str, tuple[str, str | None, float, str], Split | None]
+
+
+@pytest.fixture
+def publications(
+    monkeypatch: pytest.MonkeyPatch, objects: client.CustomObjectsApi
+) -> list[Publication]:
+    """Every routing the operator publishes, next to what its FraudModel's stored status said."""
+    seen: list[Publication] = []
+    publish = RoutingPublisher.publish
+
+    async def watched(
+        self: RoutingPublisher, document: RoutingDocument, *, take_over: bool = False
+    ) -> PublishResult:
+        namespace, _, name = document.source.partition("/")
+        body = await asyncio.to_thread(
+            objects.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+        )
+        stored = Status.from_dict(body.get("status")).split
+        seen.append((document.source, document.routing_fields(), stored))
+        return await publish(self, document, take_over=take_over)
+
+    monkeypatch.setattr(RoutingPublisher, "publish", watched)
+    return seen
+
+
+def _routing_fields(split: Split) -> tuple[str, str | None, float, str]:
+    """What the operator publishes for ``split``."""
+    share = float(split.share) if split.candidate else 0.0
+    return (split.stable, split.candidate, share, split.mode)
 
 
 def start_rollout(
@@ -127,6 +167,7 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
     namespace: str,
     publish_version: Callable[..., str],
     metrics_target: MetricsTarget,
+    publications: list[Publication],
 ) -> None:
     # the candidate a hundred times slower
     stable, candidate = start_rollout(
@@ -146,6 +187,12 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
     document = published(store, routing_key)
     assert document is not None
     assert document.routing_fields() == (stable, None, 0.0, "canary")
+    # Each routing was stored in the status before it was published: an operator stopped in
+    # between starts again from the rollback, never from the step before it.
+    ours = [(fields, stored) for source, fields, stored in publications if "/slowpoke" in source]
+    assert (stable, None, 0.0, "canary") in [fields for fields, _ in ours]
+    for fields, stored in ours:
+        assert stored is not None and _routing_fields(stored) == fields
 
     # and `kubectl describe` tells the story
     def rolled_back_events() -> list[client.CoreV1Event]:

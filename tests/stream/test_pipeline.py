@@ -95,6 +95,7 @@ async def test_replays_change_nothing_and_rejects_go_to_dead_letters(
         b"not json",
         orjson.dumps({**newest, "txn_id": "x-1", "amount": -3}),
         orjson.dumps({**newest, "txn_id": "x-2", "ts": newest["ts"] - 2 * 3_600_000}),
+        orjson.dumps({**newest, "txn_id": "x-3"}),
         orjson.dumps(
             {
                 **{key: newest[key] for key in ("txn_id", "customer_id", "terminal_id", "ts")},
@@ -111,7 +112,9 @@ async def test_replays_change_nothing_and_rejects_go_to_dead_letters(
         await producer.send_and_wait(
             settings.topics.transactions, bad[2], key=newest["customer_id"].encode()
         )
-        await producer.send_and_wait(settings.topics.labels, bad[3], key=b"1")
+        # valid, but keyed by somebody else: on another customer's partition
+        await producer.send_and_wait(settings.topics.transactions, bad[3], key=b"someone-else")
+        await producer.send_and_wait(settings.topics.labels, bad[4], key=b"1")
     finally:
         await producer.stop()
 
@@ -122,11 +125,12 @@ async def test_replays_change_nothing_and_rejects_go_to_dead_letters(
     ) + len(bad)
     await _online_equals_offline(settings, month)
 
-    reasons = await _dead_letter_reasons(settings, expected=4)
-    assert len(reasons) == 4, reasons
+    reasons = await _dead_letter_reasons(settings, expected=5)
+    assert len(reasons) == 5, reasons
     assert any("invalid event" in reason for reason in reasons)
     assert any("amount" in reason for reason in reasons)
     assert any("late by" in reason for reason in reasons)
+    assert any("record key is not the transaction's customer_id" in reason for reason in reasons)
     assert any("after the 7-day feature delay" in reason for reason in reasons)
 
 

@@ -1,4 +1,4 @@
-"""Turn a batch of Kafka records into pipelined writes to the online store (two round trips).
+"""Turn a batch of Kafka records into pipelined writes to the online store (three round trips).
 
 Where each entity's state lives, and why:
 
@@ -36,8 +36,9 @@ Every write is idempotent (a field per transaction id; a snapshot replaces one o
 transaction only with a newer count), so a batch replayed after a crash changes nothing; a
 replayed transaction's terminal write is sent again, because the writes of one batch are not
 one transaction and a crash may fall between them. An event more than the allowed lateness
-behind its partition's newest event, an invalid record, and a fraud label reported after the
-7-day feature delay go to the dead-letter topic with the reason.
+behind its partition's newest event, an invalid record, a transaction whose record key is not its
+customer id (the partitioning the customers' state relies on), and a fraud label reported after
+the 7-day feature delay go to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
@@ -394,6 +395,10 @@ class Processor:
             txn = parse_transaction(raw)
         except InvalidEvent as exc:
             self._reject(record, f"invalid event: {exc}", result)
+            return
+        if record.key != txn.customer_id.encode():
+            # on another customer's partition, its history could be kept by two instances
+            self._reject(record, "record key is not the transaction's customer_id", result)
             return
         partition = (record.topic, record.partition)
         watermark = max(self.watermarks.get(partition, txn.ts), txn.ts)
