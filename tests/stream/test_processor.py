@@ -138,31 +138,3 @@ async def test_a_terminal_busier_than_one_script_call_takes_is_written_whole(
     stored = client.hgetall(terminal_key("t-busy"))
     assert sum(1 for name in stored if name.startswith(b"e:")) == 5_000
     client.close()
-
-
-async def test_a_restarted_instance_judges_lateness_from_the_published_watermark(
-    pipeline_settings: AggregateSettings,
-) -> None:
-    """The instance before published partition 0's newest event time; the first event its
-    successor reads there, too far behind it, is late for the successor as well."""
-    settings = pipeline_settings
-    allowed = settings.aggregate_allowed_lateness_ms
-    on_time = _transaction(settings, 0, "on-time")
-    event = {
-        "txn_id": "behind",
-        "ts": 1_522_540_800_000 - allowed - 60_000,
-        "customer_id": "c-2",
-        "terminal_id": "t-1",
-        "amount": 1.0,
-    }
-    behind = Record(settings.topics.transactions, 0, 1, b"c-2", orjson.dumps(event))
-    link = RedisLink(settings.redis_url, timeout=5.0)
-    try:
-        await Processor(link, allowed, settings.topics).process([on_time])
-        result = await Processor(link, allowed, settings.topics).process([behind])  # restarted
-    finally:
-        await link.close()
-    assert result.applied == 0
-    assert [reason for _, reason in result.dead_letters] == [
-        "late by 3660 s, beyond the allowed lateness"
-    ]

@@ -46,7 +46,7 @@ from __future__ import annotations
 import hashlib
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -318,7 +318,7 @@ class Processor:
         self.watermarks.clear()
         self.terminals.clear()
 
-    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+    async def process(self, records: Iterable[SourceRecord]) -> BatchResult:
         self._busy = True
         try:
             return await self._process(records)
@@ -328,9 +328,8 @@ class Processor:
                 self._forget_after_batch = False
                 self.forget()
 
-    async def _process(self, records: Sequence[SourceRecord]) -> BatchResult:
+    async def _process(self, records: Iterable[SourceRecord]) -> BatchResult:
         result = BatchResult()
-        await self._resume_watermarks(records)
         arrivals: list[Arrival] = []
         labels: list[Label] = []
         for record in records:
@@ -444,28 +443,6 @@ class Processor:
             else:
                 self.customers[customer] = CustomerState(record.history, record.last)
         return min(known) if known else _NO_WATERMARK
-
-    async def _resume_watermarks(self, records: Sequence[SourceRecord]) -> None:
-        """Start each partition new to this instance at the watermark published for it.
-
-        So an instance that restarts, or takes a partition over, judges lateness as the one
-        before it did. Without this, the first batch after a restart would judge its events
-        against each other only, and a replayed batch could apply an event that the run before
-        sent to the dead-letter topic as late. One more round trip, on a partition's first batch.
-        """
-        topic = self.topics.transactions
-        new = [
-            partition
-            for partition in {record.partition for record in records if record.topic == topic}
-            if (topic, partition) not in self.watermarks
-        ]
-        if not new:
-            return
-        (published,) = await self.link.execute_many([("HGETALL", watermarks_key(topic))])
-        watermarks = {int(name): int(value) for name, value in hash_reply(published).items()}
-        for partition in new:
-            if partition in watermarks:
-                self.watermarks[topic, partition] = watermarks[partition]
 
     def _publish_watermarks(self) -> list[Command]:
         """Each partition's newest event time, once its batch is written: the next batch's
