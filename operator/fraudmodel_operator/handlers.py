@@ -233,7 +233,8 @@ async def _decide(
     )
     split = decision.status.split
     if problem is None and split is not None:
-        if split != previous.split:
+        saved = split != previous.split
+        if saved:
             # The status first: an operator that stops between the two then publishes, when it
             # starts again, what the status says. Routing first, it would start from the status
             # before, and could give a rolled-back candidate its step's traffic again.
@@ -243,6 +244,8 @@ async def _decide(
             decision = rollout.decide(
                 spec, previous, generation=generation, now=now, problem=problem
             )
+            if saved:  # the status saved describes a routing that was not published
+                await _save_status(services, body, decision.status)
     return decision
 
 
@@ -293,11 +296,12 @@ async def _publish(
 
 
 async def _save_status(services: Services, body: kopf.Body, status: Status) -> None:
-    """Store ``status`` at once, not when the handler returns (as ``patch`` is).
+    """Store the whole ``status`` at once, not when the handler returns (as ``patch`` is).
 
     A failure raises: nothing is published that the stored status does not describe, and kopf
-    runs the handler again. When the routing then cannot be published, the handler's patch puts
-    the status before back, with the problem.
+    runs the handler again. The handler's patch, applied afterwards, then writes nothing else:
+    it sets the fields that differ from the status the handler started with, to the values
+    stored here.
     """
     namespace, _, name = _source(body).partition("/")
     objects = client.CustomObjectsApi(services.api)

@@ -24,6 +24,8 @@ from operator_support import (
     wait_for_status,
 )
 
+from fraudmodel_operator.publish import PublishResult, RoutingPublisher
+from fraudstack.errors import StoreUnavailable
 from fraudstack.routing import RoutingDocument
 
 
@@ -183,6 +185,42 @@ def test_a_missing_version_degrades_and_leaves_the_routing_alone(
     document = published(store, routing_key)
     assert document is not None and document.candidate == versions["late"]
     assert document.candidate_share == 50.0
+
+
+def test_a_split_redis_does_not_take_is_not_left_in_the_status(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new split is saved in the status before it is published; when Redis then refuses it,
+    the status goes back to what is published, with the problem, and the split is published
+    (and shown) once Redis takes it. (Redis refusing is played by the publisher: the session's
+    Redis is shared by every test.)"""
+    serve_split(fraudmodels, objects, namespace, "unpublished", versions, 20)
+    serving = store.get(routing_key)
+    publish = RoutingPublisher.publish
+
+    async def refused(
+        self: RoutingPublisher, document: RoutingDocument, *, take_over: bool = False
+    ) -> PublishResult:
+        raise StoreUnavailable("online store unreachable: connection refused")
+
+    monkeypatch.setattr(RoutingPublisher, "publish", refused)
+    patch_spec(objects, namespace, "unpublished", candidateShare=50)
+    body = wait_for_status(objects, namespace, "unpublished", "Degraded", is_degraded)
+    assert condition(body, "Degraded")["reason"] == "RoutingNotPublished"
+    assert body["status"]["candidateShare"] == 20  # what is published
+    assert store.get(routing_key) == serving
+
+    monkeypatch.setattr(RoutingPublisher, "publish", publish)
+    body = wait_for_status(objects, namespace, "unpublished", "Ready again", ready)
+    assert body["status"]["candidateShare"] == 50
+    document = published(store, routing_key)
+    assert document is not None and document.candidate_share == 50.0
 
 
 def test_a_version_of_another_feature_set_degrades(

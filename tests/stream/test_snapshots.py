@@ -6,6 +6,7 @@ count.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import zlib
 
@@ -245,16 +246,28 @@ async def test_a_terminal_that_expired_counts_on_from_above_its_old_counter(
     client.close()
 
 
+def _drop_connections(client: redis.Redis, database: int) -> None:
+    """Close every connection to ``database`` but ``client``'s, as a restart of Redis closes
+    them all (the other tests' clients, on other databases of the shared server, are spared)."""
+    own = client.client_id()
+    for peer in client.client_list():
+        if int(peer["db"]) == database and int(peer["id"]) != own:
+            client.client_kill_filter(_id=peer["id"])
+
+
+@pytest.mark.parametrize("restart", ["between two batches", "between two round trips"])
 async def test_a_new_connection_drops_the_copies_a_lost_write_would_falsify(
-    pipeline_settings: AggregateSettings,
+    pipeline_settings: AggregateSettings, restart: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Redis restarts and has lost a terminal's last write; another instance's write brings the
     terminal's ``_seq`` back to the number of this instance's copy, which still holds the lost
-    event. The copy must not pass for the terminal: the windows stored are those of what Redis
-    holds. (The restart is played on the real server: the terminal restored as it was before
-    the write, every client connection dropped.)"""
+    event. The copy must not pass for the terminal, whether the restart falls between two batches
+    or between a batch's customer reads and its terminal writes: the windows stored are those
+    of what Redis holds. (The restart is played on the real server: the terminal restored as it
+    was before the write, the connections dropped.)"""
     settings = pipeline_settings
     client = redis.Redis.from_url(settings.redis_url)
+    database = int(settings.redis_url.rsplit("/", 1)[1])
     links = [RedisLink(settings.redis_url, timeout=10.0) for _ in range(2)]
     first, second = (
         Processor(link, settings.aggregate_allowed_lateness_ms, settings.topics) for link in links
@@ -267,7 +280,20 @@ async def test_a_new_connection_drops_the_copies_a_lost_write_would_falsify(
         before = client.dump(key)
         await first.process([_txn(settings, "a2", T0 + MS_PER_HOUR, "c-2", "t")])
         client.restore(key, 0, before, replace=True)
-        client.client_kill_filter(_type="normal", skipme=True)
+        if restart == "between two batches":
+            _drop_connections(client, database)
+        else:
+            hydrate = first._hydrate
+
+            async def hydrate_then_restart(customer_ids: set[str]) -> int:
+                low_watermark = await hydrate(customer_ids)
+                _drop_connections(client, database)
+                # the link sees its connection close before the terminal writes go out (if
+                # they went out first, they would fail, and the batch would be retried whole)
+                await asyncio.sleep(0.2)
+                return low_watermark
+
+            monkeypatch.setattr(first, "_hydrate", hydrate_then_restart)
         # two days behind, so the lost a2 and this b fall in different windows of a3
         await second.process([_txn(settings, "b", T0 - 2 * MS_PER_DAY, "c-3", "t")])
         later = T0 + 8 * MS_PER_DAY

@@ -335,7 +335,6 @@ class Processor:
         for record in records:
             self._route(record, arrivals, labels, result)
         low_watermark = await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
-        self._drop_copies_on_reconnect()
 
         now_ms = int(time.time() * 1000)
         commands: list[Command] = []
@@ -343,10 +342,16 @@ class Processor:
         # Terminals first: their replies are the terminal windows the customers' snapshots need.
         # A replayed transaction's terminal write is sent again: the batch that first carried it
         # may have died after its terminal writes and before its customer ones (idempotent).
-        terminal_commands, planned = self._write_terminals(
-            applied + replayed, labels, now_ms, low_watermark
-        )
-        replies = await self._execute(terminal_commands)
+        while True:
+            self._drop_copies_on_reconnect()
+            terminal_commands, planned = self._write_terminals(
+                applied + replayed, labels, now_ms, low_watermark
+            )
+            replies = await self._execute(terminal_commands)
+            if self.link.connections == self._connection:
+                break
+            # they went out on a new connection, with copies that may be newer than Redis now
+            # is: sent again without them (the scripts are idempotent)
         newest = {
             last.txn_id
             for last in (self.customers[txn.customer_id].last for txn in applied + replayed)
