@@ -10,6 +10,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from aiokafka import AIOKafkaConsumer
+from prometheus_client import REGISTRY
 
 from fraudstack.adapters.kafka import make_producer
 from fraudstack.aggregate.service import Aggregator
@@ -30,6 +31,16 @@ async def _stream(settings: AggregateSettings, transactions: pa.Table, labels: p
     )
 
 
+def _delays() -> tuple[float, float, float]:
+    """The aggregator's event-to-feature histogram in this process: count, the 60 s bucket, sum."""
+    name = "aggregate_event_to_feature_seconds"
+    return (
+        REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+        REGISTRY.get_sample_value(f"{name}_bucket", {"le": "60.0"}) or 0.0,
+        REGISTRY.get_sample_value(f"{name}_sum") or 0.0,
+    )
+
+
 async def _online_equals_offline(settings: AggregateSettings, month: Month) -> int:
     report = await compare(settings.redis_url, month.transactions, month.labels)
     assert report.ok, report.summary()
@@ -42,6 +53,7 @@ async def test_month_streamed_equals_offline(
     await _stream(pipeline_settings, month.transactions, month.labels)
     thresholds = gc.get_threshold()
     gc.set_threshold(700)  # the default, whatever ran in this process before
+    delays_before = _delays()
     try:
         processed = await Aggregator(pipeline_settings).run(stop_after_idle_s=IDLE_S)
         # a batch's many short-lived containers no longer trigger a collection every 700
@@ -49,6 +61,10 @@ async def test_month_streamed_equals_offline(
     finally:
         gc.set_threshold(*thresholds)
     assert processed == len(month.transactions) + len(month.labels)
+    # every transaction's event-to-feature delay observed: years, for a simulated 2018
+    count, within_a_minute, total = (a - b for a, b in zip(_delays(), delays_before, strict=True))
+    assert count == len(month.transactions)
+    assert within_a_minute == 0 and total > count * 365 * 86_400
     compared = await _online_equals_offline(pipeline_settings, month)
     # every customer (13 values, and the 19 stored for GET /predict) and every terminal
     # (6 values) was compared

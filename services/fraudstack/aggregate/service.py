@@ -30,6 +30,7 @@ from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.collector import collect_less_often
 from fraudstack.errors import StoreUnavailable
+from fraudstack.histograms import Tally
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,10 @@ class Aggregator:
             # The group rebalanced meanwhile; the new owner replays, idempotently.
             log.info("commit after a rebalance refused; the batch will be replayed")
         written_at = time.time()
+        delays = Tally(metrics.EVENT_TO_FEATURE_BUCKETS)  # one write per bucket, not per event
         for event_ts in result.written_event_ts:
-            metrics.EVENT_TO_FEATURE.observe(max(0.0, written_at - event_ts / 1000))
+            delays.add(max(0.0, written_at - event_ts / 1000))
+        delays.write(metrics.EVENT_TO_FEATURE)
         if result.written_event_ts:
             metrics.FEATURE_EVENT_TIME.set(max(result.written_event_ts) / 1000)
         for (topic, outcome), count in count_by_kind(result).items():

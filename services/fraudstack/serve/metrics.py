@@ -29,7 +29,6 @@ metric                                 type       labels / meaning
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -39,6 +38,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from fraudstack.histograms import Tally
 
 #: Fine enough to see a sub-millisecond service, wide enough to see it struggle.
 LATENCY_BUCKETS = (
@@ -82,17 +83,6 @@ SCORE_BUCKETS = tuple(round(0.05 * step, 2) for step in range(1, 21))
 FLUSH_SECONDS = 0.25
 #: No model was chosen (the request was refused before routing).
 NO_VERSION = "none"
-
-
-class _Tally:
-    """Observations of one histogram child not yet written to the shared files."""
-
-    __slots__ = ("buckets", "count", "total")
-
-    def __init__(self, bucket_count: int) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.buckets = [0] * (bucket_count + 1)  # the last one is +Inf
 
 
 class ServeMetrics:
@@ -139,35 +129,30 @@ class ServeMetrics:
             "Requests answered 503 because the online store could not be reached or refused.",
             registry=self.registry,
         )
-        self._requests: dict[tuple[str, str], _Tally] = {}
-        self._scores: dict[str, _Tally] = {}
-        self._ages = _Tally(len(AGE_BUCKETS))
+        self._requests: dict[tuple[str, str], Tally] = {}
+        self._scores: dict[str, Tally] = {}
+        self._ages = Tally(AGE_BUCKETS)
         self._unavailable = 0
 
     def observe(self, model_version: str, outcome: str, seconds: float | None) -> None:
         """Count one answered request (and its latency when it was timed)."""
         tally = self._requests.get((model_version, outcome))
         if tally is None:
-            tally = self._requests[(model_version, outcome)] = _Tally(len(LATENCY_BUCKETS))
-        tally.count += 1
-        if seconds is not None:
-            tally.total += seconds
-            tally.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            tally = self._requests[(model_version, outcome)] = Tally(LATENCY_BUCKETS)
+        if seconds is None:  # refused before it was timed: counted, no latency
+            tally.count += 1
+        else:
+            tally.add(seconds)
 
     def observe_score(self, model_version: str, probability: float) -> None:
         """Count one fraud probability ``model_version`` gave."""
         tally = self._scores.get(model_version)
         if tally is None:
-            tally = self._scores[model_version] = _Tally(len(SCORE_BUCKETS))
-        tally.count += 1
-        tally.total += probability
-        tally.buckets[bisect_left(SCORE_BUCKETS, probability)] += 1
+            tally = self._scores[model_version] = Tally(SCORE_BUCKETS)
+        tally.add(probability)
 
     def observe_age(self, seconds: float) -> None:
-        ages = self._ages
-        ages.count += 1
-        ages.total += seconds
-        ages.buckets[bisect_left(AGE_BUCKETS, seconds)] += 1
+        self._ages.add(seconds)
 
     def store_down(self) -> None:
         self._unavailable += 1
@@ -178,13 +163,13 @@ class ServeMetrics:
         for (version, outcome), tally in requests.items():
             self.requests.labels(version, outcome).inc(tally.count)
             if any(tally.buckets):  # requests that failed before timing have no latency
-                _add(self.latency.labels(version, outcome), tally)
+                tally.write(self.latency.labels(version, outcome))
         scores, self._scores = self._scores, {}
         for version, tally in scores.items():
-            _add(self.score.labels(version), tally)
-        ages, self._ages = self._ages, _Tally(len(AGE_BUCKETS))
+            tally.write(self.score.labels(version))
+        ages, self._ages = self._ages, Tally(AGE_BUCKETS)
         if ages.count:
-            _add(self.feature_age, ages)
+            ages.write(self.feature_age)
         if self._unavailable:
             self.store_unavailable.inc(self._unavailable)
             self._unavailable = 0
@@ -197,16 +182,3 @@ class ServeMetrics:
             MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-def _add(histogram: Histogram, tally: _Tally) -> None:
-    """Add a tally to a histogram child: one write per bucket touched, not one per request.
-
-    The client library has no public call for this; its histogram children keep one value per
-    bucket (``_buckets``, not cumulative) and the sum (``_sum``), as they have for years. The
-    service's tests read the scraped buckets back, so a change there would not go unnoticed.
-    """
-    histogram._sum.inc(tally.total)
-    for index, hits in enumerate(tally.buckets):
-        if hits:
-            histogram._buckets[index].inc(hits)
