@@ -317,7 +317,7 @@ def main() -> int:
                 ]
             servers[design] = start(argv, {**env, **bind}, work / f"{design}.log", args.server_cpus)
             processes.append(servers[design])
-            # each was started in a session of its own: its process group is its pid
+            # each was started in a process group of its own, whose id is its pid
             groups[design] = (servers[design].pid, redis_server.pid)
         ids = [str(customer) for customer in set(table["customer_id"].to_pylist())]
         rng = random.Random(args.seed)
