@@ -285,7 +285,7 @@ class Processor:
         self.terminals: dict[str, TerminalCopy] = {}
         self.max_terminal_copies = max_terminal_copies
         #: the link's connection the copies were read through (see _drop_copies_on_reconnect)
-        self._connection = 0
+        self._connection = link.connections
         self._terminal_script, self._snapshot_script = (
             hashlib.sha1(script.encode()).hexdigest() for script in _SCRIPTS
         )
@@ -374,8 +374,7 @@ class Processor:
         script sends the whole terminal.
         """
         if self.link.connections != self._connection:
-            if self._connection:
-                self.terminals.clear()
+            self.terminals.clear()
             self._connection = self.link.connections
 
     def _route(
