@@ -192,14 +192,18 @@ def test_labels_count_only_when_fraud_and_reported_within_the_delay() -> None:
 def test_terminal_prune_drops_events_and_labels() -> None:
     history = TerminalHistory()
     cutoff = T - TERMINAL_HORIZON_MS
-    history.add("old", cutoff)
-    history.add_label("old", True, cutoff + 1, cutoff)
+    history.add("old", cutoff - 5)
+    history.add_label("old", True, cutoff + 1, cutoff - 5)
+    history.add_label("its-event-elsewhere", True, cutoff + 1, cutoff)
     history.add("kept", cutoff + 1)
     history.add_label("kept", True, cutoff + 2, cutoff + 1)
-    history.prune(T, allowed_lateness_ms=0)
+    # the newest time dropped, of an event or a label, as the store's _dropped keeps it
+    assert history.prune(T, allowed_lateness_ms=0) == cutoff
+    assert history.horizon_ms == cutoff
     assert history.txn_ids == ["kept"]
     assert list(history.labels) == ["kept"]
-    assert not history.add_label("old", True, cutoff + 1, cutoff)
+    assert not history.add_label("old", True, cutoff + 1, cutoff - 5)
+    assert history.prune(T, allowed_lateness_ms=0) == 0  # nothing more to drop
 
 
 def test_customer_fields_round_trip_as_text_and_bytes() -> None:

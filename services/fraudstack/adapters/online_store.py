@@ -9,6 +9,8 @@ touches exactly one key, so the store works unchanged on Redis Cluster)::
                   newest transaction           _event_ts   newest event time (ms)
       _last_txn   "<txn_id>:<ts_ms>:<cents>    _seq        write counter (one per script call)
                    :<terminal_id>"             _updated_at when the hash was last written (ms)
+                                               _pruned_at  the last prune's cut-off (ms)
+                                               _dropped    newest time a prune deleted (ms)
       _terminal   "<txn_id>:<ts_ms>:<seq>:<events>:<frauds>..." per terminal window, of the newest
                   transaction's terminal (a snapshot, see below)
       _event_ts   newest event time (ms)
@@ -52,6 +54,9 @@ LAST_TXN_FIELD = "_last_txn"
 TERMINAL_SNAPSHOT_FIELD = "_terminal"
 EVENT_TS_FIELD = "_event_ts"
 UPDATED_AT_FIELD = "_updated_at"
+#: A terminal's last prune cut-off, and the newest time of an event or label any prune deleted.
+PRUNED_AT_FIELD = "_pruned_at"
+DROPPED_FIELD = "_dropped"
 
 
 def customer_key(customer_id: str) -> str:
@@ -142,10 +147,9 @@ def customer_record(fields: HashFields) -> CustomerRecord | None:
     if not fields:
         return None
     raw_last = fields.get(LAST_TXN_FIELD.encode())
-    last = LastTransaction.decode(raw_last) if raw_last is not None else None
     return CustomerRecord(
         history=CustomerHistory.from_fields(fields),
-        last=last,
+        last=LastTransaction.decode(raw_last) if raw_last is not None else None,
         event_ts_ms=_event_ts(fields),
     )
 

@@ -16,7 +16,9 @@ import redis
 
 from fraudstack.adapters.online_store import (
     CUSTOMER_TTL_SECONDS,
+    DROPPED_FIELD,
     EVENT_TS_FIELD,
+    PRUNED_AT_FIELD,
     TERMINAL_SNAPSHOT_FIELD,
     TERMINAL_TTL_SECONDS,
     UPDATED_AT_FIELD,
@@ -26,7 +28,6 @@ from fraudstack.adapters.online_store import (
     customer_summary_fields,
     terminal_key,
 )
-from fraudstack.features.definitions import DEFAULT_ALLOWED_LATENESS_MS, TERMINAL_HORIZON_MS
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
@@ -93,12 +94,9 @@ def load_table(
         if terminal_history.ts:
             # pruned as the terminal script prunes, and saying so: a later recount must know
             # which windows no longer hold every event
-            cutoff = terminal_history.ts[-1] - TERMINAL_HORIZON_MS - DEFAULT_ALLOWED_LATENESS_MS
-            times = [ts for ts in terminal_history.ts if ts <= cutoff]
-            times += [ts for ts, _ in terminal_history.labels.values() if ts <= cutoff]
-            terminal_history.prune(terminal_history.ts[-1])
-            terminal_fields["_pruned_at"] = cutoff
-            terminal_fields["_dropped"] = max(times, default=0)
+            dropped = terminal_history.prune(terminal_history.ts[-1])
+            terminal_fields[PRUNED_AT_FIELD] = terminal_history.horizon_ms
+            terminal_fields[DROPPED_FIELD] = dropped
         terminal_fields.update(terminal_history.to_fields())
         terminal_fields[EVENT_TS_FIELD] = terminal_history.ts[-1] if terminal_history.ts else 0
         terminal_fields[UPDATED_AT_FIELD] = now_ms

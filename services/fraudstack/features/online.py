@@ -263,23 +263,30 @@ class TerminalHistory(_EventLog):
             self.frauds[self.txn_ids.index(txn_id)] = 1
         return True
 
-    def prune(self, now_ms: int, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> None:
-        """Drop events and labels no window at ``now - lateness`` or later can need."""
+    def prune(self, now_ms: int, allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS) -> int:
+        """Drop events and labels no window at ``now - lateness`` or later can need; the newest
+        time dropped, as :meth:`drop_through` (the cut-off is the new :attr:`horizon_ms`)."""
         cutoff = now_ms - TERMINAL_HORIZON_MS - allowed_lateness_ms
         if cutoff <= self.horizon_ms:
-            return
+            return 0
         self.horizon_ms = cutoff
-        self.drop_through(cutoff)
+        return self.drop_through(cutoff)
 
-    def drop_through(self, cutoff: int) -> None:
+    def drop_through(self, cutoff: int) -> int:
         """Drop the events and labels at or before ``cutoff``, as the store's terminal script
-        prunes (which refuses nothing later: neither does this)."""
+        prunes (which refuses nothing later: neither does this); the newest time of an event or
+        label dropped (0 when none was), which the script keeps in ``_dropped``."""
+        count = bisect_right(self.ts, cutoff)
+        newest = self.ts[count - 1] if count else 0
         dropped = self._drop_through(cutoff)
         del self.frauds[: len(dropped)]
         for txn_id in dropped:
             self.customers.pop(txn_id, None)
-        for txn_id in [key for key, (ts_ms, _) in self.labels.items() if ts_ms <= cutoff]:
-            del self.labels[txn_id]
+        for txn_id, (ts_ms, _) in list(self.labels.items()):
+            if ts_ms <= cutoff:
+                del self.labels[txn_id]
+                newest = max(newest, ts_ms)
+        return newest
 
     def to_fields(self) -> dict[str, str]:
         """The hash fields of every event and fraud label (see the module docstring)."""
