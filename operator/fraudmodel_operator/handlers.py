@@ -175,9 +175,10 @@ async def reconcile(
             return  # the delete handler has withdrawn the routing; do not publish it again
         services: Services = memo.services
         previous = memo.get("status") or Status.from_dict(status)
-        decision = await _decide(services, body, memo, Spec.from_dict(spec), previous)
+        decision, saved = await _decide(services, body, memo, Spec.from_dict(spec), previous)
         memo.status = decision.status
-        _write_status(patch, status, decision.status)
+        if not saved:  # a saved status is stored whole already
+            _write_status(patch, status, decision.status)
         for transition in decision.transitions:
             (logger.warning if transition.warning else logger.info)(
                 "%s: %s", transition.reason, transition.message
@@ -212,7 +213,9 @@ async def _decide(
     memo: kopf.Memo,
     spec: Spec,
     previous: Status,
-) -> rollout.Decision:
+) -> tuple[rollout.Decision, bool]:
+    """The next status, with its routing published; and whether the status is saved already
+    (:func:`_save_status`), else the handler's patch stores it."""
     now = time.time()
     generation = int(body.metadata.get("generation") or 0)
     problem = await services.registry.check(spec)
@@ -246,7 +249,22 @@ async def _decide(
             )
             if saved:  # the status saved describes a routing that was not published
                 await _save_status(services, body, decision.status)
-    return decision
+        return decision, saved
+    return decision, False
+
+
+def routing_document(split: Split, source: str, generation: int, now: float) -> RoutingDocument:
+    """The routing that publishes ``split`` for FraudModel ``source`` (``<namespace>/<name>``);
+    a share counts only with a candidate."""
+    return RoutingDocument(
+        stable=split.stable,
+        candidate=split.candidate,
+        candidate_share=float(split.share) if split.candidate else 0.0,
+        mode=split.mode,
+        source=source,
+        generation=generation,
+        updated_at=int(now * 1000),
+    )
 
 
 async def _publish(
@@ -259,15 +277,7 @@ async def _publish(
 ) -> Problem | None:
     """Publish ``split`` to Redis and mirror it; a Problem when Redis does not take it."""
     source = _source(body)
-    document = RoutingDocument(
-        stable=split.stable,
-        candidate=split.candidate,
-        candidate_share=float(split.share) if split.candidate else 0.0,
-        mode=split.mode,
-        source=source,
-        generation=generation,
-        updated_at=int(now * 1000),
-    )
+    document = routing_document(split, source, generation, now)
     publisher = services.publisher
     try:
         result = await publisher.publish(document)
@@ -299,9 +309,7 @@ async def _save_status(services: Services, body: kopf.Body, status: Status) -> N
     """Store the whole ``status`` at once, not when the handler returns (as ``patch`` is).
 
     A failure raises: nothing is published that the stored status does not describe, and kopf
-    runs the handler again. The handler's patch, applied afterwards, then writes nothing else:
-    it sets the fields that differ from the status the handler started with, to the values
-    stored here.
+    runs the handler again.
     """
     namespace, _, name = _source(body).partition("/")
     objects = client.CustomObjectsApi(services.api)
