@@ -81,6 +81,42 @@ def patch_spec(
     return result
 
 
+def degrades_and_stays_put(
+    objects: client.CustomObjectsApi,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    name: str,
+    reason: str,
+    **spec: Any,
+) -> dict[str, Any]:
+    """Patch ``spec`` into FraudModel ``name``, which serves 20% by hand, and wait until it is
+    Degraded for ``reason``; the status still shows what is published, and what is published
+    has not moved. Its body then."""
+    serving = store.get(routing_key)
+    patch_spec(objects, namespace, name, **spec)
+    body = wait_for_status(objects, namespace, name, "Degraded", is_degraded)
+    assert condition(body, "Degraded")["reason"] == reason
+    assert body["status"]["candidateShare"] == 20
+    assert store.get(routing_key) == serving
+    return body
+
+
+def recovers(
+    objects: client.CustomObjectsApi,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    name: str,
+) -> tuple[dict[str, Any], RoutingDocument]:
+    """FraudModel ``name`` once Ready again, giving the candidate 50%, and the routing published."""
+    body = wait_for_status(objects, namespace, name, "Ready again", ready)
+    assert body["status"]["candidateShare"] == 50
+    document = published(store, routing_key)
+    assert document is not None and document.candidate_share == 50.0
+    return body, document
+
+
 def test_applying_publishes_the_routing_and_sets_ready(
     fraudmodels: CreateFraudModel,
     objects: client.CustomObjectsApi,
@@ -161,30 +197,30 @@ def test_a_missing_version_degrades_and_leaves_the_routing_alone(
     publish_version: Callable[..., str],
 ) -> None:
     serve_split(fraudmodels, objects, namespace, "missing", versions, 20)
-    serving = store.get(routing_key)
-
-    patch_spec(objects, namespace, "missing", candidateVersion=versions["late"], candidateShare=50)
-    body = wait_for_status(objects, namespace, "missing", "Degraded", is_degraded)
+    body = degrades_and_stays_put(
+        objects,
+        store,
+        routing_key,
+        namespace,
+        "missing",
+        "VersionNotFound",
+        candidateVersion=versions["late"],
+        candidateShare=50,
+    )
     degraded = condition(body, "Degraded")
-    assert degraded["reason"] == "VersionNotFound"
     assert (
         f"candidate version {versions['late']} is not in the model registry"
         in (degraded["message"])
     )
     assert body["status"]["phase"] == "Degraded"
     assert condition(body, "Ready")["status"] == "False"
-    # the status still shows what is published, and what is published has not moved
     assert body["status"]["candidateVersion"] == versions["candidate"]
-    assert body["status"]["candidateShare"] == 20
-    assert store.get(routing_key) == serving
 
     # the training job publishes the version: the operator picks it up by itself
     publish_version(versions["late"])
-    body = wait_for_status(objects, namespace, "missing", "Ready again", ready)
+    body, document = recovers(objects, store, routing_key, namespace, "missing")
     assert body["status"]["candidateVersion"] == versions["late"]
-    document = published(store, routing_key)
-    assert document is not None and document.candidate == versions["late"]
-    assert document.candidate_share == 50.0
+    assert document.candidate == versions["late"]
 
 
 def test_a_split_redis_does_not_take_is_not_left_in_the_status(
@@ -201,7 +237,6 @@ def test_a_split_redis_does_not_take_is_not_left_in_the_status(
     (and shown) once Redis takes it. (Redis refusing is played by the publisher: the session's
     Redis is shared by every test.)"""
     serve_split(fraudmodels, objects, namespace, "unpublished", versions, 20)
-    serving = store.get(routing_key)
     publish = RoutingPublisher.publish
 
     async def refused(
@@ -210,17 +245,18 @@ def test_a_split_redis_does_not_take_is_not_left_in_the_status(
         raise StoreUnavailable("online store unreachable: connection refused")
 
     monkeypatch.setattr(RoutingPublisher, "publish", refused)
-    patch_spec(objects, namespace, "unpublished", candidateShare=50)
-    body = wait_for_status(objects, namespace, "unpublished", "Degraded", is_degraded)
-    assert condition(body, "Degraded")["reason"] == "RoutingNotPublished"
-    assert body["status"]["candidateShare"] == 20  # what is published
-    assert store.get(routing_key) == serving
+    degrades_and_stays_put(
+        objects,
+        store,
+        routing_key,
+        namespace,
+        "unpublished",
+        "RoutingNotPublished",
+        candidateShare=50,
+    )
 
     monkeypatch.setattr(RoutingPublisher, "publish", publish)
-    body = wait_for_status(objects, namespace, "unpublished", "Ready again", ready)
-    assert body["status"]["candidateShare"] == 50
-    document = published(store, routing_key)
-    assert document is not None and document.candidate_share == 50.0
+    recovers(objects, store, routing_key, namespace, "unpublished")
 
 
 def test_a_version_of_another_feature_set_degrades(
