@@ -133,15 +133,53 @@ done:
     return status;
 }
 
+/* Trees are walked LANES at a time, one step of each in turn, without branches. A tree-by-tree
+ * walk spends most of its time on mispredicted branches (which child, is it a leaf) and on
+ * waiting for each node before it can fetch the next; here the steps of different trees do not
+ * wait for one another and nothing is predicted. Measured on the benchmark's 100-tree forest:
+ * 4.5 µs a row instead of 11 warm, 16 instead of 27 cold. The leaves are summed in tree order,
+ * so the score is exactly the one a tree-by-tree walk gives.
+ *
+ * ``x`` holds MAX_FEATURES floats: a lane already on its leaf still reads x[link & 0xFF] (a slot
+ * of x, maybe one read_row did not fill), and the step that value gives is multiplied by zero. */
+#define LANES 8
+
+static const Node *leaf(const Node *node, const float *x) {
+    while (node->link >= 0) {
+        node += x[node->link & 0xFF] <= node->value ? 1 : (node->link >> 8);
+    }
+    return node;
+}
+
 static double walk(const Forest *self, const float *x) {
     const Node *nodes = self->nodes;
+    const int32_t *roots = self->roots;
     double sum = self->base;
-    for (Py_ssize_t t = 0; t < self->tree_count; t++) {
-        const Node *node = nodes + self->roots[t];
-        while (node->link >= 0) {
-            node += x[node->link & 0xFF] <= node->value ? 1 : (node->link >> 8);
+    Py_ssize_t t = 0;
+    for (; t + LANES <= self->tree_count; t += LANES) {
+        const Node *lane[LANES];
+        for (int k = 0; k < LANES; k++) {
+            lane[k] = nodes + roots[t + k];
         }
-        sum += node->value;
+        int walking;
+        do {
+            walking = 0;
+            for (int k = 0; k < LANES; k++) {
+                /* without branches: a leaf stays put, a branch moves 1 or jump nodes on */
+                const Node *node = lane[k];
+                int32_t link = node->link;
+                int32_t branch = link >= 0;
+                int32_t right = !(x[link & 0xFF] <= node->value);
+                lane[k] = node + branch * (1 + right * ((link >> 8) - 1));
+                walking |= branch;
+            }
+        } while (walking);
+        for (int k = 0; k < LANES; k++) {
+            sum += lane[k]->value;
+        }
+    }
+    for (; t < self->tree_count; t++) {
+        sum += leaf(nodes + roots[t], x)->value;
     }
     /* summed in double, answered in float32 as onnxruntime answers (0.99999998 is 1.0 there) */
     return (float)(self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum);

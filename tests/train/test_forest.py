@@ -122,6 +122,32 @@ def test_a_hand_made_tree_walks_as_written() -> None:
     assert walker.score(np.array([1.6, 0.0])) == pytest.approx(0.7)
 
 
+def test_trees_walked_side_by_side_sum_as_one_by_one() -> None:
+    # 19 trees (two groups of eight walked side by side, three after them one by one), of
+    # depths 0 to 2 mixed, so that trees of a group reach their leaves at different steps
+    values: list[float] = []
+    links: list[int] = []
+    roots: list[int] = []
+    expected = {(1.0, 0.0): 0.0, (1.0, 0.9): 0.0, (2.0, 0.0): 0.0}
+    for tree in range(19):
+        roots.append(len(values))
+        leaves = [0.001 * tree, 0.01 * tree, 0.1 * tree]
+        if tree % 3 == 0:  # a leaf alone
+            values += [leaves[0]]
+            links += [-1]
+            for row in expected:
+                expected[row] += leaves[0]
+        else:  # x0 <= 1.5 ? (x1 <= 0.5 ? a : b) : c
+            values += [1.5, 0.5, leaves[0], leaves[1], leaves[2]]
+            links += [0 | 4 << 8, 1 | 2 << 8, -1, -1, -1]
+            for row in expected:
+                expected[row] += leaves[2] if row[0] > 1.5 else leaves[row[1] > 0.5]
+    walker = load_forest(_forest_file(values, links, roots), 2)
+    assert walker.sizes == (19, len(values), 2)
+    for row, total in expected.items():
+        assert walker.score(list(row)) == pytest.approx(total, rel=1e-6)
+
+
 @pytest.mark.parametrize(
     ("values", "links", "roots", "reason"),
     [
