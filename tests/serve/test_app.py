@@ -107,6 +107,8 @@ def test_an_unknown_customer_is_a_404_with_a_reason(client: TestClient) -> None:
     response = client.get("/predict/nobody-like-this")
     assert response.status_code == 404
     assert "nobody-like-this" in response.json()["detail"]
+    # a request that failed is no longer counted in flight (the next one scores at once)
+    assert client.app.state.service.in_flight == 0
 
 
 @pytest.mark.parametrize(
@@ -199,6 +201,7 @@ def test_an_unexpected_error_is_a_500_without_a_stack_trace(
     assert "secret" not in response.text and "Traceback" not in response.text
     # counted, so a dashboard sees the failures
     assert 'inference_requests_total{model_version="broken",outcome="error"} 1.0' in metrics
+    assert app.state.service.in_flight == 0
 
 
 def test_a_wrong_method_is_a_405_that_says_which_are_allowed(client: TestClient) -> None:

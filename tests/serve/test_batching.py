@@ -72,3 +72,41 @@ async def test_a_model_answering_the_wrong_number_of_rows_fails_the_batch_not_ha
         timeout=2,
     )
     assert all(isinstance(result, ValueError) for result in results)
+
+
+class Counting:
+    """A model that records how it was called."""
+
+    version = "counting"
+    feature_names = FEATURE_NAMES
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def score(self, vector: Any) -> float:
+        self.calls.append(1)
+        return 0.25
+
+    def score_many(self, matrix: Any) -> list[float]:
+        self.calls.append(len(matrix))
+        return [0.25] * len(matrix)
+
+
+async def test_a_request_alone_is_scored_at_once_and_others_still_batch() -> None:
+    model = Counting()
+    batching = BatchingScorer(model)
+    row = [0.0] * len(FEATURE_NAMES)
+    alone = batching.score(row, alone=True)
+    assert alone.done() and alone.result() == 0.25 and model.calls == [1]  # no loop hop
+    # a row already queued this turn: one said to be alone joins it rather than overtake it
+    queued = batching.score(row)
+    joining = batching.score(row, alone=True)
+    assert not joining.done()
+    assert await asyncio.gather(queued, joining) == [0.25, 0.25]
+    assert model.calls == [1, 2]
+
+
+async def test_a_failing_model_fails_a_request_alone_with_its_error() -> None:
+    future = BatchingScorer(Failing()).score([0.0] * len(FEATURE_NAMES), alone=True)
+    with pytest.raises(ValueError, match="bad row"):
+        await future

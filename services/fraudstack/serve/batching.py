@@ -11,8 +11,11 @@ any other model.
 
 How: a request queues its row and awaits a future; the first row of a turn schedules the model
 call with ``call_soon``, so it runs after every request already woken in that turn (those whose
-Redis replies arrived together) has queued its own. Under light load a batch is one row and the
-cost is one extra event-loop hop; under heavy load batches grow by themselves. A row's
+Redis replies arrived together) has queued its own. Under heavy load batches grow by themselves.
+A request that is the only one in flight in its worker (``alone``) has nobody to wait for: its
+row is scored at once, without the event-loop hop (measured in one process against the real
+Redis, six runs each way: about 5% less CPU for requests that come one at a time, within this
+machine's noise; unchanged with 32 requests in flight, which keep batching). A row's
 probability does not depend on the other rows of its batch; tree ensembles give exactly the
 single-row result, linear models agree with it to float32 rounding (onnxruntime's matrix kernels
 sum in another order for several rows), orders of magnitude below what a decision turns on.
@@ -51,10 +54,17 @@ class BatchingScorer:
         self._rows: list[list[float]] = []
         self._waiting: list[asyncio.Future[float]] = []
 
-    def score(self, vector: list[float]) -> asyncio.Future[float]:
-        """A future of P(fraud) for ``vector``, resolved once its batch has been scored."""
+    def score(self, vector: list[float], *, alone: bool = False) -> asyncio.Future[float]:
+        """A future of P(fraud) for ``vector``, resolved once its batch has been scored; already
+        resolved when the request is ``alone`` (no other request in flight can join a batch)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[float] = loop.create_future()
+        if alone and not self._rows:
+            try:
+                future.set_result(float(self.scorer.score(vector)))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
         self._rows.append(vector)
         self._waiting.append(future)
         if len(self._rows) == 1:

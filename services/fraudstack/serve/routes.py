@@ -57,6 +57,8 @@ class Service:
         self.lookup: FeatureLookup | None = None
         self.risk_medium = 0.3
         self.risk_high = 0.7
+        #: Scoring requests begun and not answered yet, in this worker.
+        self.in_flight = 0
 
     def start(self, holder: ModelHolder, lookup: FeatureLookup, settings: ServeSettings) -> None:
         self.holder, self.lookup = holder, lookup
@@ -84,14 +86,17 @@ class Service:
         """
         features = scored.features
         metrics = self.metrics
-        probability = await scorer.score([features[name] for name in scorer.feature_names])
+        alone = self.in_flight == 1  # then no other row can join a batch: scored at once
+        probability = await scorer.score(
+            [features[name] for name in scorer.feature_names], alone=alone
+        )
         metrics.observe_score(scorer.version, probability)
         shadow = routing.shadow_for(customer_id)
         if shadow is not None:
             started = _perf_counter()
             try:
                 shadow_probability = await shadow.score(
-                    [features[name] for name in shadow.feature_names]
+                    [features[name] for name in shadow.feature_names], alone=alone
                 )
             except Exception:
                 log.exception("shadow model %s failed; answered with stable", shadow.version)
@@ -132,6 +137,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         """Score the customer's newest transaction with its features at that time."""
         started = _perf_counter()
         version = NO_VERSION
+        service.in_flight += 1
         try:
             routing, lookup = service.parts()
             scorer = routing.scorer_for(user_id)
@@ -141,6 +147,8 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         except Exception as exc:  # counted here, answered by the handlers of .errors
             service.failed(exc, version, started)
             raise
+        finally:
+            service.in_flight -= 1
         return service.answer(version, probability, scored, started, {"user_id": user_id})
 
     @router.post("/v1/score", response_model=TransactionScore, **_SCORING)
@@ -148,6 +156,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         """Score one transaction with its features at its own time, the transaction included."""
         started = _perf_counter()
         version = NO_VERSION
+        service.in_flight += 1
         try:
             routing, lookup = service.parts()
             scorer = routing.scorer_for(txn.customer_id)
@@ -157,6 +166,8 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
         except Exception as exc:  # counted here, answered by the handlers of .errors
             service.failed(exc, version, started)
             raise
+        finally:
+            service.in_flight -= 1
         body = {"txn_id": txn.txn_id, "user_id": txn.customer_id}
         return service.answer(version, probability, scored, started, body)
 
