@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
@@ -147,6 +148,18 @@ def test_a_body_that_is_not_json_is_a_422(client: TestClient) -> None:
         "/v1/score", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 422
+    assert response.json()["errors"][0].startswith("body: JSON decode error")
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_sent_as_json_is_a_422_that_says_so(
+    client: TestClient, content_type: str | None
+) -> None:
+    event = {"txn_id": "t", "ts": 1, "customer_id": "c", "terminal_id": "t", "amount": 1.0}
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post("/v1/score", content=orjson.dumps(event), headers=headers)
+    assert response.status_code == 422
+    assert response.json()["errors"] == ["body: send JSON (application/json)"]
 
 
 def test_an_overlong_customer_id_is_a_422(client: TestClient) -> None:
@@ -161,6 +174,11 @@ def test_health_readiness_and_openapi(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict/{user_id}", "/v1/score", "/healthz", "/readyz", "/metrics"} <= set(paths)
     assert "404" in paths["/predict/{user_id}"]["get"]["responses"]
+    # the scoring routes skip FastAPI's request handler, not its description of them
+    (parameter,) = paths["/predict/{user_id}"]["get"]["parameters"]
+    assert parameter["schema"]["maxLength"] == 64
+    body = paths["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/Transaction")
 
 
 def test_metrics_count_requests_by_model_and_outcome(client: TestClient) -> None:

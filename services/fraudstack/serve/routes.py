@@ -1,15 +1,20 @@
-"""The endpoints. The two scoring routes are the hot path: no dependency injection, no response
-model validation (the models in :mod:`.schemas` document the answers), one dict encoded by orjson,
-metrics added to in-process tallies (see :mod:`.metrics`)."""
+"""The endpoints. The two scoring routes are the hot path: their requests go straight to a
+handler of ours (:func:`direct`) that checks its own parameters, no response model validation (the
+models in :mod:`.schemas` document the answers), one dict encoded by orjson, metrics added to
+in-process tallies (see :mod:`.metrics`)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Path
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from fraudstack.errors import FraudstackError, ModelError
@@ -46,6 +51,49 @@ _SCORING: dict[str, Any] = {
     "responses": ERROR_RESPONSES,
     "tags": ["scoring"],
 }
+
+
+#: ``GET /predict/{user_id}``'s parameter, as OpenAPI describes it and as it is checked.
+CustomerId = Annotated[str, Path(min_length=1, max_length=64)]
+_customer_id: TypeAdapter[str] = TypeAdapter(CustomerId)
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def direct(handler: Handler) -> type[APIRoute]:
+    """A route class whose requests go to ``handler``, past FastAPI's generic request handler.
+
+    FastAPI's handler solves the endpoint's dependencies and validates its parameters for every
+    request; for a scoring endpoint that costs more CPU than reading the features and scoring
+    them (measured in one process against the real Redis, ``GET /predict``: about 130 µs a
+    request through it, 75 µs past it). The route keeps everything else of an ``APIRoute``: the
+    OpenAPI description drawn from the endpoint's signature, the matching, the app's exception
+    handlers. ``handler`` reads and checks the parameters itself and raises FastAPI's
+    ``RequestValidationError`` (see :func:`refused`), so a bad request is answered as any other.
+    """
+
+    class DirectRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            return handler
+
+    return DirectRoute
+
+
+def refused(exc: ValidationError, *where: str) -> RequestValidationError:
+    """FastAPI's error for what pydantic refused, located as FastAPI locates it (``path``,
+    ``body``)."""
+    return RequestValidationError(
+        [{**error, "loc": (*where, *error["loc"])} for error in exc.errors(include_url=False)]
+    )
+
+
+def _is_json(content_type: str) -> bool:
+    """A JSON media type (``application/json``, ``application/problem+json``...), as FastAPI
+    requires of a JSON body."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 class Service:
@@ -131,9 +179,9 @@ class Service:
 
 def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
     """Add the endpoints to ``router``; on the app itself they skip a routing layer."""
+    routes = router.router if isinstance(router, FastAPI) else router
 
-    @router.get("/predict/{user_id}", response_model=Prediction, **_SCORING)
-    async def predict(user_id: Annotated[str, Path(min_length=1, max_length=64)]) -> Response:
+    async def predict(user_id: CustomerId) -> Response:
         """Score the customer's newest transaction with its features at that time."""
         started = _perf_counter()
         version = NO_VERSION
@@ -151,7 +199,22 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             service.in_flight -= 1
         return service.answer(version, probability, scored, started, {"user_id": user_id})
 
-    @router.post("/v1/score", response_model=TransactionScore, **_SCORING)
+    async def predict_request(request: Request) -> Response:
+        try:
+            user_id = _customer_id.validate_python(request.path_params["user_id"])
+        except ValidationError as exc:
+            raise refused(exc, "path", "user_id") from None
+        return await predict(user_id)
+
+    routes.add_api_route(
+        "/predict/{user_id}",
+        predict,
+        methods=["GET"],
+        response_model=Prediction,
+        route_class_override=direct(predict_request),
+        **_SCORING,
+    )
+
     async def score(txn: Transaction) -> Response:
         """Score one transaction with its features at its own time, the transaction included."""
         started = _perf_counter()
@@ -170,6 +233,31 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             service.in_flight -= 1
         body = {"txn_id": txn.txn_id, "user_id": txn.customer_id}
         return service.answer(version, probability, scored, started, body)
+
+    async def score_request(request: Request) -> Response:
+        if not _is_json(request.headers.get("content-type", "")):
+            raise RequestValidationError(
+                [{"type": "content_type", "loc": ("body",), "msg": "send JSON (application/json)"}]
+            )
+        content = await request.body()
+        try:
+            txn = Transaction.model_validate(orjson.loads(content))
+        except orjson.JSONDecodeError as exc:
+            raise RequestValidationError(
+                [{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}"}]
+            ) from None
+        except ValidationError as exc:
+            raise refused(exc, "body") from None
+        return await score(txn)
+
+    routes.add_api_route(
+        "/v1/score",
+        score,
+        methods=["POST"],
+        response_model=TransactionScore,
+        route_class_override=direct(score_request),
+        **_SCORING,
+    )
 
     @router.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Response:
