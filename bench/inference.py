@@ -10,7 +10,8 @@ One command (``make bench``) does everything, on this machine, in this run:
    for our scorer, for onnxruntime on the same graph and for scikit-learn's ``predict_proba``;
 3. three servers under the same gunicorn configuration and worker count: ours (``fraudstack
    serve``), the naive reference (``bench/naive_app.py``) and the bare-endpoint ceiling
-   (``bench/ceiling_app.py``, plus its strict variant that skips serialization);
+   (``bench/ceiling_app.py``, plus its strict variant that skips serialization and, as ours
+   does, FastAPI's per-request handler);
 4. load from vegeta, ``GET /predict/<customer>`` with customers drawn at random from the store:
    maximum throughput (``-rate=0``, interleaved rounds so each design meets the same machine
    load, best round kept) and a fixed-rate ladder at fractions of each design's maximum. The

@@ -17,7 +17,7 @@ NAMES = {
     "ours": "ours (fraudstack serve)",
     "baseline": "naive reference",
     "ceiling": "bare endpoint (ceiling)",
-    "ceiling_strict": "bare endpoint, pre-encoded",
+    "ceiling_strict": "bare endpoint, pre-encoded, direct route",
 }
 
 
@@ -199,7 +199,9 @@ def markdown(document: dict[str, Any]) -> str:
         "half_max_p99_ms": "p99 at half our max (ms)",
         "half_max_success": "success at half our max",
         "model_eval_us": "single-row evaluation (µs)",
-        "max_vs_ceiling_strict": "max throughput / pre-encoded bare endpoint (shown only)",
+        "max_vs_ceiling_strict": (
+            "max throughput / pre-encoded bare endpoint, direct route (shown only)"
+        ),
         "median_vs_ceiling": "median round / bare endpoint's median round (shown only)",
     }
     for name, check in document["checks"].items():
