@@ -14,7 +14,7 @@ import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import Response
 
 from fraudstack.errors import FraudstackError, ModelError
@@ -45,13 +45,6 @@ log = logging.getLogger(__name__)
 _perf_counter = time.perf_counter
 _wall_clock = time.time
 _dumps = orjson.dumps
-#: What the two scoring routes declare alike, for the OpenAPI document.
-_SCORING: dict[str, Any] = {
-    "response_class": JSONBytes,
-    "responses": ERROR_RESPONSES,
-    "tags": ["scoring"],
-}
-
 
 #: ``GET /predict/{user_id}``'s parameter, as OpenAPI describes it and as it is checked.
 CustomerId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -84,6 +77,32 @@ def refused(exc: ValidationError, *where: str) -> RequestValidationError:
     ``body``)."""
     return RequestValidationError(
         [{**error, "loc": (*where, *error["loc"])} for error in exc.errors(include_url=False)]
+    )
+
+
+def _body_refused(kind: str, reason: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": ("body",), "msg": reason}])
+
+
+def _add_scoring(
+    routes: APIRouter,
+    method: str,
+    path: str,
+    endpoint: Callable[..., Coroutine[Any, Any, Response]],
+    handler: Handler,
+    answer: type[BaseModel],
+) -> None:
+    """A scoring route: described by ``endpoint``'s signature and ``answer``, served by
+    ``handler`` (see :func:`direct`)."""
+    routes.add_api_route(
+        path,
+        endpoint,
+        methods=[method],
+        response_model=answer,
+        response_class=JSONBytes,
+        responses=ERROR_RESPONSES,
+        tags=["scoring"],
+        route_class_override=direct(handler),
     )
 
 
@@ -206,14 +225,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
             raise refused(exc, "path", "user_id") from None
         return await predict(user_id)
 
-    routes.add_api_route(
-        "/predict/{user_id}",
-        predict,
-        methods=["GET"],
-        response_model=Prediction,
-        route_class_override=direct(predict_request),
-        **_SCORING,
-    )
+    _add_scoring(routes, "GET", "/predict/{user_id}", predict, predict_request, Prediction)
 
     async def score(txn: Transaction) -> Response:
         """Score one transaction with its features at its own time, the transaction included."""
@@ -236,28 +248,17 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
 
     async def score_request(request: Request) -> Response:
         if not _is_json(request.headers.get("content-type", "")):
-            raise RequestValidationError(
-                [{"type": "content_type", "loc": ("body",), "msg": "send JSON (application/json)"}]
-            )
+            raise _body_refused("content_type", "send JSON (application/json)")
         content = await request.body()
         try:
             txn = Transaction.model_validate(orjson.loads(content))
         except orjson.JSONDecodeError as exc:
-            raise RequestValidationError(
-                [{"type": "json_invalid", "loc": ("body",), "msg": f"JSON decode error: {exc}"}]
-            ) from None
+            raise _body_refused("json_invalid", f"JSON decode error: {exc}") from None
         except ValidationError as exc:
             raise refused(exc, "body") from None
         return await score(txn)
 
-    routes.add_api_route(
-        "/v1/score",
-        score,
-        methods=["POST"],
-        response_model=TransactionScore,
-        route_class_override=direct(score_request),
-        **_SCORING,
-    )
+    _add_scoring(routes, "POST", "/v1/score", score, score_request, TransactionScore)
 
     @router.get("/healthz", response_model=Health, tags=["operations"])
     async def healthz() -> Response:
