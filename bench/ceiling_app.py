@@ -31,10 +31,12 @@ _ANSWER: dict[str, Any] = {
     "model_version": "constant",
 }
 _ENCODED = orjson.dumps(_ANSWER)
+#: As the service's app: no OpenTelemetry bridge asked on each request.
+_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="ceiling")
+    app = FastAPI(title="ceiling", telemetry=_TELEMETRY_OFF)
 
     @app.get("/predict/{user_id}")
     async def predict(user_id: str) -> dict[str, Any]:
@@ -44,7 +46,7 @@ def create_app() -> FastAPI:
 
 
 def create_raw_app() -> FastAPI:
-    app = FastAPI(title="strict ceiling")
+    app = FastAPI(title="strict ceiling", telemetry=_TELEMETRY_OFF)
 
     async def predict(user_id: str) -> Response:
         return Response(_ENCODED, media_type="application/json")

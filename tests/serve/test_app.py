@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pyarrow as pa
 import pytest
+from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
 from fraudstack.features.definitions import DEFAULT_ALLOWED_LATENESS_MS, FEATURE_NAMES
 from fraudstack.scoring import load_scorer
 from fraudstack.serve.app import create_app
+from fraudstack.serve.metrics import ServeMetrics
+from fraudstack.serve.routes import Service, add_routes
 from fraudstack.serve.schemas import Prediction, TransactionScore
 
 from .conftest import STABLE, RedisProcess, serve_settings
@@ -227,3 +231,46 @@ def test_a_wrong_method_is_a_405_that_says_which_are_allowed(client: TestClient)
     assert response.status_code == 405
     assert response.headers["allow"] == "GET"
     assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_a_scoring_route_with_something_to_solve_is_refused_when_built() -> None:
+    # an app-wide dependency (an authentication check, say) would be skipped by a direct route
+    app = FastAPI(dependencies=[Depends(lambda: None)])
+    with pytest.raises(TypeError, match=re.escape("/predict/{user_id}: a direct route reads only")):
+        add_routes(app, Service(ServeMetrics()))
+
+
+async def test_a_client_gone_mid_body_is_a_quiet_400(
+    store: RedisProcess, registry_root: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(serve_settings(store.url, registry_root))
+    parts = [
+        {"type": "http.request", "body": b'{"txn_id": "t', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return parts.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/score",
+        "raw_path": b"/v1/score",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 400
+    assert orjson.loads(sent[1]["body"]) == {"detail": "there was an error reading the body"}
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]

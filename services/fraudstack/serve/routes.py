@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.responses import Response
@@ -63,10 +63,25 @@ def direct(handler: Handler) -> type[APIRoute]:
     OpenAPI description drawn from the endpoint's signature, the matching, the app's exception
     handlers. ``handler`` reads and checks the parameters itself and raises FastAPI's
     ``RequestValidationError`` (see :func:`refused`), so a bad request is answered as any other.
+    A route with anything else to solve (a dependency of its own, of the app or of the router it
+    is added to, which is how an authentication check would come; a query, header or cookie
+    parameter) is refused when it is built, rather than served without it.
     """
 
     class DirectRoute(APIRoute):
         def get_route_handler(self) -> Handler:
+            # what FastAPI would have solved for each request would silently not happen here
+            skipped = self.dependant
+            if (
+                skipped.dependencies
+                or skipped.query_params
+                or skipped.header_params
+                or skipped.cookie_params
+            ):
+                raise TypeError(
+                    f"{self.path}: a direct route reads only its path and body; its dependencies "
+                    "and query, header or cookie parameters would never run or be checked"
+                )
             return handler
 
     return DirectRoute
@@ -249,7 +264,12 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
     async def score_request(request: Request) -> Response:
         if not _is_json(request.headers.get("content-type", "")):
             raise _body_refused("content_type", "send JSON (application/json)")
-        content = await request.body()
+        try:
+            content = await request.body()
+        except HTTPException:  # the app's body size limit: 413
+            raise
+        except Exception as exc:  # the client went away mid-body, say: a quiet 400, as FastAPI
+            raise HTTPException(400, "there was an error reading the body") from exc
         try:
             txn = Transaction.model_validate(orjson.loads(content))
         except orjson.JSONDecodeError as exc:
