@@ -65,7 +65,9 @@ def direct(handler: Handler) -> type[APIRoute]:
     ``RequestValidationError`` (see :func:`refused`), so a bad request is answered as any other.
     A route with anything else to solve (a dependency of its own, of the app or of the router it
     is added to, which is how an authentication check would come; a query, header or cookie
-    parameter) is refused when it is built, rather than served without it.
+    parameter) is refused when it is built, rather than served without it. The check cannot see
+    dependencies that a router adds when it includes another one (FastAPI keeps those apart), so
+    the scoring routes are added to the app itself.
     """
 
     class DirectRoute(APIRoute):
