@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
@@ -132,6 +132,13 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+_Key = TypeVar("_Key")
+
+
+async def _newest(lookup: FeatureLookup, customer_id: str) -> Scored:
+    return (await lookup.newest(customer_id))[1]
+
+
 class Service:
     """What the routes use; filled by the app's lifespan, once per worker."""
 
@@ -190,6 +197,32 @@ class Service:
                 metrics.observe_score(shadow.version, shadow_probability)
         return probability
 
+    async def respond(
+        self,
+        customer_id: str,
+        find: Callable[[FeatureLookup, _Key], Awaitable[Scored]],
+        key: _Key,
+        body: dict[str, Any],
+    ) -> Response:
+        """Score ``find(lookup, key)``, the features read from the store, with ``customer_id``'s
+        model, count it and answer ``body`` (the request's ids) with the score; a failure is
+        counted and raised, for the handlers of :mod:`.errors` to answer."""
+        started = _perf_counter()
+        version = NO_VERSION
+        self.in_flight += 1
+        try:
+            routing, lookup = self.parts()
+            scorer = routing.scorer_for(customer_id)
+            version = scorer.version
+            scored = await find(lookup, key)
+            probability = await self.score(routing, scorer, customer_id, scored)
+        except Exception as exc:
+            self.failed(exc, version, started)
+            raise
+        finally:
+            self.in_flight -= 1
+        return self.answer(version, probability, scored, started, body)
+
     def failed(self, exc: Exception, version: str, started: float) -> None:
         """Count a request that did not score (ours map to an outcome; anything else is a bug)."""
         outcome = classify(exc)[1] if isinstance(exc, FraudstackError) else OUTCOME_ERROR
@@ -219,21 +252,7 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
 
     async def predict(user_id: CustomerId) -> Response:
         """Score the customer's newest transaction with its features at that time."""
-        started = _perf_counter()
-        version = NO_VERSION
-        service.in_flight += 1
-        try:
-            routing, lookup = service.parts()
-            scorer = routing.scorer_for(user_id)
-            version = scorer.version
-            _, scored = await lookup.newest(user_id)
-            probability = await service.score(routing, scorer, user_id, scored)
-        except Exception as exc:  # counted here, answered by the handlers of .errors
-            service.failed(exc, version, started)
-            raise
-        finally:
-            service.in_flight -= 1
-        return service.answer(version, probability, scored, started, {"user_id": user_id})
+        return await service.respond(user_id, _newest, user_id, {"user_id": user_id})
 
     async def predict_request(request: Request) -> Response:
         try:
@@ -246,22 +265,8 @@ def add_routes(router: APIRouter | FastAPI, service: Service) -> None:
 
     async def score(txn: Transaction) -> Response:
         """Score one transaction with its features at its own time, the transaction included."""
-        started = _perf_counter()
-        version = NO_VERSION
-        service.in_flight += 1
-        try:
-            routing, lookup = service.parts()
-            scorer = routing.scorer_for(txn.customer_id)
-            version = scorer.version
-            scored = await lookup.transaction(txn)
-            probability = await service.score(routing, scorer, txn.customer_id, scored)
-        except Exception as exc:  # counted here, answered by the handlers of .errors
-            service.failed(exc, version, started)
-            raise
-        finally:
-            service.in_flight -= 1
         body = {"txn_id": txn.txn_id, "user_id": txn.customer_id}
-        return service.answer(version, probability, scored, started, body)
+        return await service.respond(txn.customer_id, FeatureLookup.transaction, txn, body)
 
     async def score_request(request: Request) -> Response:
         if not _is_json(request.headers.get("content-type", "")):
