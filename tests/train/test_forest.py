@@ -131,7 +131,8 @@ def test_trees_walked_side_by_side_sum_as_one_by_one() -> None:
     expected = {(1.0, 0.0): 0.0, (1.0, 0.9): 0.0, (2.0, 0.0): 0.0}
     for tree in range(19):
         roots.append(len(values))
-        leaves = [0.001 * tree, 0.01 * tree, 0.1 * tree]
+        # stored as float32, and summed as such
+        leaves = [float(np.float32(scale * tree)) for scale in (0.001, 0.01, 0.1)]
         if tree % 3 == 0:  # a leaf alone
             values += [leaves[0]]
             links += [-1]
