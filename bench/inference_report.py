@@ -30,6 +30,19 @@ def _half_max_row(document: dict[str, Any]) -> dict[str, Any]:
     return next(row for row in document["ours"]["ladder"] if row["fraction_of_max"] == 0.5)
 
 
+def _same_rate_ceiling(document: dict[str, Any]) -> dict[str, Any] | None:
+    """The bare endpoint's run at the rate of our kept half-maximum run, right after it."""
+    half = _half_max_row(document)
+    return next(
+        (
+            run
+            for run in document.get("ceiling_at_ours_half_max", [])
+            if run["rate"] == half["rate"] and run["ours_p99_ms"] == half["p99_ms"]
+        ),
+        None,
+    )
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
@@ -98,6 +111,18 @@ def checks(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "measured": round(_median_rps(document["ours"]) / _median_rps(document["ceiling"]), 3),
         "met": None,
     }
+    result["half_max_rate_vs_max"] = {
+        "target": None,
+        "measured": round(half["rate"] / ours, 3),
+        "met": None,
+    }
+    alike = _same_rate_ceiling(document)
+    if alike is not None:
+        result["half_max_p99_ms_of_ceiling"] = {
+            "target": None,
+            "measured": alike["p99_ms"],
+            "met": None,
+        }
     return result
 
 
@@ -138,7 +163,7 @@ def markdown(document: dict[str, Any]) -> str:
     lines += [
         "",
         f"## Fixed-rate ladder (least disturbed of {config.get('ladder_runs', 1)} runs; each "
-        "set against the design's maximum measured right before it)",
+        "set against the design's best round so far)",
         "",
         "| design | rate (req/s) | success | p50 ms | p95 ms | p99 ms | max ms | "
         "CPU µs/req: server / vegeta / Redis | machine busy |",
@@ -159,6 +184,18 @@ def markdown(document: dict[str, Any]) -> str:
             for run in half["runs"]
         )
         lines += ["", f"Every run of our half-maximum rung: {each}."]
+    alike = document.get("ceiling_at_ours_half_max")
+    if alike:
+        each = "; ".join(
+            f"{run['rate']:,} req/s: p99 {run['p99_ms']:.2f} ms, {run['success']:.2%} ok "
+            f"(ours: {run['ours_p99_ms']:.2f} ms), {_cpu(run).replace(' | ', ' µs/req, busy ')}"
+            for run in alike
+        )
+        lines += [
+            "",
+            "The bare endpoint at the same rate, right after each of those runs (what this machine "
+            f"gives a server that returns a constant at that rate): {each}.",
+        ]
     lines += [
         "",
         "CPU µs/req: CPU time per request of the server's processes, of the load generator and "
@@ -203,6 +240,10 @@ def markdown(document: dict[str, Any]) -> str:
             "max throughput / pre-encoded bare endpoint, direct route (shown only)"
         ),
         "median_vs_ceiling": "median round / bare endpoint's median round (shown only)",
+        "half_max_rate_vs_max": "rate of the kept half-maximum run / our max (shown only)",
+        "half_max_p99_ms_of_ceiling": (
+            "p99 of the bare endpoint at that rate, right after (ms, shown only)"
+        ),
     }
     for name, check in document["checks"].items():
         wanted = (
