@@ -35,6 +35,7 @@ demo: install
 
 bench: install tools
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/wakeup.py
 
 bench-stream: install
 	$(BIN)/python bench/stream.py
