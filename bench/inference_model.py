@@ -34,8 +34,13 @@ def prepare_model(
     last_day = int(day.max())
     rng = np.random.default_rng(seed)
     train = np.flatnonzero(day < last_day - 13)
-    train = rng.choice(train, size=min(rows, len(train)), replace=False)
     valid = np.flatnonzero(day > last_day - 7)
+    if len(train) == 0 or len(valid) == 0:
+        raise SystemExit(
+            f"{last_day + 1} days of transactions leave nothing to train on: the last two weeks "
+            "are the gap and the validation week; simulate more days (--days)"
+        )
+    train = rng.choice(train, size=min(rows, len(train)), replace=False)
     candidates = list(DEFAULT_MODELS) if model_name == "auto" else [model_name]
     fitted: dict[str, Any] = {}
     precision: dict[str, float] = {}
