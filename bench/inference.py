@@ -246,6 +246,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.workers is None:
         args.workers = len(args.server_cpus) if args.server_cpus else os.cpu_count() or 1
+    if args.ladder_runs < 1 or args.rounds < 1:
+        parser.error("--rounds and --ladder-runs must be at least 1")
     if args.server_cpus and args.load_cpus and args.server_cpus & args.load_cpus:
         parser.error("--server-cpus and --load-cpus overlap")
 
@@ -390,6 +392,7 @@ def main() -> int:
                     )
                     if design == "ours" and fraction == 0.5:
                         alike = run("ceiling", rate, args.seconds, 1_000)
+                        row["ceiling_same_rate"] = alike  # kept with the run it follows
                         same_rate.append({**alike, "ours_p99_ms": row["p99_ms"]})
                         say(
                             f"bare endpoint at the same {alike['rate']:,} req/s: "

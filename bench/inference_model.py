@@ -35,10 +35,10 @@ def prepare_model(
     rng = np.random.default_rng(seed)
     train = np.flatnonzero(day < last_day - 13)
     valid = np.flatnonzero(day > last_day - 7)
-    if len(train) == 0 or len(valid) == 0:
+    if len(np.unique(target[train])) < 2:
         raise SystemExit(
-            f"{last_day + 1} days of transactions leave nothing to train on: the last two weeks "
-            "are the gap and the validation week; simulate more days (--days)"
+            f"{last_day + 1} days of transactions leave too little to train on (the last two "
+            "weeks are the gap and the validation week): simulate more days (--days)"
         )
     train = rng.choice(train, size=min(rows, len(train)), replace=False)
     candidates = list(DEFAULT_MODELS) if model_name == "auto" else [model_name]

@@ -2,26 +2,27 @@
 
 A request that comes alone to a worker of the inference service waits twice: for the request,
 then for Redis's reply. Each wait puts the process to sleep and each reply wakes it, and what a
-sleep and a wake-up cost depends on the machine far more than on the program: little on bare
-metal, a lot in a virtual machine where an idle CPU is handed back to the host. This program
-measures it with the simplest client there is, a blocking socket to a private ``redis-server``:
+sleep and a wake-up cost depends on the machine more than on the program: little on bare metal,
+much more in a virtual machine where an idle CPU is handed back to the host. This program
+measures a round trip with the simplest client there is, a blocking socket to a private
+``redis-server``:
 
 * one at a time: send ``PING``, wait for ``+PONG`` (the client sleeps and is woken each time);
-* pipelined: send 32 ``PING`` at once, read the 32 replies (one wake-up for 32 round trips).
+* pipelined: send 32 ``PING`` at once, read the 32 replies (one wait for 32 round trips).
 
-The CPU time per round trip of the client (median of repeats) is what each design of the
-inference benchmark pays per wake-up on top of its own work; it is why a lone request costs a
-server more CPU than one of a busy stream, and so how busy the machine already is at half of a
-server's maximum throughput. Prints Markdown and writes ``bench/results/wakeup.{md,json}``.
+The difference per round trip is the wait (the sleep and the wake-up of both ends) plus the
+per-call work that 32 round trips share: the system calls and the client's loop. The first is
+the part that grows where wake-ups are dear. What the inference benchmark shows next to it: its
+servers spend more CPU per request at half their maximum throughput, where requests come alone,
+than at the maximum, where each wake-up serves several. Prints Markdown and writes
+``bench/results/wakeup.{md,json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -34,91 +35,86 @@ from fraudstack.devstack.process import free_port  # noqa: E402
 from machine import machine  # noqa: E402
 
 RESULTS = BENCH / "results"
-TICK = os.sysconf("SC_CLK_TCK")
+PIPELINE_DEPTH = 32
 PONG = b"+PONG\r\n"
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def round_trips(
-    sock: socket.socket, server: int, count: int, depth: int
-) -> tuple[float, float, float]:
-    """CPU µs of the client and of the server, and wall µs, per round trip of ``count`` PINGs
-    sent ``depth`` at a time."""
-    payload = b"PING\r\n" * depth
-    expected = len(PONG) * depth
-    server_cpu = server_cpu_seconds(server)
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(count // depth):
-        sock.sendall(payload)
-        received = 0
-        while received < expected:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise SystemExit("redis-server closed the connection")
-            received += len(chunk)
-    done = (count // depth) * depth
-    return (
-        (time.process_time() - cpu) / done * 1e6,
-        (server_cpu_seconds(server) - server_cpu) / done * 1e6,
-        (time.perf_counter() - wall) / done * 1e6,
+def cpu_ns(pid: int) -> int:
+    """CPU time a process's threads have run so far, in ns (Linux's schedstat)."""
+    return sum(
+        int(stat.read_text().split()[0]) for stat in Path(f"/proc/{pid}/task").glob("*/schedstat")
     )
 
 
+def round_trips(sock: socket.socket, server: int, count: int, depth: int) -> dict[str, float]:
+    """CPU µs of the client and of Redis, and wall µs, per round trip of ``count`` PINGs sent
+    ``depth`` at a time."""
+    payload = b"PING\r\n" * depth
+    expected = PONG * depth
+    batches = count // depth
+    server_before = cpu_ns(server)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(batches):
+        sock.sendall(payload)
+        reply = b""
+        while len(reply) < len(expected):
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise SystemExit("redis-server closed the connection")
+            reply += chunk
+        if reply != expected:
+            raise SystemExit(f"redis-server answered {reply[:40]!r}, not PONG")
+    done = batches * depth
+    return {
+        "cpu_us": round((time.process_time() - cpu) / done * 1e6, 2),
+        "redis_cpu_us": round((cpu_ns(server) - server_before) / done / 1e3, 2),
+        "wall_us": round((time.perf_counter() - wall) / done * 1e6, 2),
+    }
+
+
 def measure(port: int, server: int, count: int, repeats: int) -> list[dict[str, Any]]:
+    """For one at a time and pipelined: the run of median client CPU, and every run."""
     rows = []
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(None)  # blocking: a timeout would poll before every call
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         round_trips(sock, server, 2_000, 1)  # warm-up
-        for depth in (1, 32):
+        for depth in (1, PIPELINE_DEPTH):
             runs = [round_trips(sock, server, count, depth) for _ in range(repeats)]
-            rows.append(
-                {
-                    "in_flight": depth,
-                    "cpu_us_per_round_trip": round(statistics.median(r[0] for r in runs), 2),
-                    "redis_cpu_us_per_round_trip": round(statistics.median(r[1] for r in runs), 2),
-                    "wall_us_per_round_trip": round(statistics.median(r[2] for r in runs), 2),
-                    "runs": [
-                        {"cpu_us": round(c, 2), "redis_cpu_us": round(r, 2), "wall_us": round(w, 2)}
-                        for c, r, w in runs
-                    ],
-                }
-            )
+            median = sorted(runs, key=lambda run: run["cpu_us"])[len(runs) // 2]
+            rows.append({"in_flight": depth, **median, "runs": runs})
     return rows
 
 
 def markdown(document: dict[str, Any]) -> str:
     box = document["machine"]
     alone, pipelined = document["round_trips"]
+    labels = (
+        "one at a time (sleeps and is woken for each reply)",
+        f"{PIPELINE_DEPTH} in flight (one wait for {PIPELINE_DEPTH} replies)",
+    )
     lines = [
         "# What a round trip that waits costs this machine",
         "",
         f"Machine: {box['cpus']} CPUs ({box['processor']}), {box['memory_gib']} GiB, "
         f"{box['platform']}, {box['measured_at']}. A blocking socket to a private "
-        f"`redis-server` on loopback, {document['count']:,} PINGs per run, median of "
-        f"{document['repeats']} runs.",
+        f"`redis-server` on loopback, {document['count']:,} PINGs per run; the run of median "
+        f"client CPU of {document['repeats']}.",
         "",
         "| client | CPU µs per round trip: client / Redis | wall µs per round trip |",
         "|---|---:|---:|",
         *(
-            f"| {label} | {row['cpu_us_per_round_trip']:.1f} / "
-            f"{row['redis_cpu_us_per_round_trip']:.1f} | {row['wall_us_per_round_trip']:.1f} |"
-            for label, row in (
-                ("one at a time (sleeps and is woken for each reply)", alone),
-                ("32 in flight (one wake-up for 32 replies)", pipelined),
-            )
+            f"| {label} | {row['cpu_us']:.1f} / {row['redis_cpu_us']:.1f} | {row['wall_us']:.1f} |"
+            for label, row in zip(labels, (alone, pipelined), strict=True)
         ),
         "",
-        f"Waiting for each reply costs the client {document['wait_cost_ratio']:.1f}× the CPU of a "
-        "pipelined round trip here, and Redis, woken for each command, pays its share too. A "
-        "request that reaches a server alone pays such waits (for the request, and for the "
-        "store's reply when there is one), and a request in a busy stream shares them with "
-        "others: that is why the inference benchmark's servers spend more CPU per request at "
-        "half their maximum throughput than at the maximum.",
+        f"A round trip that waits costs the client {document['wait_cost_ratio']:.1f}× the CPU "
+        "of a pipelined one here: the sleep and the wake-up, plus the system calls and the loop "
+        f"that {PIPELINE_DEPTH} pipelined round trips share. A request that reaches a server "
+        "alone pays such waits (for the request, and for the store's reply when there is one); "
+        "in a busy stream several requests share each. The inference benchmark shows the "
+        "consequence: its servers spend more CPU per request at half their maximum throughput "
+        "than at the maximum.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -129,6 +125,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--results", default=str(RESULTS), help="where the results are written")
     args = parser.parse_args()
+    if args.count < PIPELINE_DEPTH or args.repeats < 1:
+        parser.error(f"--count must be at least {PIPELINE_DEPTH} and --repeats at least 1")
 
     port = free_port()
     redis_server = subprocess.Popen(
@@ -153,9 +151,7 @@ def main() -> int:
 
     document = {
         "round_trips": rows,
-        "wait_cost_ratio": round(
-            rows[0]["cpu_us_per_round_trip"] / rows[1]["cpu_us_per_round_trip"], 2
-        ),
+        "wait_cost_ratio": round(rows[0]["cpu_us"] / rows[1]["cpu_us"], 2),
         "count": args.count,
         "repeats": args.repeats,
         "machine": machine(),
