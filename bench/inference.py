@@ -43,7 +43,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from fraudstack.simulate import SimulationConfig, simulate  # noqa: E402
 from inference_model import existing_model, model_eval, prepare_model, say  # noqa: E402
 from inference_report import TARGETS, checks, markdown, plot  # noqa: E402
 from machine import machine  # noqa: E402
+from servers import start, start_redis, stop  # noqa: E402
 
 RESULTS = BENCH / "results"
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"
@@ -86,42 +86,6 @@ def vegeta_binary() -> str:
         env = {**os.environ, "GOBIN": str(binary.parent), "CGO_ENABLED": "0"}
         subprocess.run(["go", "install", VEGETA_MODULE], env=env, check=True)
     return str(binary)
-
-
-def start(
-    argv: list[str], env: dict[str, str], log: Path, cpus: frozenset[int] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start a server (or Redis) in a process group of its own, stopped with :func:`stop`.
-
-    A process group, not a session: with Linux's session autogroups (``sched_autogroup_enabled``,
-    on by default in Debian's and Ubuntu's kernels) a process in a session of its own is
-    scheduled as one group against the rest of the machine. Measured here, a two-worker server in
-    its own session, sharing two cores with vegeta, answered with a p99 two to three times
-    higher at the same fixed rate (14-29 ms against 6-7 ms) than the same server started from
-    the benchmark's own session, as ``gunicorn ... & vegeta attack ...`` from one shell would
-    be: a woken worker waited for the load generator's group to use up its slice. Every design
-    and Redis are started alike, so the comparison stays fair.
-    """
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            process_group=0,
-            preexec_fn=pinned_to(cpus),
-        )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def wait_answering(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -258,26 +222,9 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         say("starting a private redis-server")
-        redis_port = free_port()
-        redis_server = start(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(redis_port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            {},
-            work / "redis.log",
-            args.server_cpus,
-        )
+        redis_server, redis_port = start_redis(work / "redis.log", args.server_cpus)
         processes.append(redis_server)
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
-        time.sleep(0.5)
 
         config = SimulationConfig(
             customers=args.customers, terminals=2 * args.customers, days=args.days, seed=args.seed
@@ -371,7 +318,6 @@ def main() -> int:
         # others: every design gets rounds + ladder runs of them), and the rungs are set against
         # the best round so far: "half of our maximum" is half of the maximum we report.
         attempts: dict[tuple[str, float], list[dict[str, Any]]] = {}
-        same_rate: list[dict[str, Any]] = []
         for repetition in range(1, args.ladder_runs + 1):
             for design in DESIGNS:
                 row = {**run(design, 0, args.seconds, args.concurrency), "before_ladder": True}
@@ -393,7 +339,6 @@ def main() -> int:
                     if design == "ours" and fraction == 0.5:
                         alike = run("ceiling", rate, args.seconds, 1_000)
                         row["ceiling_same_rate"] = alike  # kept with the run it follows
-                        same_rate.append({**alike, "ours_p99_ms": row["p99_ms"]})
                         say(
                             f"bare endpoint at the same {alike['rate']:,} req/s: "
                             f"{alike['success']:.2%} ok, p99 {alike['p99_ms']} ms"
@@ -421,7 +366,10 @@ def main() -> int:
         "baseline": results["baseline"],
         "ceiling": results["ceiling"],
         "ceiling_strict": results["ceiling_strict"],
-        "ceiling_at_ours_half_max": same_rate,
+        "ceiling_at_ours_half_max": [
+            {**row["ceiling_same_rate"], "ours_p99_ms": row["p99_ms"]}
+            for row in attempts[("ours", 0.5)]
+        ],
         "model_eval_us": evaluation,
         "model": {"version": version, "validation_average_precision": precision},
         "probability_max_abs_diff_ours_vs_baseline": difference,

@@ -23,16 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from fraudstack.devstack.process import free_port  # noqa: E402
 from machine import machine  # noqa: E402
+from servers import start_redis, stop  # noqa: E402
 
 RESULTS = BENCH / "results"
 PIPELINE_DEPTH = 32
@@ -128,26 +128,12 @@ def main() -> int:
     if args.count < PIPELINE_DEPTH or args.repeats < 1:
         parser.error(f"--count must be at least {PIPELINE_DEPTH} and --repeats at least 1")
 
-    port = free_port()
-    redis_server = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or redis_server.poll() is not None:
-                    raise SystemExit("redis-server did not start") from None
-                time.sleep(0.1)
-        rows = measure(port, redis_server.pid, args.count, args.repeats)
-    finally:
-        redis_server.terminate()
-        redis_server.wait(10)
+    with tempfile.TemporaryDirectory(prefix="fraudstack-bench-wakeup-") as work:
+        redis_server, port = start_redis(Path(work) / "redis.log")
+        try:
+            rows = measure(port, redis_server.pid, args.count, args.repeats)
+        finally:
+            stop(redis_server)
 
     document = {
         "round_trips": rows,
