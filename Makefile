@@ -22,13 +22,15 @@ tools: install
 	@if [ -x deploy/tools.sh ]; then deploy/tools.sh; fi
 	@if [ -x deploy/kube-apiserver/build.sh ]; then deploy/kube-apiserver/build.sh; fi
 
-test: install tools
+# The code is checked before it is run: style, types and the layer contracts (pyproject.toml).
+test: lint tools
 	$(BIN)/pytest
 
 lint: install
 	$(BIN)/ruff check services operator tests bench
 	$(BIN)/ruff format --check services operator tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 demo: install
 	$(BIN)/fraudstack demo

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 from cpu import pinned_to
-from fraudstack.devstack.process import free_port, wait_until
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.errors import DevstackError
 
 
@@ -49,27 +48,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def answers_ping(port: int) -> bool:
-    """Whether a Redis on loopback ``port`` answers ``PING``."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
 def start_redis(
     log: Path, cpus: frozenset[int] | None = None
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """A private ``redis-server`` on a free loopback port, without persistence, answering; and
-    its port. A server that does not answer is stopped and is a one-line message."""
-    port = free_port()
-    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    process = start([*argv, "--appendonly", "no"], {}, log, cpus)
+    """A private ``redis-server`` (the devstack's launcher, which installs it when missing) on a
+    free loopback port, without persistence, answering; and its port. It is started like every
+    server here (:func:`start`), so the comparison stays fair. A server that does not answer is
+    a one-line message."""
+    server = PrivateRedis(log.parent, launch=lambda argv, path: start(argv, {}, path, cpus))
     try:
-        wait_until(lambda: answers_ping(port), "redis-server", 20, process.pid, log)
+        server.start()
     except DevstackError as exc:
-        stop(process)
         raise SystemExit(str(exc)) from None
-    return process, port
+    assert server.process is not None
+    return server.process, server.port

@@ -26,6 +26,9 @@ for _variable in (
 from fraudstack.devstack import Devstack  # noqa: E402  (after the environment is set)
 from fraudstack.devstack.base import ServerInfo  # noqa: E402
 
+#: Shared fixtures and helpers (``tests/support``), available to every folder.
+pytest_plugins = ["support.serving", "support.crowd", "support.kube"]
+
 
 @pytest.fixture(scope="session")
 def devstack() -> Iterator[dict[str, ServerInfo]]:

@@ -2,7 +2,9 @@
 
 Each role has its own settings class deriving from :class:`CommonSettings`; each is built once
 through a cached ``get_settings()`` so tests and FastAPI dependencies can override it instead of
-patching the environment. Where an address is not set, the running devstack's is used.
+patching the environment. A setting comes from, first to last: a keyword argument, the
+environment, the running devstack's env file (:func:`~fraudstack.paths.devstack_env_file`, which
+``fraudstack devstack up`` writes), the default.
 
 =================================  ==========================================================
 variable                           meaning
@@ -13,6 +15,10 @@ variable                           meaning
 ``FRAUDSTACK_MODEL_REGISTRY_URI``  root of the model registry (``models/<version>/``)
 ``FRAUDSTACK_LOG_LEVEL``           ``DEBUG``, ``INFO`` (default), ``WARNING``...
 ``FRAUDSTACK_TOPIC_PREFIX``        prefix of every Kafka topic name (default none)
+``FRAUDSTACK_PROMETHEUS_URL``      Prometheus, read by the operator's gates
+``FRAUDSTACK_SCRAPE_TARGETS_DIR``  a Prometheus ``file_sd`` folder a service adds itself to
+                                   (the devstack's; unset in a cluster, where Prometheus finds
+                                   the pods by itself)
 =================================  ==========================================================
 """
 
@@ -22,10 +28,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from pydantic import model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from fraudstack.errors import ConfigurationError
-from fraudstack.paths import state_dir
+from fraudstack.paths import devstack_env_file, state_dir
 
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_LABELS = "labels"
@@ -72,24 +83,24 @@ class CommonSettings(BaseSettings):
     def topics(self) -> Topics:
         return Topics.with_prefix(self.topic_prefix)
 
-    @model_validator(mode="after")
-    def _fill_from_devstack(self) -> CommonSettings:
-        missing = [
-            name
-            for name in ("redis_url", "kafka_bootstrap", "prometheus_url")
-            if not getattr(self, name)
-        ]
-        if missing:
-            from fraudstack.devstack import addresses
+    scrape_targets_dir: str = ""
+    """``FRAUDSTACK_SCRAPE_TARGETS_DIR``: where to announce a metrics port to Prometheus."""
 
-            servers = addresses()
-            for name, server in (
-                ("redis_url", "redis"),
-                ("kafka_bootstrap", "kafka"),
-                ("prometheus_url", "prometheus"),
-            ):
-                if not getattr(self, name) and server in servers:
-                    setattr(self, name, servers[server]["address"])
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment first, then the devstack's env file, read anew on every build."""
+        devstack = DotEnvSettingsSource(settings_cls, env_file=devstack_env_file())
+        return init_settings, env_settings, devstack, file_secret_settings
+
+    @model_validator(mode="after")
+    def _default_folders(self) -> CommonSettings:
         if not self.offline_store_uri:
             self.offline_store_uri = str(state_dir() / "offline")
         if not self.model_registry_uri:

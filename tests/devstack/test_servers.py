@@ -10,10 +10,11 @@ import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
+from fraudstack.adapters.scrape import register_target
 from fraudstack.devstack.base import ServerInfo
 from fraudstack.devstack.process import free_port
-from fraudstack.devstack.prometheus_server import register_target
 from fraudstack.settings import CommonSettings
+from support.waiting import eventually
 
 
 async def test_kafka_produce_then_consume(kafka_bootstrap: str) -> None:
@@ -81,14 +82,15 @@ def test_settings_find_the_devstack(devstack: dict[str, ServerInfo]) -> None:
 
 
 def _wait_for_query(prometheus_url: str, queries: list[str], timeout: float = 30) -> list[float]:
-    deadline = time.monotonic() + timeout
-    while True:
-        values = []
+    """Every query's value, once each has a result."""
+
+    def values() -> list[float] | None:
+        found = []
         for query in queries:
             response = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": query})
             result = response.json()["data"]["result"]
             if result:
-                values.append(float(result[0]["value"][1]))
-        if len(values) == len(queries) or time.monotonic() > deadline:
-            return values
-        time.sleep(0.5)
+                found.append(float(result[0]["value"][1]))
+        return found if len(found) == len(queries) else None
+
+    return eventually(values, f"a result for each of {queries}", timeout, interval=0.5)

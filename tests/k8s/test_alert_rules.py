@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from k8s_support import CHART, Helm, which_promtool
+
+from support.kube import CHART, Helm, which_promtool
 
 ALERTS = CHART / "files" / "alerts.yaml"
 UNIT_TESTS = Path(__file__).parent / "promtool" / "alerts_test.yaml"

@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from k8s_support import CHART, CI_VALUES, Helm, Manifest, as_dict, parse_manifest
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 
 from fraudstack.devstack.base import ServerInfo
+from support.kube import CHART, CI_VALUES, Helm, Manifest, as_dict, parse_manifest
 
 RELEASE = "fraudstack"
 MONITORING = CHART / "ci" / "with-monitoring-values.yaml"

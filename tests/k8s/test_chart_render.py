@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_support import CHART, CI_VALUES, Helm, Manifest
+
+from support.kube import CHART, CI_VALUES, Helm, Manifest
 
 RELEASE = "fraudstack"
 SERVICES = ("ingest", "aggregate", "snapshot", "inference")

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_support import ROOT, api_error_message, as_dict
 from kubernetes import client
+
+from support.kube import ROOT, api_error_message, as_dict
 
 GROUP, VERSION, PLURAL = "fraudstack.io", "v1alpha1", "fraudmodels"
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "fraudmodel.yaml").read_text())

@@ -1,8 +1,7 @@
 """Fixtures for the operator tests: every part is the real one.
 
-* the API server (etcd + kube-apiserver) with the CRDs: the session fixtures of
-  ``tests/k8s/conftest.py``, loaded from there (a second API server starts when both folders run
-  in one session; moving those fixtures to ``tests/conftest.py`` would share one);
+* the API server (etcd + kube-apiserver) with the CRDs: the session fixtures of the
+  ``support.kube`` plugin, shared with the chart tests;
 * Redis and Prometheus of the test devstack (``tests/conftest.py``);
 * a model registry in a temporary folder, with versions published through
   :class:`~fraudstack.adapters.registry.ModelRegistry` (metadata and a placeholder file: the
@@ -16,11 +15,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,23 +33,9 @@ from operator_support import (
 )
 
 from fraudstack.adapters.registry import ModelMetadata, ModelRegistry
+from fraudstack.adapters.scrape import register_target
 from fraudstack.devstack.base import ServerInfo
-from fraudstack.devstack.prometheus_server import register_target
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
-
-_K8S = Path(__file__).resolve().parents[1] / "k8s"
-if str(_K8S) not in sys.path:
-    sys.path.insert(0, str(_K8S))  # tests/k8s/conftest.py imports k8s_support from there
-_spec = importlib.util.spec_from_file_location("k8s_fixtures", _K8S / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-k8s_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(k8s_fixtures)
-
-kube = k8s_fixtures.kube
-api = k8s_fixtures.api
-crds = k8s_fixtures.crds
-create_namespace = k8s_fixtures.create_namespace
-objects = k8s_fixtures.objects
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from fraudmodel_operator.settings import OperatorSettings
 from fraudstack.devstack.process import free_port
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.metrics import LATENCY_BUCKETS, SCORE_BUCKETS
+from support.waiting import eventually
 
 __all__ = [
     "GROUP",
@@ -33,7 +33,6 @@ __all__ = [
     "published",
     "read",
     "running_operator",
-    "wait_for",
     "wait_for_status",
 ]
 
@@ -93,18 +92,6 @@ def published(store: redis.Redis, key: str) -> RoutingDocument | None:
     return None if raw is None else RoutingDocument.from_json(raw)
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 20.0) -> T:
-    """Poll ``probe`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 def wait_for_status(
     objects: client.CustomObjectsApi,
     namespace: str,
@@ -119,7 +106,7 @@ def wait_for_status(
         body = read(objects, namespace, name)
         return body if predicate(body) else None
 
-    return wait_for(f"{name}: {what}", probe, timeout)
+    return eventually(probe, f"{name}: {what}", timeout)
 
 
 def is_gone(objects: client.CustomObjectsApi, namespace: str, name: str) -> bool:
@@ -143,7 +130,7 @@ def delete_and_wait(
         if exc.status == 404:
             return
         raise
-    wait_for(f"{name} to be deleted", lambda: is_gone(objects, namespace, name), timeout)
+    eventually(lambda: is_gone(objects, namespace, name), f"{name} to be deleted", timeout)
 
 
 class MetricsTarget:

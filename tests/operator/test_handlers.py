@@ -20,13 +20,13 @@ from operator_support import (
     fraud_model,
     is_gone,
     published,
-    wait_for,
     wait_for_status,
 )
 
 from fraudmodel_operator.publish import PublishResult, RoutingPublisher
 from fraudstack.errors import StoreUnavailable
 from fraudstack.routing import RoutingDocument
+from support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_changing_the_share_changes_the_routing(
         data = core.read_namespaced_config_map("share-routing", namespace).data or {}
         return data if data.get("candidateShare") == "40" else None
 
-    data = wait_for("the ConfigMap to follow", mirrored)
+    data = eventually(mirrored, "the ConfigMap to follow")
     assert json.loads(data["routing.json"])["candidate_share"] == 40.0
 
     patch_spec(objects, namespace, "share", mode="shadow")
@@ -349,5 +349,5 @@ def test_deleting_withdraws_the_routing(
 
     objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "doomed")
 
-    wait_for("the FraudModel to be gone", lambda: is_gone(objects, namespace, "doomed"))
+    eventually(lambda: is_gone(objects, namespace, "doomed"), "the FraudModel to be gone")
     assert store.get(routing_key) is None

@@ -21,7 +21,6 @@ from operator_support import (
     condition,
     fraud_model,
     published,
-    wait_for,
     wait_for_status,
 )
 
@@ -29,6 +28,7 @@ from fraudmodel_operator.handlers import routing_document
 from fraudmodel_operator.publish import PublishResult, RoutingPublisher
 from fraudmodel_operator.resource import Split, Status
 from fraudstack.routing import RoutingDocument
+from support.waiting import eventually
 
 GATES = {"minRequests": 20, "maxLatencyP99Ratio": 1.5, "maxErrorRateDelta": 0.05}
 
@@ -51,7 +51,7 @@ class Rollout:
             same = document is not None and document.routing_fields() == fields
             return document if same else None
 
-        return wait_for(f"{what} published", probe, timeout)
+        return eventually(probe, f"{what} published", timeout)
 
     def status(self, timeout: float = 20.0, **expected: object) -> dict[str, Any]:
         """The FraudModel once its status holds every ``expected`` field."""
@@ -202,5 +202,5 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
         ).items
         return [event for event in events if event.reason == "RolledBack"]
 
-    (event,) = wait_for("the RolledBack event", rolled_back_events)
+    (event,) = eventually(rolled_back_events, "the RolledBack event")
     assert event.type == "Warning" and "p99 latency" in (event.message or "")

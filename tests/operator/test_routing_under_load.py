@@ -24,25 +24,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 import redis.asyncio
-from conftest_serve import (
-    CANDIDATE,
-    CUSTOMERS,
-    STABLE,
-    crowd,
-    crowd_store,
-    crowd_table,
-    offline_features,
-    registry_root,
-    serve_routing_key,
-    service,
-    transactions,
-)
 from kopf.testing import KopfRunner
 from kubernetes import client
 from operator_support import (
@@ -56,20 +43,12 @@ from operator_support import (
 
 from fraudmodel_operator.publish import Outcome, RoutingPublisher
 from fraudstack.devstack.base import ServerInfo
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.models import BUCKETS, customer_bucket
-from serve.conftest import RedisProcess, RunningService
-
-__all__ = [  # fixtures, imported so that pytest finds them in this module
-    "crowd",
-    "crowd_store",
-    "crowd_table",
-    "offline_features",
-    "registry_root",
-    "serve_routing_key",
-    "service",
-    "transactions",
-]
+from support.crowd import CUSTOMERS
+from support.serving import CANDIDATE, STABLE, RunningService
+from support.waiting import eventually_async
 
 LOOPS = 8
 SOURCE = "fraudstack/load-test"
@@ -122,13 +101,6 @@ def expected_version(customer: str, candidate_share: float) -> str:
     return CANDIDATE if customer_bucket(customer) < cutoff else STABLE
 
 
-async def until(what: str, condition: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def every_worker_serves(url: str, customers: list[str], version: str) -> bool:
     """Each of 24 requests on a connection of its own (so the workers share them) answered by
     ``version``: a worker still on the old routing would answer one of them with the other."""
@@ -143,7 +115,7 @@ async def every_worker_serves(url: str, customers: list[str], version: str) -> b
 
 @pytest.fixture
 async def publisher(
-    crowd_store: RedisProcess, serve_routing_key: str
+    crowd_store: PrivateRedis, serve_routing_key: str
 ) -> AsyncIterator[RoutingPublisher]:
     connection = redis.asyncio.Redis.from_url(crowd_store.url)
     try:
@@ -174,12 +146,16 @@ async def test_switching_routing_under_load_fails_nothing_and_splits_customers_a
                     async def candidate_answered() -> bool:
                         return load.candidate_answers() > 0
 
-                    await until("the candidate to answer under load", candidate_answered)
+                    await eventually_async(
+                        candidate_answered, "the candidate to answer under load", timeout=15
+                    )
 
             async def last_switch_seen() -> bool:
                 return await every_worker_serves(service.url, switched, CANDIDATE)
 
-            await until("every worker to serve the last routing", last_switch_seen)
+            await eventually_async(
+                last_switch_seen, "every worker to serve the last routing", timeout=15
+            )
             await asyncio.sleep(PHASE_SECONDS / 3)  # and some more load on it
         finally:
             load.stop.set()
@@ -239,7 +215,7 @@ def serve_namespace(crds: list[str], create_namespace: Callable[[str], str]) -> 
 def serving_operator(
     kube: ServerInfo,
     serve_namespace: str,
-    crowd_store: RedisProcess,
+    crowd_store: PrivateRedis,
     registry_root: str,
     serve_routing_key: str,
 ) -> Iterator[KopfRunner]:
@@ -285,7 +261,7 @@ async def test_the_service_follows_a_fraudmodel_applied_through_the_api_server(
             async def on_candidate() -> bool:
                 return await every_worker_serves(service.url, switched, CANDIDATE)
 
-            await until("the service to follow the FraudModel", on_candidate, timeout=30)
+            await eventually_async(on_candidate, "the service to follow the FraudModel", timeout=30)
             versions = await ask_all(http, sample)
             assert versions == {c: expected_version(c, 50.0) for c in sample}
 
@@ -302,7 +278,9 @@ async def test_the_service_follows_a_fraudmodel_applied_through_the_api_server(
             async def back_on_stable() -> bool:
                 return await every_worker_serves(service.url, switched, STABLE)
 
-            await until("the service to follow the new share", back_on_stable, timeout=30)
+            await eventually_async(
+                back_on_stable, "the service to follow the new share", timeout=30
+            )
             versions = await ask_all(http, sample)
             assert versions == {c: expected_version(c, 10.0) for c in sample}
         finally:

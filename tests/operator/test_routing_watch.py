@@ -15,9 +15,10 @@ import pytest
 import redis
 import redis.asyncio
 
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.routing_watch import read_routing, watch_routing
-from serve.conftest import RedisProcess, start_redis
+from support.waiting import eventually_async, never_async
 
 INTERVAL = 0.05
 
@@ -47,13 +48,6 @@ class Worker:
             self.failures -= 1
             raise RuntimeError("model does not load")
         self.applied.append(routing)
-
-
-async def eventually(what: str, condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(INTERVAL)
 
 
 @pytest.fixture
@@ -98,24 +92,23 @@ async def test_a_published_routing_is_applied_and_followed(
     client: redis.asyncio.Redis, key: str, watching: Callable[..., Awaitable[Worker]]
 ) -> None:
     worker = await watching()
-    await asyncio.sleep(INTERVAL * 3)
-    assert worker.applied == []  # nothing published: the worker keeps its own routing
+    # nothing published: the worker keeps its own routing
+    await never_async(lambda: worker.applied, "a routing applied", during=INTERVAL * 6)
 
     await client.set(key, document(10).to_json())
-    await eventually("the first routing", lambda: len(worker.applied) == 1)
+    await eventually_async(lambda: len(worker.applied) == 1, "the first routing")
     assert worker.applied[0] == document(10)
     assert await read_routing(client, key) == document(10)
 
     # the same routing republished (a new generation for another reason): not applied again
     await client.set(key, document(10, generation=2).to_json())
     await client.set(key, document(40, generation=3).to_json())
-    await eventually("the new share", lambda: worker.applied[-1].candidate_share == 40.0)
+    await eventually_async(lambda: worker.applied[-1].candidate_share == 40.0, "the new share")
     assert [routing.candidate_share for routing in worker.applied] == [10.0, 40.0]
 
     # the FraudModel is deleted: the key goes, the routing stays
     await client.delete(key)
-    await asyncio.sleep(INTERVAL * 4)
-    assert len(worker.applied) == 2
+    await never_async(lambda: worker.applied[2:], "a routing applied", during=INTERVAL * 6)
 
 
 async def test_a_bad_document_is_ignored_and_the_worker_carries_on(
@@ -126,20 +119,19 @@ async def test_a_bad_document_is_ignored_and_the_worker_carries_on(
 ) -> None:
     await client.set(key, document(10).to_json())
     worker = await watching()
-    await eventually("the first routing", lambda: len(worker.applied) == 1)
+    await eventually_async(lambda: len(worker.applied) == 1, "the first routing")
 
     await client.set(
         key, b'{"stable": "v1", "source": "fraudstack/scorer", "candidate_share": 300}'
     )
-    await asyncio.sleep(INTERVAL * 4)
-    assert len(worker.applied) == 1
+    await never_async(lambda: worker.applied[1:], "a bad routing applied", during=INTERVAL * 6)
     refused = [r for r in caplog.records if "ignoring the routing" in r.getMessage()]
     assert len(refused) == 1  # logged once, not on every poll
     assert "candidate_share 300.0 is outside 0-100" in refused[0].getMessage()
 
     await client.set(key, b"not json at all")
     await client.set(key, document(20, generation=2).to_json())
-    await eventually("the next good routing", lambda: len(worker.applied) == 2)
+    await eventually_async(lambda: len(worker.applied) == 2, "the next good routing")
 
 
 async def test_a_routing_that_cannot_be_applied_is_retried(
@@ -149,15 +141,15 @@ async def test_a_routing_that_cannot_be_applied_is_retried(
     worker.failures = 2
     started = time.monotonic()
     await client.set(key, document(10).to_json())
-    await eventually("the routing after two failures", lambda: len(worker.applied) == 1)
+    await eventually_async(lambda: len(worker.applied) == 1, "the routing after two failures")
     assert time.monotonic() - started >= 0.6  # two retries, 0.3 s apart
     assert worker.failures == 0
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A Redis of this test's own, to stop and start again on the same port."""
-    server = start_redis(tmp_path / "redis")
+    server = PrivateRedis(tmp_path / "redis").start()
     try:
         yield server
     finally:
@@ -165,7 +157,7 @@ def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
 
 
 async def test_the_watch_survives_a_redis_outage(
-    private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fraudstack.serve.routing")
     connection = redis.asyncio.Redis(
@@ -177,21 +169,23 @@ async def test_the_watch_survives_a_redis_outage(
     )
     try:
         await connection.set("routing", document(10).to_json())
-        await eventually("the first routing", lambda: len(worker.applied) == 1)
+        await eventually_async(lambda: len(worker.applied) == 1, "the first routing")
 
         private_redis.stop()
 
         def outage_logs() -> int:
             return sum("cannot read the routing" in r.getMessage() for r in caplog.records)
 
-        await eventually("the outage to be noticed", lambda: outage_logs() > 0)
-        await asyncio.sleep(1.0)
-        assert not task.done() and len(worker.applied) == 1
-        assert outage_logs() == 1  # once per outage, not once per poll
+        await eventually_async(lambda: outage_logs() > 0, "the outage to be noticed")
+        await never_async(
+            lambda: task.done() or worker.applied[1:] or outage_logs() > 1,
+            "the watch ending, a routing applied, or the outage logged again on a poll",
+            during=1.0,
+        )
 
         private_redis.start()  # back, empty (no persistence): the operator would publish again
         await connection.set("routing", document(30, generation=2).to_json())
-        await eventually("the routing after the outage", lambda: len(worker.applied) == 2)
+        await eventually_async(lambda: len(worker.applied) == 2, "the routing after the outage")
         assert worker.applied[-1].candidate_share == 30.0
         assert any("readable again" in r.getMessage() for r in caplog.records)
     finally:

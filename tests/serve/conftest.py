@@ -1,203 +1,25 @@
-"""Fixtures of the inference service tests: real data, real models, a real Redis of their own.
-
-The tests here start their own ``redis-server`` (a free port, no persistence) instead of using
-the devstack's, so stopping it to see the service answer 503 leaves every other test alone.
-"""
+"""The serve tests' Redis: a private ``redis-server`` (a free port, no persistence) instead of the
+devstack's, so stopping it to see the service answer 503 leaves every other test alone."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import httpx
-import numpy as np
 import pyarrow as pa
 import pytest
-import redis
 
 from fraudstack.aggregate.bulk import load_table
-from fraudstack.devstack.process import free_port, wait_until
-from fraudstack.errors import DevstackError
-from fraudstack.features.definitions import FEATURE_NAMES
-from fraudstack.features.offline import compute_features
-from fraudstack.serve.settings import ServeSettings
-from fraudstack.simulate import SimulationConfig, simulate
-
-STABLE = "test-stable"
-CANDIDATE = "test-candidate"
-
-
-@dataclass
-class RedisProcess:
-    """A redis-server of the test's own, which a test may stop and start again."""
-
-    port: int
-    folder: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (closed with the process)
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        what = f"redis-server on port {self.port}"
-        wait_until(self._answers, what, 20, self.process.pid, self.folder / "redis.log")
-
-    def _answers(self) -> bool:
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=1).ping())
-        except redis.RedisError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
-
-
-def start_redis(folder: Path) -> RedisProcess:
-    folder.mkdir(parents=True, exist_ok=True)
-    server = RedisProcess(free_port(), folder)
-    server.start()
-    return server
-
-
-@pytest.fixture(scope="session")
-def transactions() -> pa.Table:
-    """Six weeks of a small population: every customer has history, terminals have labels."""
-    return simulate(SimulationConfig(customers=200, terminals=400, days=42, seed=11))
-
-
-@pytest.fixture(scope="session")
-def offline_features(transactions: pa.Table) -> pa.Table:
-    return compute_features(transactions)
-
-
-@pytest.fixture(scope="session")
-def registry_root(
-    tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table, offline_features: pa.Table
-) -> str:
-    """A registry with two real models trained on the table: logistic regression and a tree."""
-    from fraudstack.train.export import publish_model
-    from fraudstack.train.models import fit
-
-    root = tmp_path_factory.mktemp("registry")
-    matrix = np.column_stack([offline_features[name].to_numpy() for name in FEATURE_NAMES])
-    target = np.asarray(transactions["is_fraud"].to_numpy(zero_copy_only=False), dtype=np.int64)
-    for version, name in ((STABLE, "logistic_regression"), (CANDIDATE, "decision_tree_depth_2")):
-        publish_model(str(root), version, name, fit(name, matrix, target, seed=0, jobs=1))
-    return str(root)
+from fraudstack.devstack.redis_server import PrivateRedis
 
 
 @pytest.fixture(scope="session")
 def store(
     tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table
-) -> Iterator[RedisProcess]:
+) -> Iterator[PrivateRedis]:
     """A private redis-server holding the table, as the stream would have written it."""
-    server = start_redis(tmp_path_factory.mktemp("redis"))
-    load_table(server.url, transactions)
-    yield server
-    server.stop()
-
-
-def serve_settings(redis_url: str, registry_root: str, **overrides: object) -> ServeSettings:
-    values: dict[str, object] = {
-        "redis_url": redis_url,
-        "kafka_bootstrap": "unused:9092",
-        "prometheus_url": "http://unused:9090",
-        "model_registry_uri": registry_root,
-        "model_version": STABLE,
-        "routing_key": "",
-    }
-    values.update(overrides)
-    return ServeSettings(**values)
-
-
-@dataclass
-class RunningService:
-    """``fraudstack serve`` as a subprocess: gunicorn with real uvicorn workers."""
-
-    url: str
-    port: int
-    metrics_dir: Path
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-
-def start_service(
-    folder: Path, redis_url: str, registry_root: str, workers: int = 2, **env: str
-) -> RunningService:
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    metrics_dir = folder / "metrics"
-    log = folder / "serve.log"
-    variables = {
-        **os.environ,
-        "FRAUDSTACK_REDIS_URL": redis_url,
-        "FRAUDSTACK_MODEL_REGISTRY_URI": registry_root,
-        "FRAUDSTACK_SERVE_MODEL_VERSION": STABLE,
-        "FRAUDSTACK_SERVE_BIND": f"127.0.0.1:{port}",
-        "FRAUDSTACK_SERVE_WORKERS": str(workers),
-        "FRAUDSTACK_SERVE_METRICS_DIR": str(metrics_dir),
-        "FRAUDSTACK_ROUTING_KEY": "",
-        **env,
-    }
-    with open(log, "ab") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fraudstack.cli", "serve"],
-            env=variables,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    service = RunningService(f"http://127.0.0.1:{port}", port, metrics_dir, process, log)
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    server = PrivateRedis(tmp_path_factory.mktemp("redis")).start()
     try:
-        wait_until(ready, "fraudstack serve", 60, process.pid, log)
-    except DevstackError as exc:
-        service.stop()
-        raise RuntimeError(f"{exc}\n{log.read_text()[-2000:]}") from None
-    return service
+        load_table(server.url, transactions)
+        yield server
+    finally:
+        server.stop()

@@ -12,18 +12,18 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.features.definitions import DEFAULT_ALLOWED_LATENESS_MS, FEATURE_NAMES
 from fraudstack.scoring import load_scorer
 from fraudstack.serve.app import create_app
 from fraudstack.serve.metrics import ServeMetrics
 from fraudstack.serve.routes import Service, add_routes
 from fraudstack.serve.schemas import Prediction, TransactionScore
-
-from .conftest import STABLE, RedisProcess, serve_settings
+from support.serving import STABLE, serve_settings
 
 
 @pytest.fixture(scope="module")
-def client(store: RedisProcess, registry_root: str) -> Iterator[TestClient]:
+def client(store: PrivateRedis, registry_root: str) -> Iterator[TestClient]:
     app = create_app(serve_settings(store.url, registry_root))
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
@@ -209,7 +209,7 @@ class BrokenScorer:
 
 
 def test_an_unexpected_error_is_a_500_without_a_stack_trace(
-    store: RedisProcess, registry_root: str, transactions: pa.Table
+    store: PrivateRedis, registry_root: str, transactions: pa.Table
 ) -> None:
     app = create_app(
         serve_settings(store.url, registry_root), loader=lambda root, version: BrokenScorer()
@@ -241,7 +241,7 @@ def test_a_scoring_route_with_something_to_solve_is_refused_when_built() -> None
 
 
 async def test_a_client_gone_mid_body_is_a_quiet_400(
-    store: RedisProcess, registry_root: str, caplog: pytest.LogCaptureFixture
+    store: PrivateRedis, registry_root: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = create_app(serve_settings(store.url, registry_root))
     parts = [

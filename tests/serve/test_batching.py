@@ -13,8 +13,7 @@ import pytest
 from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.scoring import load_scorer
 from fraudstack.serve.batching import BatchingScorer
-
-from .conftest import CANDIDATE, STABLE
+from support.serving import CANDIDATE, STABLE
 
 
 @pytest.mark.parametrize("version", [STABLE, CANDIDATE])

@@ -20,16 +20,15 @@ from fraudstack.adapters.online_store import (
     customer_key,
 )
 from fraudstack.adapters.redis_link import RedisLink
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY
 from fraudstack.features.offline import compute_features
 from fraudstack.serve.lookup import FeatureLookup
 
-from .conftest import RedisProcess
-
 
 @pytest.fixture
-async def lookup(store: RedisProcess) -> AsyncIterator[FeatureLookup]:
+async def lookup(store: PrivateRedis) -> AsyncIterator[FeatureLookup]:
     link = RedisLink(store.url)
     yield FeatureLookup(link)
     await link.close()
@@ -83,7 +82,7 @@ async def test_a_new_transaction_gets_the_offline_features_at_its_own_time(
 
 
 async def test_stale_aggregates_of_the_previous_transaction_are_not_used(
-    lookup: FeatureLookup, transactions: pa.Table, store: RedisProcess
+    lookup: FeatureLookup, transactions: pa.Table, store: PrivateRedis
 ) -> None:
     newest = busiest_customer(transactions)
     stored = redis.Redis.from_url(store.url).hget(
@@ -127,7 +126,7 @@ async def test_predict_reads_the_newest_transaction_with_its_offline_features(
 
 
 async def test_predict_falls_back_to_the_events_when_stored_features_are_missing(
-    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: RedisProcess
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: PrivateRedis
 ) -> None:
     newest = busiest_customer(transactions)
     client = redis.Redis.from_url(store.url)
@@ -148,7 +147,7 @@ def _calls(client: redis.Redis) -> dict[str, int]:
 
 
 async def test_predict_reads_one_hash_in_one_round_trip(
-    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: RedisProcess
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: PrivateRedis
 ) -> None:
     """The terminal windows stored with the newest transaction are its own: no terminal read."""
     newest = busiest_customer(transactions)
@@ -167,7 +166,7 @@ async def test_predict_reads_one_hash_in_one_round_trip(
 
 
 async def test_predict_reads_the_terminal_when_the_stored_windows_are_of_another_transaction(
-    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: RedisProcess
+    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: PrivateRedis
 ) -> None:
     """Between the aggregator's two commands the hash may name a new transaction and still hold
     the windows of the one before: those are not used."""

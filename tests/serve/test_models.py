@@ -7,8 +7,7 @@ import pytest
 from fraudstack.errors import ModelError, ModelNotFound
 from fraudstack.routing import RoutingDocument
 from fraudstack.serve.models import BUCKETS, ModelHolder, RoutingSpec, customer_bucket
-
-from .conftest import CANDIDATE, STABLE
+from support.serving import CANDIDATE, STABLE
 
 CUSTOMERS = [str(number) for number in range(10_000)]
 

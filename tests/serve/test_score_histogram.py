@@ -17,12 +17,13 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fraudmodel_operator.gates import score_drift
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.routing import RoutingDocument
 from fraudstack.scoring import load_scorer
 from fraudstack.serve.app import create_app
 from fraudstack.serve.metrics import SCORE_BUCKETS, ServeMetrics
+from support.serving import CANDIDATE, STABLE, serve_settings
 
-from .conftest import CANDIDATE, STABLE, RedisProcess, serve_settings
 from .test_app import BrokenScorer
 
 # the bucket bounds themselves (a bound is inclusive), both ends, and a little either side
@@ -85,7 +86,7 @@ def test_the_drift_gate_reads_the_exposed_buckets() -> None:
 
 @contextmanager
 def shadow_service(
-    store: RedisProcess, registry_root: str, loader: Any = None
+    store: PrivateRedis, registry_root: str, loader: Any = None
 ) -> Iterator[TestClient]:
     """The service in-process, following a published routing: the candidate in the shadow of
     stable for every customer."""
@@ -108,7 +109,7 @@ def shadow_service(
 
 
 @pytest.fixture
-def shadow_client(store: RedisProcess, registry_root: str) -> Iterator[TestClient]:
+def shadow_client(store: PrivateRedis, registry_root: str) -> Iterator[TestClient]:
     with shadow_service(store, registry_root) as client:
         yield client
 
@@ -137,7 +138,7 @@ def test_answered_and_shadow_scores_are_observed_by_version(
 
 
 def test_a_failing_shadow_candidate_does_not_fail_the_answer(
-    store: RedisProcess, registry_root: str, transactions: pa.Table
+    store: PrivateRedis, registry_root: str, transactions: pa.Table
 ) -> None:
     def loader(root: str, version: str) -> Any:
         return load_scorer(root, version) if version == STABLE else BrokenScorer(version)

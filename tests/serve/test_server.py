@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,16 +12,17 @@ import httpx
 import pyarrow as pa
 import pytest
 
+from fraudstack.adapters.scrape import register_target
 from fraudstack.aggregate.bulk import load_table
 from fraudstack.devstack.base import ServerInfo
-from fraudstack.devstack.prometheus_server import register_target
-
-from .conftest import STABLE, RedisProcess, RunningService, start_redis, start_service
+from fraudstack.devstack.redis_server import PrivateRedis
+from support.serving import STABLE, RunningService, start_service
+from support.waiting import eventually
 
 
 @pytest.fixture(scope="module")
 def service(
-    tmp_path_factory: pytest.TempPathFactory, store: RedisProcess, registry_root: str
+    tmp_path_factory: pytest.TempPathFactory, store: PrivateRedis, registry_root: str
 ) -> Iterator[RunningService]:
     running = start_service(tmp_path_factory.mktemp("serve"), store.url, registry_root)
     yield running
@@ -59,14 +59,7 @@ def check_scraped_metrics(
     assert len(list(service.metrics_dir.glob("counter_*.db"))) >= 2, "one worker did it all"
 
     query = f'sum(inference_requests_total{{service="{name}",outcome="ok"}})'
-    deadline = time.monotonic() + 60
-    value = None
-    while time.monotonic() < deadline:
-        value = prometheus_value(address, query)
-        if value == sent:
-            break
-        time.sleep(1)
-    assert value == sent
+    eventually(lambda: prometheus_value(address, query) == sent, f"{query} == {sent}", 60, 1.0)
     by_version = prometheus_value(
         address,
         f'sum(inference_latency_seconds_count{{service="{name}",model_version="{STABLE}"}})',
@@ -78,7 +71,7 @@ def check_scraped_metrics(
 def test_redis_down_answers_503_and_the_service_recovers_by_itself(
     tmp_path: Path, registry_root: str, transactions: pa.Table
 ) -> None:
-    redis_server = start_redis(tmp_path / "redis")
+    redis_server = PrivateRedis(tmp_path / "redis").start()
     load_table(redis_server.url, transactions)
     running = start_service(tmp_path / "serve", redis_server.url, registry_root)
     customer = transactions["customer_id"][0].as_py()
@@ -105,29 +98,29 @@ def test_redis_down_answers_503_and_the_service_recovers_by_itself(
         ready = httpx.get(f"{running.url}/readyz", timeout=5)
         assert ready.status_code == 503 and ready.json()["status"] == "not ready"
         assert httpx.get(f"{running.url}/healthz").status_code == 200
-        deadline = time.monotonic() + 5  # each worker writes its tallies every 0.25 s
-        unavailable = 0.0
-        while time.monotonic() < deadline and unavailable < 5:
+
+        def unavailable() -> bool:
             metrics = httpx.get(f"{running.url}/metrics").text
             lines = [
                 line
                 for line in metrics.splitlines()
                 if line.startswith("online_store_unavailable_total ")
             ]
-            unavailable = float(lines[0].split()[1]) if lines else 0.0
-            time.sleep(0.1)
-        assert unavailable >= 5 and 'outcome="unavailable"' in metrics
+            counted = float(lines[0].split()[1]) if lines else 0.0
+            return counted >= 5 and 'outcome="unavailable"' in metrics
+
+        # each worker writes its tallies every 0.25 s
+        eventually(unavailable, "five unavailable reads counted", timeout=10)
 
         redis_server.start()  # same port, empty: reload what the stream had written
         load_table(redis_server.url, transactions)
-        deadline = time.monotonic() + 15
-        answers = []
-        while time.monotonic() < deadline:
-            answers = [httpx.get(f"{running.url}/predict/{customer}").status_code for _ in range(4)]
-            if answers == [200] * 4:
-                break
-            time.sleep(0.2)
-        assert answers == [200] * 4
+        eventually(
+            lambda: all(
+                httpx.get(f"{running.url}/predict/{customer}").status_code == 200 for _ in range(4)
+            ),
+            "every worker answering 200 again",
+            timeout=15,
+        )
         assert running.process.poll() is None  # recovered without a restart
     finally:
         running.stop()

@@ -22,9 +22,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore, OffsetRange
+from fraudstack.adapters.offline_store import (
+    EVENT_SCHEMA,
+    EVENTS,
+    LABELS,
+    OfflineStore,
+    OffsetRange,
+)
 from fraudstack.snapshot.consumer import SnapshotConfig, SnapshotConsumer
-from fraudstack.snapshot.records import EVENT_SCHEMA, rows_to_table, transaction_row
+from fraudstack.snapshot.records import rows_to_table, transaction_row
+from support.waiting import eventually, eventually_async, never, never_async
 
 DAY_MS = 86_400_000
 START_MS = 1_533_081_600_000  # 2018-08-01T00:00:00Z
@@ -111,15 +118,6 @@ def start_snapshot(
     return subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
-def wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def stored_rows(store: OfflineStore, dataset: str) -> int:
     return store.read(dataset, columns=["txn_id"]).num_rows if store.days(dataset) else 0
 
@@ -160,7 +158,7 @@ def test_sigkill_mid_stream_then_restart_gives_every_event_exactly_once(
     log = tmp_path / "snapshot.log"
     process = start_snapshot(kafka_bootstrap, store_root, names, log)
     try:
-        wait_for(lambda: stored_rows(store, EVENTS) >= 300, 60, "the first files")
+        eventually(lambda: stored_rows(store, EVENTS) >= 300, "the first files", timeout=60)
         # keep producing while the process is killed: it dies mid-stream
         for chunk in range(1_000, total, 250):
             asyncio.run(
@@ -177,14 +175,20 @@ def test_sigkill_mid_stream_then_restart_gives_every_event_exactly_once(
         written_before_restart = stored_rows(store, EVENTS)
         assert 300 <= written_before_restart < total
         process = start_snapshot(kafka_bootstrap, store_root, names, log)
-        wait_for(
+        eventually(
             lambda: (
                 stored_rows(store, EVENTS) >= total and stored_rows(store, LABELS) >= len(labels)
             ),
-            90,
             "every event in Parquet",
+            timeout=90,
         )
-        time.sleep(1.5)  # a duplicate, if any, would land now
+        # a duplicate, if any, lands within a few flushes (0.3 s each): watch for ten of them
+        never(
+            lambda: stored_rows(store, EVENTS) > total or stored_rows(store, LABELS) > len(labels),
+            "a duplicate row in Parquet",
+            during=3.0,
+            interval=0.3,
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()[-3_000:]
     finally:
@@ -268,10 +272,11 @@ async def test_a_range_half_written_before_a_crash_is_completed_not_duplicated(
     )
     snapshot = SnapshotConsumer(config)
     task = asyncio.create_task(snapshot.run())
-    deadline = time.monotonic() + 60
-    while stored_rows(store, EVENTS) < count and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(0.5)
+    await eventually_async(lambda: stored_rows(store, EVENTS) >= count, "every event", timeout=60)
+    # a duplicate, if any, lands within a few flushes (0.2 s each): watch for five of them
+    await never_async(
+        lambda: stored_rows(store, EVENTS) > count, "a duplicate row", during=1.0, interval=0.2
+    )
     snapshot.stop()
     await asyncio.wait_for(task, 30)
 

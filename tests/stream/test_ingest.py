@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -15,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from fraudstack.devstack.process import free_port
+from support.waiting import eventually
 
 TOPIC_PREFIX = f"ingest-{uuid.uuid4().hex[:6]}."
 EVENT = {
@@ -40,15 +40,14 @@ def ingest_url(kafka_bootstrap: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(150):
+
+        def ready() -> bool:
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
             except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("ingestion API did not become ready")
+                return False
+
+        eventually(ready, "the ingestion API to be ready", timeout=30)
         yield url
     finally:
         process.terminate()

@@ -44,6 +44,32 @@ EVENTS = "events"
 LABELS = "labels"
 FEATURES = "features"
 DATASETS = (EVENTS, LABELS, FEATURES)
+
+#: Where a row came from: a replayed record has the same offset, a transaction produced twice
+#: the same ``txn_id`` at another offset.
+SOURCE_FIELDS = [pa.field("kafka_partition", pa.int32()), pa.field("kafka_offset", pa.int64())]
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("txn_id", pa.string()),
+        pa.field("ts", pa.int64()),
+        pa.field("customer_id", pa.string()),
+        pa.field("terminal_id", pa.string()),
+        pa.field("amount", pa.float64()),
+        *SOURCE_FIELDS,
+    ]
+)
+LABEL_SCHEMA = pa.schema(
+    [
+        pa.field("txn_id", pa.string()),
+        pa.field("customer_id", pa.string()),
+        pa.field("terminal_id", pa.string()),
+        pa.field("ts", pa.int64()),
+        pa.field("is_fraud", pa.bool_()),
+        pa.field("reported_at", pa.int64()),
+        *SOURCE_FIELDS,
+    ]
+)
 #: The column that decides a row's date partition, per dataset.
 DATE_COLUMN = {EVENTS: "ts", LABELS: "reported_at", FEATURES: "snapshot_at"}
 

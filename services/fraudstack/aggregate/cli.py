@@ -26,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     from prometheus_client import start_http_server
 
+    from fraudstack.adapters.scrape import announce
     from fraudstack.aggregate.service import Aggregator
     from fraudstack.aggregate.settings import get_settings
-    from fraudstack.devstack.prometheus_server import register_devstack_target
 
     settings = get_settings()
     if args.group_id:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     if port:
         start_http_server(port, addr="0.0.0.0")
-        register_devstack_target("aggregate", port)
+        announce(settings.scrape_targets_dir, "aggregate", port)
     processed = asyncio.run(Aggregator(settings).run(stop_after_idle_s=args.stop_after_idle))
     print(f"aggregate: {processed} records processed")
     return 0

@@ -1,10 +1,12 @@
 """The local stack: real servers run as local processes on loopback.
 
 ``fraudstack devstack up`` starts Redis, a Kafka broker (KRaft) and Prometheus on free ports and
-records their addresses in ``<state dir>/devstack.json`` (see :mod:`fraudstack.paths`). Every
-command and test reads the addresses from there (:func:`addresses`), unless a setting names
-another server. ``up`` is idempotent (servers that answer are kept), ``down`` stops only the
-processes ``up`` recorded, ``status`` asks each server for a real answer.
+records them in ``<state dir>/devstack.json`` (see :mod:`fraudstack.paths`), with their addresses
+as ``FRAUDSTACK_*`` variables in ``<state dir>/devstack.env``: every role's settings read that
+file after the environment, so a role finds the devstack without importing it, and a variable
+set in the environment names another server. ``up`` is idempotent (servers that answer are
+kept), ``down`` stops only the processes ``up`` recorded, ``status`` asks each server for a real
+answer.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fraudstack.devstack.base import Context, Server, ServerInfo
 from fraudstack.devstack.kafka_server import KafkaServer
 from fraudstack.devstack.process import is_ours, stop
 from fraudstack.devstack.prometheus_server import PrometheusServer
 from fraudstack.devstack.redis_server import RedisServer
-from fraudstack.paths import cache_dir, state_dir
+from fraudstack.paths import cache_dir, devstack_env_file, state_dir
 
 STATE_FILE = "devstack.json"
 
@@ -53,6 +54,7 @@ class Devstack:
     def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
         self.context = Context(state_dir=state or state_dir(), cache_dir=cache or cache_dir())
         self.state_path = self.context.state_dir / STATE_FILE
+        self.env_path = self.context.state_dir / devstack_env_file().name
 
     def servers(self, names: list[str] | None = None) -> list[Server]:
         everything = default_servers() + list(optional_servers().values())
@@ -86,8 +88,8 @@ class Devstack:
             state = self.read_state()
             for info in reversed(list(state.values())):
                 _stop_info(info)
-            if self.state_path.exists():
-                self.state_path.unlink()
+            self.state_path.unlink(missing_ok=True)
+            self.env_path.unlink(missing_ok=True)
             return list(state)
 
     def status(self) -> list[ServerStatus]:
@@ -108,11 +110,14 @@ class Devstack:
         data: dict[str, ServerInfo] = json.loads(self.state_path.read_text())
         return data
 
-    def _write_state(self, state: dict[str, Any]) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.state_path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=2))
-        os.replace(temporary, self.state_path)
+    def _write_state(self, state: dict[str, ServerInfo]) -> None:
+        variables: dict[str, str] = {}
+        for server in self.servers(list(state)):
+            if server.name in state:
+                variables.update(server.environment(state[server.name]))
+        env = "".join(f"{name}={json.dumps(value)}\n" for name, value in sorted(variables.items()))
+        _replace(self.state_path, json.dumps(state, indent=2))
+        _replace(self.env_path, env)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -128,6 +133,14 @@ class Devstack:
 def addresses(state: Path | None = None) -> dict[str, ServerInfo]:
     """The recorded servers of the running devstack (empty when it is not up)."""
     return Devstack(state=state).read_state()
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _alive(info: ServerInfo) -> bool:

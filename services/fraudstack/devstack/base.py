@@ -40,3 +40,7 @@ class Server(ABC):
     @abstractmethod
     def answers(self, info: ServerInfo) -> bool:
         """One cheap real request: does the server answer right now?"""
+
+    def environment(self, info: ServerInfo) -> dict[str, str]:
+        """The ``FRAUDSTACK_*`` settings that point the roles at this server."""
+        return {}

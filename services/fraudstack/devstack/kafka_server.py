@@ -116,6 +116,9 @@ class KafkaServer(Server):
     def answers(self, info: ServerInfo) -> bool:
         return asyncio.run(_metadata_answers(info["address"]))
 
+    def environment(self, info: ServerInfo) -> dict[str, str]:
+        return {"FRAUDSTACK_KAFKA_BOOTSTRAP": info["address"]}
+
 
 async def _metadata_answers(bootstrap: str) -> bool:
     if not _port_open(bootstrap):

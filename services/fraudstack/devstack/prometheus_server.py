@@ -1,14 +1,12 @@
 """Prometheus: Debian's ``prometheus``, scraping what registers a target file.
 
 Services join the scrape by writing a file-based service-discovery file into
-``<state>/prometheus/targets/`` (see :func:`register_target`); Prometheus watches that folder,
-so a new target is scraped within a scrape interval, without a reload.
+``<state>/prometheus/targets/`` (:func:`fraudstack.adapters.scrape.register_target`); the
+devstack publishes that folder as ``FRAUDSTACK_SCRAPE_TARGETS_DIR``. Prometheus watches it, so
+a new target is scraped within a scrape interval, without a reload.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import httpx
 
@@ -74,22 +72,8 @@ class PrometheusServer(Server):
         except httpx.HTTPError:
             return False
 
-
-def register_target(targets_dir: str | Path, name: str, address: str, **labels: str) -> Path:
-    """Ask the devstack's Prometheus to scrape ``address`` (host:port) under ``name``."""
-    path = Path(targets_dir) / f"{name}.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(
-        json.dumps([{"targets": [address], "labels": {"service": name, **labels}}])
-    )
-    temporary.replace(path)
-    return path
-
-
-def register_devstack_target(name: str, port: int) -> None:
-    """Join the running devstack's scrape, if there is one (a no-op in a cluster)."""
-    from fraudstack.devstack import addresses
-
-    prometheus = addresses().get("prometheus")
-    if prometheus:
-        register_target(prometheus["targets_dir"], f"{name}-{port}", f"127.0.0.1:{port}")
+    def environment(self, info: ServerInfo) -> dict[str, str]:
+        return {
+            "FRAUDSTACK_PROMETHEUS_URL": info["address"],
+            "FRAUDSTACK_SCRAPE_TARGETS_DIR": info["targets_dir"],
+        }

@@ -9,13 +9,15 @@ import subprocess
 from fraudstack.errors import DevstackError
 
 _apt_updated = False
+LOCK_TIMEOUT_S = 300
 
 
 def ensure_binary(binary: str, package: str) -> str:
     """Return the path of ``binary``, installing Debian's ``package`` first when it is missing.
 
     Installing needs root (as on CI machines of this project); otherwise the error says what
-    to install by hand.
+    to install by hand. Another apt-get at work (a second test run, a fresh machine's automatic
+    updates) holds dpkg's lock: the install waits for it, up to five minutes, instead of failing.
     """
     found = shutil.which(binary) or _in_sbin(binary)
     if found:
@@ -24,9 +26,10 @@ def ensure_binary(binary: str, package: str) -> str:
         raise DevstackError(f"{binary} is missing: install the Debian package '{package}'")
     global _apt_updated
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    steps = [["apt-get", "install", "-y", "-q", "--no-install-recommends", package]]
+    wait = ["-o", f"DPkg::Lock::Timeout={LOCK_TIMEOUT_S}"]
+    steps = [["apt-get", *wait, "install", "-y", "-q", "--no-install-recommends", package]]
     if not _apt_updated:
-        steps.insert(0, ["apt-get", "update", "-q"])
+        steps.insert(0, ["apt-get", *wait, "update", "-q"])
     for step in steps:
         result = subprocess.run(step, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:

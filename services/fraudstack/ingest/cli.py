@@ -32,13 +32,13 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from fraudstack.devstack.prometheus_server import register_devstack_target
+    from fraudstack.adapters.scrape import announce
     from fraudstack.ingest.app import create_app
     from fraudstack.ingest.settings import get_settings
 
     settings = get_settings()
     host, _, port = (args.bind or settings.ingest_bind).rpartition(":")
-    register_devstack_target("ingest", int(port))
+    announce(settings.scrape_targets_dir, "ingest", int(port))
     uvicorn.run(
         create_app(settings),
         host=host,

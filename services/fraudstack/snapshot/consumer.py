@@ -37,13 +37,18 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraudstack.adapters.kafka import make_producer, send_dead_letter
-from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore, OffsetRange
+from fraudstack.adapters.offline_store import (
+    EVENT_SCHEMA,
+    EVENTS,
+    LABEL_SCHEMA,
+    LABELS,
+    OfflineStore,
+    OffsetRange,
+)
 from fraudstack.errors import InvalidEvent, StoreUnavailable
 from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS
 from fraudstack.snapshot.metrics import SnapshotMetrics
 from fraudstack.snapshot.records import (
-    EVENT_SCHEMA,
-    LABEL_SCHEMA,
     Row,
     label_row,
     rows_to_table,

@@ -1,4 +1,5 @@
-"""Kafka records to offline-store rows: validation, the Parquet schemas, the table of a batch.
+"""Kafka records to offline-store rows: validation, and the table of a batch in the store's
+schema (:data:`~fraudstack.adapters.offline_store.EVENT_SCHEMA`, ``LABEL_SCHEMA``).
 
 Every row keeps where it came from (``kafka_partition``, ``kafka_offset``), so a reader can tell
 a replayed record (same offset) from a transaction that was produced twice (same ``txn_id``,
@@ -13,32 +14,9 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel
 
+from fraudstack.adapters.offline_store import EVENT_SCHEMA, LABEL_SCHEMA, SOURCE_FIELDS
 from fraudstack.errors import InvalidEvent
 from fraudstack.events import parse_label, parse_transaction
-
-SOURCE_FIELDS = [pa.field("kafka_partition", pa.int32()), pa.field("kafka_offset", pa.int64())]
-
-EVENT_SCHEMA = pa.schema(
-    [
-        pa.field("txn_id", pa.string()),
-        pa.field("ts", pa.int64()),
-        pa.field("customer_id", pa.string()),
-        pa.field("terminal_id", pa.string()),
-        pa.field("amount", pa.float64()),
-        *SOURCE_FIELDS,
-    ]
-)
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("txn_id", pa.string()),
-        pa.field("customer_id", pa.string()),
-        pa.field("terminal_id", pa.string()),
-        pa.field("ts", pa.int64()),
-        pa.field("is_fraud", pa.bool_()),
-        pa.field("reported_at", pa.int64()),
-        *SOURCE_FIELDS,
-    ]
-)
 
 #: A validated record, as a tuple in schema order (cheaper to buffer than a dict).
 Row = tuple[Any, ...]

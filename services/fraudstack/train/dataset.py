@@ -21,11 +21,10 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore
+from fraudstack.adapters.offline_store import EVENTS, LABEL_SCHEMA, LABELS, OfflineStore
 from fraudstack.errors import StoreError
 from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY, TERMINAL_HORIZON_MS
 from fraudstack.features.offline import compute_features
-from fraudstack.snapshot.records import LABEL_SCHEMA
 
 TRANSACTION_COLUMNS = ["txn_id", "ts", "customer_id", "terminal_id", "amount"]
 LABEL_COLUMNS = ["txn_id", "customer_id", "terminal_id", "ts", "is_fraud", "reported_at"]

@@ -3,9 +3,8 @@
 The service is the one of ``tests/serve``: real gunicorn workers started as a subprocess, the two
 real models (:data:`STABLE`, :data:`CANDIDATE`) of that folder's registry, and a private
 ``redis-server``; here the store holds :data:`CUSTOMERS` customers, so a share measured from
-answers is precise to well under the ±2 points the rollout promises. Test modules import these
-fixtures (``from conftest_serve import ...``) so that folders which do not need the service never
-build it.
+answers is precise to well under the ±2 points the rollout promises. Registered as a plugin in
+``tests/conftest.py``; fixtures are built on first use only.
 """
 
 from __future__ import annotations
@@ -19,32 +18,9 @@ import pyarrow.compute as pc
 import pytest
 
 from fraudstack.aggregate.bulk import load_table
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.simulate import SimulationConfig, simulate
-from serve.conftest import (
-    CANDIDATE,
-    STABLE,
-    RedisProcess,
-    RunningService,
-    offline_features,
-    registry_root,
-    start_redis,
-    start_service,
-    transactions,
-)
-
-__all__ = [
-    "CANDIDATE",
-    "CUSTOMERS",
-    "STABLE",
-    "crowd",
-    "crowd_store",
-    "crowd_table",
-    "offline_features",
-    "registry_root",
-    "serve_routing_key",
-    "service",
-    "transactions",
-]
+from support.serving import RunningService, start_service
 
 CUSTOMERS = 10_000
 #: How often each worker reads the routing key; short, so a switch is seen within the test.
@@ -75,10 +51,10 @@ def crowd(crowd_table: tuple[pa.Table, list[str]]) -> list[str]:
 @pytest.fixture(scope="module")
 def crowd_store(
     tmp_path_factory: pytest.TempPathFactory, crowd_table: tuple[pa.Table, list[str]]
-) -> Iterator[RedisProcess]:
+) -> Iterator[PrivateRedis]:
     """A private redis-server holding the features of :data:`CUSTOMERS` customers."""
     table, kept = crowd_table
-    server = start_redis(tmp_path_factory.mktemp("crowd-redis"))
+    server = PrivateRedis(tmp_path_factory.mktemp("crowd-redis")).start()
     try:
         customers, _ = load_table(server.url, table)
         assert customers == len(kept) == CUSTOMERS
@@ -96,7 +72,7 @@ def serve_routing_key() -> str:
 @pytest.fixture(scope="module")
 def service(
     tmp_path_factory: pytest.TempPathFactory,
-    crowd_store: RedisProcess,
+    crowd_store: PrivateRedis,
     registry_root: str,
     serve_routing_key: str,
 ) -> Iterator[RunningService]:
