@@ -19,6 +19,7 @@ from fraudstack.collector import YOUNG_THRESHOLD
 from fraudstack.consistency import compare
 from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.ingest.replay import produce_table
+from support.waiting import eventually_async
 
 from .conftest import Month
 
@@ -81,11 +82,9 @@ async def test_two_instances_split_partitions_and_agree(
         first.run(stop_after_idle_s=3 * IDLE_S), second.run(stop_after_idle_s=3 * IDLE_S)
     )
     # Both join the group before any event exists, so the group splits the partitions.
-    for _ in range(200):
-        if first.assignment and second.assignment:
-            break
-        await asyncio.sleep(0.1)
-    assert first.assignment and second.assignment, "the group did not split the partitions"
+    await eventually_async(
+        lambda: first.assignment and second.assignment, "the group to split the partitions"
+    )
     assert not first.assignment & second.assignment
     await _stream(pipeline_settings, month.transactions, month.labels)
     counts = await runs
