@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 
@@ -13,8 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from fraudstack.devstack.process import free_port
-from support.waiting import eventually
+from support.ingest import running_ingest
 
 TOPIC_PREFIX = f"ingest-{uuid.uuid4().hex[:6]}."
 EVENT = {
@@ -28,30 +24,8 @@ EVENT = {
 
 @pytest.fixture(scope="module")
 def ingest_url(kafka_bootstrap: str) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "FRAUDSTACK_KAFKA_BOOTSTRAP": kafka_bootstrap,
-        "FRAUDSTACK_TOPIC_PREFIX": TOPIC_PREFIX,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fraudstack.cli", "ingest", "serve", "--bind", f"127.0.0.1:{port}"],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        eventually(ready, "the ingestion API to be ready", timeout=30)
+    with running_ingest(kafka_bootstrap, TOPIC_PREFIX) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_single_and_batch_are_acknowledged(ingest_url: str) -> None:

@@ -1,8 +1,13 @@
 """Kafka: producers, consumers, topics and the dead-letter topic.
 
-Delivery is at-least-once everywhere: producers wait for ``acks=all``; consumers commit offsets
-only after what they wrote is durable, so a crash replays a little and loses nothing; the
-writers downstream are idempotent, so a replay changes nothing.
+Delivery is at-least-once everywhere: producers wait for ``acks=all`` and are idempotent (a
+retry after a lost acknowledgement is not written twice); consumers commit offsets only after
+what they wrote is durable, so a crash replays a little and loses nothing; the writers
+downstream are idempotent, so a replay changes nothing.
+
+Topics are replicated as the cluster allows (:func:`replication_for`): on three brokers or more,
+replication factor 3 with ``min.insync.replicas=2``, so an acknowledged record is on two brokers
+and one broker may fail without losing it or stopping writes; on one broker, one copy.
 """
 
 from __future__ import annotations
@@ -25,16 +30,29 @@ log = logging.getLogger(__name__)
 DEFAULT_PARTITIONS = 4
 
 
+def replication_for(brokers: int) -> tuple[int, int]:
+    """Replication factor and ``min.insync.replicas`` for a cluster of ``brokers``."""
+    return (3, 2) if brokers >= 3 else (1, 1)
+
+
 async def ensure_topics(
     bootstrap: str, topics: Topics | None = None, partitions: int = DEFAULT_PARTITIONS
 ) -> None:
-    """Create fraudstack's topics when they are missing (idempotent)."""
+    """Create fraudstack's topics when they are missing (idempotent), replicated as the cluster
+    allows."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
+        cluster = await admin.describe_cluster()
+        replication, min_insync = replication_for(len(cluster.get("brokers") or []))
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs={"min.insync.replicas": str(min_insync)},
+            )
             for name in (topics or Topics()).all()
             if name not in existing
         ]
@@ -49,10 +67,12 @@ async def ensure_topics(
 
 
 def make_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
-    """A producer that acknowledges only once the broker has the record (``acks=all``)."""
+    """A producer that acknowledges only once every in-sync replica has the record (``acks=all``)
+    and writes a retried batch once (idempotence)."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
         "acks": "all",
+        "enable_idempotence": True,
         "linger_ms": 2,
         "max_batch_size": 256 * 1024,
         "compression_type": None,

@@ -29,8 +29,8 @@ from fraudstack.paths import cache_dir, devstack_env_file, state_dir
 STATE_FILE = "devstack.json"
 
 
-def default_servers() -> list[Server]:
-    return [RedisServer(), KafkaServer(), PrometheusServer()]
+def default_servers(kafka_brokers: int = 1) -> list[Server]:
+    return [RedisServer(), KafkaServer(kafka_brokers), PrometheusServer()]
 
 
 def optional_servers() -> dict[str, Server]:
@@ -51,14 +51,18 @@ class ServerStatus:
 
 
 class Devstack:
-    def __init__(self, state: Path | None = None, cache: Path | None = None) -> None:
+    def __init__(
+        self, state: Path | None = None, cache: Path | None = None, kafka_brokers: int = 1
+    ) -> None:
         self.context = Context(state_dir=state or state_dir(), cache_dir=cache or cache_dir())
+        self.kafka_brokers = kafka_brokers
         self.state_path = self.context.state_dir / STATE_FILE
         self.env_path = self.context.state_dir / devstack_env_file().name
 
     def servers(self, names: list[str] | None = None) -> list[Server]:
-        everything = default_servers() + list(optional_servers().values())
-        wanted = {server.name for server in default_servers()} | set(names or [])
+        defaults = default_servers(self.kafka_brokers)
+        everything = defaults + list(optional_servers().values())
+        wanted = {server.name for server in defaults} | set(names or [])
         return [server for server in everything if server.name in wanted]
 
     def up(self, extra: list[str] | None = None, progress: bool = True) -> dict[str, ServerInfo]:
@@ -67,7 +71,7 @@ class Devstack:
             state = self.read_state()
             for server in self.servers(extra):
                 info = state.get(server.name)
-                if info and _alive(info) and server.answers(info):
+                if info and _alive(info) and server.fits(info) and server.answers(info):
                     if progress:
                         print(f"  {server.name:<11} already up at {info['address']}", flush=True)
                     continue

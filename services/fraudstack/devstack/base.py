@@ -41,6 +41,10 @@ class Server(ABC):
     def answers(self, info: ServerInfo) -> bool:
         """One cheap real request: does the server answer right now?"""
 
+    def fits(self, info: ServerInfo) -> bool:
+        """Whether the recorded server is the one asked for (a restart otherwise)."""
+        return True
+
     def environment(self, info: ServerInfo) -> dict[str, str]:
         """The ``FRAUDSTACK_*`` settings that point the roles at this server."""
         return {}

@@ -14,10 +14,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also start etcd and a kube-apiserver (for the chart and the operator)",
     )
+    parser.add_argument(
+        "--kafka-brokers",
+        type=int,
+        choices=[1, 3],
+        default=1,
+        help="Kafka nodes: 1, or a cluster of 3 (replication factor 3, min.insync.replicas=2)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    stack = Devstack()
+    stack = Devstack(kafka_brokers=args.kafka_brokers)
     if args.action == "up":
         print(f"devstack: state in {stack.state_path}")
         stack.up(extra=["kube"] if args.kube else None)

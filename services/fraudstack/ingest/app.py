@@ -2,8 +2,9 @@
 
 ``POST /v1/transactions`` takes one transaction or a list of them. The answer comes only once
 the broker has acknowledged every event (``acks=all``): 202 means durable. A malformed event
-gets 422 with the reasons and nothing of the request is produced; a broker that cannot be
-reached gets 503 with a JSON reason.
+gets 422 with the reasons and nothing of the request is produced; when the brokers do not
+acknowledge every event within ``FRAUDSTACK_INGEST_ACK_TIMEOUT_S`` (no broker, no leader, fewer
+in-sync replicas than ``min.insync.replicas``) the answer is 503 with a JSON reason.
 """
 
 from __future__ import annotations
@@ -76,23 +77,32 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         producer: AIOKafkaProducer = request.app.state.producer
         started = time.perf_counter()
         futures: list[asyncio.Future[Any]] = []
+        deadline = asyncio.get_running_loop().time() + settings.ingest_ack_timeout_s
         try:
-            for event in batch:
-                future = await producer.send(
-                    settings.topics.transactions,
-                    event.model_dump_json().encode(),
-                    key=event.customer_id.encode(),
-                )
-                future.add_done_callback(_retrieve)
-                futures.append(future)
-            await asyncio.gather(*futures)
-        except KafkaError as exc:
+            # Sending waits when no partition leader is known yet; acknowledgements are awaited
+            # without cancelling them, so a late one is still taken by the producer.
+            async with asyncio.timeout_at(deadline):
+                for event in batch:
+                    future = await producer.send(
+                        settings.topics.transactions,
+                        event.model_dump_json().encode(),
+                        key=event.customer_id.encode(),
+                    )
+                    future.add_done_callback(_retrieve)
+                    futures.append(future)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if futures and (await asyncio.wait(futures, timeout=max(remaining, 0.0)))[1]:
+                raise TimeoutError  # some not acknowledged in time
+            for future in futures:
+                future.result()  # the first failure, if any
+        except (KafkaError, TimeoutError) as exc:
             EVENTS.labels("unavailable").inc(len(batch))
+            reason = str(exc) or f"no acknowledgement within {settings.ingest_ack_timeout_s:g} s"
             return ORJSONResponse(
                 {
-                    "detail": f"Kafka unavailable, the batch was not acknowledged in full: {exc}. "
-                    "Some of its events may have been written; sending the batch again is safe "
-                    "(the aggregator drops duplicates by txn_id)."
+                    "detail": f"Kafka unavailable, the batch was not acknowledged in full: "
+                    f"{reason}. Some of its events may have been written; sending the batch "
+                    "again is safe (the aggregator drops duplicates by txn_id)."
                 },
                 status_code=503,
             )
