@@ -82,8 +82,16 @@ def parse_manifest(text: str) -> Manifest:
 
 
 def ensure_tools() -> Path:
-    """The cached helm, installed by deploy/tools.sh when missing."""
+    """The cached helm, installed by deploy/tools.sh (with vegeta) when missing."""
     binary = cache_dir() / "bin" / f"helm-{HELM_VERSION}"
+    if not os.access(binary, os.X_OK):
+        subprocess.run(["bash", str(ROOT / "deploy" / "tools.sh")], check=True)
+    return binary
+
+
+def vegeta_binary() -> Path:
+    """The cached vegeta, installed by deploy/tools.sh (with helm) when missing."""
+    binary = cache_dir() / "bin" / "vegeta"
     if not os.access(binary, os.X_OK):
         subprocess.run(["bash", str(ROOT / "deploy" / "tools.sh")], check=True)
     return binary

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from fraudstack.aggregate.bulk import load_table
 from fraudstack.devstack.process import free_port, wait_until
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.errors import DevstackError
 from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.features.offline import compute_features
@@ -55,6 +58,20 @@ def registry_root(
     for version, name in ((STABLE, "logistic_regression"), (CANDIDATE, "decision_tree_depth_2")):
         publish_model(str(root), version, name, fit(name, matrix, target, seed=0, jobs=1))
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def serve_store(
+    tmp_path_factory: pytest.TempPathFactory, transactions: pa.Table
+) -> Iterator[PrivateRedis]:
+    """A private redis-server (a free port, no persistence) holding the table, as the stream
+    would have written it; private, so a test may stop it and leave every other test alone."""
+    server = PrivateRedis(tmp_path_factory.mktemp("redis")).start()
+    try:
+        load_table(server.url, transactions)
+        yield server
+    finally:
+        server.stop()
 
 
 def serve_settings(redis_url: str, registry_root: str, **overrides: object) -> ServeSettings:
