@@ -20,8 +20,9 @@ from aiokafka.errors import KafkaError
 from fastapi import Body, FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer
 from fraudstack.events import Transaction
@@ -39,6 +40,26 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a send's failure as seen: the request reports it once, for the whole batch."""
     if not future.cancelled():
         future.exception()
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="events acknowledged by the brokers")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Status(BaseModel):
+    status: str
+
+
+INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": Accepted, "description": "every event is durable on the brokers"},
+    400: {"model": Problem, "description": "the body is not JSON"},
+    413: {"model": Problem, "description": "more events than FRAUDSTACK_INGEST_MAX_BATCH"},
+    503: {"model": Problem, "description": "the brokers did not acknowledge every event in time"},
+}
 
 
 def create_app(settings: IngestSettings | None = None) -> FastAPI:
@@ -62,7 +83,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.post("/v1/transactions", status_code=202)
+    @app.post("/v1/transactions", status_code=202, responses=INGEST_RESPONSES)
     async def ingest(
         request: Request,
         events: Annotated[Transaction | list[Transaction], Body()],
@@ -110,18 +131,22 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         EVENTS.labels("accepted").inc(len(batch))
         return ORJSONResponse({"accepted": len(batch)}, status_code=202)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Status)
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=Status,
+        responses={503: {"model": Status, "description": "the producer is not started yet"}},
+    )
     async def readyz(request: Request) -> ORJSONResponse:
         producer: AIOKafkaProducer | None = getattr(request.app.state, "producer", None)
         if producer is None:
             return ORJSONResponse({"status": "starting"}, status_code=503)
         return ORJSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
