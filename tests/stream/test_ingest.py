@@ -84,3 +84,20 @@ async def test_acknowledged_events_are_on_the_topic(ingest_url: str, kafka_boots
     on_topic = [event for event in seen if event["txn_id"] == "on-topic"]
     assert on_topic == [{**EVENT, "txn_id": "on-topic"}]
     assert not any(str(event["txn_id"]).startswith("bad-batch") for event in seen)
+
+
+def test_with_an_api_key_configured_only_requests_that_carry_it_get_in(
+    kafka_bootstrap: str,
+) -> None:
+    with running_ingest(kafka_bootstrap, TOPIC_PREFIX, FRAUDSTACK_INGEST_API_KEY="s3cret") as url:
+        event = {**EVENT, "txn_id": "keyed"}
+        for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": "s3cre"}):
+            refused = httpx.post(f"{url}/v1/transactions", json=event, headers=headers)
+            assert refused.status_code == 401
+            assert "API key" in refused.json()["detail"]
+        # the key is checked before the body: no hint about the body without it
+        assert httpx.post(f"{url}/v1/transactions", content=b"{").status_code == 401
+        accepted = httpx.post(f"{url}/v1/transactions", json=event, headers={"X-API-Key": "s3cret"})
+        assert accepted.status_code == 202
+        assert httpx.get(f"{url}/readyz").status_code == 200  # probes need no key
+        assert "ingest_events_total" in httpx.get(f"{url}/metrics").text

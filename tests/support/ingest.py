@@ -19,7 +19,8 @@ from support.waiting import eventually
 def running_ingest(
     bootstrap: str, topic_prefix: str, log: Path | None = None, **env: str
 ) -> Iterator[str]:
-    """The ingestion API's URL once it is ready; stopped (SIGTERM) on exit."""
+    """The ingestion API's URL once it is ready; stopped (SIGTERM) on exit. ``env``: more
+    ``FRAUDSTACK_*`` settings of the API."""
     port = free_port()
     variables = {
         **os.environ,

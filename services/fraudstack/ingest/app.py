@@ -10,6 +10,7 @@ in-sync replicas than ``min.insync.replicas``) the answer is 503 with a JSON rea
 from __future__ import annotations
 
 import asyncio
+import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from fastapi import Body, FastAPI, Request
+from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import ORJSONResponse, PlainTextResponse, Response
@@ -57,6 +58,7 @@ class Status(BaseModel):
 INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": Accepted, "description": "every event is durable on the brokers"},
     400: {"model": Problem, "description": "the body is not JSON"},
+    401: {"model": Problem, "description": "an API key is configured and the request lacks it"},
     413: {"model": Problem, "description": "more events than FRAUDSTACK_INGEST_MAX_BATCH"},
     503: {"model": Problem, "description": "the brokers did not acknowledge every event in time"},
 }
@@ -83,7 +85,27 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.post("/v1/transactions", status_code=202, responses=INGEST_RESPONSES)
+    api_key = settings.ingest_api_key.get_secret_value().encode()
+
+    async def authorized(
+        x_api_key: Annotated[
+            str | None, Header(description="required when the API has a key configured")
+        ] = None,
+    ) -> None:
+        """Checked before the body is read: a caller without the key learns nothing else.
+        The comparison takes the same time wherever the key differs."""
+        if api_key and not hmac.compare_digest((x_api_key or "").encode(), api_key):
+            EVENTS.labels("unauthorized").inc()
+            raise HTTPException(
+                401, "missing or wrong API key (X-API-Key header)", {"WWW-Authenticate": "ApiKey"}
+            )
+
+    @app.post(
+        "/v1/transactions",
+        status_code=202,
+        responses=INGEST_RESPONSES,
+        dependencies=[Depends(authorized)],
+    )
     async def ingest(
         request: Request,
         events: Annotated[Transaction | list[Transaction], Body()],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from fraudstack.settings import CommonSettings
 
@@ -14,6 +14,10 @@ class IngestSettings(CommonSettings):
     """``FRAUDSTACK_INGEST_BIND``: host:port of the HTTP API."""
     ingest_max_batch: int = 10_000
     """``FRAUDSTACK_INGEST_MAX_BATCH``: most events accepted in one request."""
+    ingest_api_key: SecretStr = SecretStr("")
+    """``FRAUDSTACK_INGEST_API_KEY``: when set, ``POST /v1/transactions`` requires it in the
+    ``X-API-Key`` header (401 otherwise); health, readiness and metrics stay open to probes and
+    scrapers. The chart sets it from a Secret."""
     ingest_ack_timeout_s: float = Field(default=15.0, gt=0)
     """``FRAUDSTACK_INGEST_ACK_TIMEOUT_S``: how long a request waits for the brokers to
     acknowledge its events before it answers 503. Longer than a leader failover (a dead broker
