@@ -13,7 +13,7 @@ import math
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fraudstack.errors import InvalidEvent
@@ -21,9 +21,14 @@ from fraudstack.events import Transaction, encode, parse_label, parse_transactio
 
 pytestmark = pytest.mark.faults
 
-IDS = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1).filter(
-    lambda text: not set(text) & set(":{}") and len(text) <= 64
+#: What an id may hold: printable ASCII but space, ":", "{" and "}" (fraudstack.events).
+IDS = st.text(
+    alphabet=[chr(code) for code in range(0x21, 0x7F) if chr(code) not in ":{}"],
+    min_size=1,
+    max_size=64,
 )
+#: Generation speed is not under test: a busy machine must not fail a run for it.
+FAST_ENOUGH = settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 TIMES = st.integers(946_684_800_000, 4_102_444_800_000 - 1)
 CENTS = st.integers(0, 100_000_000)
 
@@ -35,6 +40,7 @@ JSON = st.recursive(
 FIELDS = ("txn_id", "ts", "customer_id", "terminal_id", "amount", "is_fraud", "reported_at")
 
 
+@FAST_ENOUGH
 @given(txn_id=IDS, ts=TIMES, customer_id=IDS, terminal_id=IDS, cents=CENTS)
 def test_every_valid_transaction_decodes_to_itself(
     txn_id: str, ts: int, customer_id: str, terminal_id: str, cents: int
@@ -52,7 +58,7 @@ def test_every_valid_transaction_decodes_to_itself(
     assert parse_transaction(encode(transaction)) == transaction
 
 
-@settings(max_examples=300)
+@FAST_ENOUGH
 @given(raw=st.binary(max_size=300))
 def test_any_bytes_are_an_event_or_a_reason(raw: bytes) -> None:
     for parse in (parse_transaction, parse_label):
@@ -62,7 +68,7 @@ def test_any_bytes_are_an_event_or_a_reason(raw: bytes) -> None:
             assert str(exc)
 
 
-@settings(max_examples=300)
+@FAST_ENOUGH
 @given(
     event=st.fixed_dictionaries(
         {},
