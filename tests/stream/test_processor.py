@@ -8,7 +8,11 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from fraudstack.adapters.online_store import customer_key, terminal_key
+from fraudstack.adapters.online_store.layout import (
+    customer_key,
+    terminal_customers_key,
+    terminal_events_key,
+)
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate.processor import Processor
 from fraudstack.aggregate.settings import AggregateSettings
@@ -51,8 +55,9 @@ async def test_a_redis_that_forgot_the_terminal_script_gets_it_again(
     finally:
         await link.close()
     assert result.applied == 1
-    assert client.hget(terminal_key("t-1"), "e:a") == b"1522540800000:c-1"
-    assert client.hget(terminal_key("t-1"), "e:b") == b"1522540800001:c-1"
+    assert client.zscore(terminal_events_key("t-1"), "a") == 1522540800000
+    assert client.zscore(terminal_events_key("t-1"), "b") == 1522540800001
+    assert client.hget(terminal_customers_key("t-1"), "b") == b"c-1"
     assert client.hget(customer_key("c-1"), "customer_nb_tx_1d") == b"2.0"
     client.close()
 
@@ -76,12 +81,12 @@ async def test_a_replay_restores_terminal_writes_that_a_failed_batch_did_not_mak
     try:
         allowed = pipeline_settings.aggregate_allowed_lateness_ms
         await Processor(link, allowed).process([record])
-        client.delete(terminal_key("t-partial"))  # as if the terminal write never landed
+        client.delete(terminal_events_key("t-partial"))  # as if the terminal write never landed
         replay = await Processor(link, allowed).process([record])  # a restarted instance
     finally:
         await link.close()
     assert replay.duplicates == 1 and replay.applied == 0
-    assert client.hget(terminal_key("t-partial"), "e:partial-1") == b"1522540800000:c-partial"
+    assert client.zscore(terminal_events_key("t-partial"), "partial-1") == 1522540800000
     client.close()
 
 
@@ -135,6 +140,5 @@ async def test_a_terminal_busier_than_one_script_call_takes_is_written_whole(
         await link.close()
     assert result.applied == 5_000
     client = redis.Redis.from_url(pipeline_settings.redis_url)
-    stored = client.hgetall(terminal_key("t-busy"))
-    assert sum(1 for name in stored if name.startswith(b"e:")) == 5_000
+    assert client.zcard(terminal_events_key("t-busy")) == 5_000
     client.close()
