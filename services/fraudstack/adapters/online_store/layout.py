@@ -88,6 +88,9 @@ DROPPED_FIELD: Final = "_dropped"
 CUSTOMER_TTL_SECONDS: Final = 32 * 86_400
 TERMINAL_TTL_SECONDS: Final = 39 * 86_400
 
+#: A terminal is pruned once its cut-off has moved this far (event time) since the last prune.
+PRUNE_EVERY_MS: Final = 3_600_000
+
 _CUSTOMER_HEAD: Final = KEY_PREFIX + "{customer:"
 #: SCAN pattern of every customer hash (a terminal's keys carry another tag).
 CUSTOMER_PATTERN: Final = _CUSTOMER_HEAD + "*}"
@@ -161,5 +164,6 @@ def lua_header() -> str:
     }
     lines = [f"local {name} = '{value}'" for name, value in names.items()]
     lines.append(f"local DELAY_MS = {TERMINAL_DELAY_MS}")
+    lines.append(f"local PRUNE_EVERY_MS = {PRUNE_EVERY_MS}")
     lines.append(f"local REACHES_MS = {{{reaches}}}")
     return "\n".join(lines) + "\n"

@@ -47,20 +47,28 @@ if not stored[3] then
 end
 local seq = redis.call('HINCRBY', hash, SEQ, 1)
 
--- prune what no window can reach: behind the terminal's newest event and the low watermark
+-- prune what no window can reach: behind the terminal's newest event and the low watermark,
+-- once the cut-off has moved an hour (of event time) since the last prune, so that most calls
+-- skip it and none removes more than an hour's events of a terminal that keeps up
 local cutoff = math.min(newest, low) - horizon
-if cutoff > pruned then
+if cutoff - pruned > PRUNE_EVERY_MS then
   local bound = text(cutoff)
-  for _, key in ipairs({events, labels}) do
-    local last = redis.call('ZREVRANGEBYSCORE', key, bound, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if last[2] and tonumber(last[2]) > dropped then dropped = tonumber(last[2]) end
+  local gone = redis.call('ZRANGEBYSCORE', events, '-inf', bound, 'WITHSCORES')
+  if #gone > 0 then
+    -- ascending: the last score is the newest event time dropped
+    dropped = math.max(dropped, tonumber(gone[#gone]))
+    local ids = {}
+    for i = 1, #gone, 2 do table.insert(ids, gone[i]) end
+    for i = 1, #ids, 1000 do
+      redis.call('HDEL', customers, unpack(ids, i, math.min(i + 999, #ids)))
+    end
+    redis.call('ZREMRANGEBYSCORE', events, '-inf', bound)
+    redis.call('ZREMRANGEBYSCORE', frauds, '-inf', bound)  -- a fraud is an event
   end
-  local gone = redis.call('ZRANGEBYSCORE', events, '-inf', bound)
-  for i = 1, #gone, 1000 do
-    redis.call('HDEL', customers, unpack(gone, i, math.min(i + 999, #gone)))
-  end
-  for _, key in ipairs({events, labels, frauds}) do
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', bound)
+  local label = redis.call('ZREVRANGEBYSCORE', labels, bound, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #label > 0 then
+    dropped = math.max(dropped, tonumber(label[2]))
+    redis.call('ZREMRANGEBYSCORE', labels, '-inf', bound)
   end
   redis.call('HSET', hash, PRUNED_AT, bound, DROPPED, text(dropped))
 end
