@@ -37,8 +37,9 @@ Why sorted sets for terminals, and a raw history for customers:
   times, so each window edge is one ``ZCOUNT`` over a sorted set scored by event time:
   O(log n), exact to the millisecond (scores are doubles, exact for epoch milliseconds), with
   no tiling. A late event or label is one more ``ZADD``, idempotent by member; nothing is
-  recounted from history. Pruning is ``ZREMRANGEBYSCORE``, O(log n + removed). A request reads
-  six ``ZCOUNT`` (three windows, events and frauds) whatever the terminal's size.
+  recounted from history. Pruning is ``ZREMRANGEBYSCORE``, O(log n + removed), at most once per
+  hour of event time (:data:`PRUNE_EVERY_MS`), behind the partitions' low watermark. A request
+  reads six ``ZCOUNT`` (three windows, events and frauds) whatever the terminal's size.
 * A customer is one card: its history is bounded by the 30-day horizon to what one card does in
   a month, and the stream already keeps it in memory (the partitioning by customer makes it
   partition-local). The windows need sums of amounts, which sorted sets do not give; prefix
