@@ -142,3 +142,49 @@ async def test_a_terminal_busier_than_one_script_call_takes_is_written_whole(
     client = redis.Redis.from_url(pipeline_settings.redis_url)
     assert client.zcard(terminal_events_key("t-busy")) == 5_000
     client.close()
+
+
+def _customer_event(settings: AggregateSettings, txn_id: str, minute: int) -> Record:
+    event = {
+        "txn_id": txn_id,
+        "ts": 1_522_540_800_000 + minute * 60_000,
+        "customer_id": "c-fenced",
+        "terminal_id": "t-fenced",
+        "amount": 2.0,
+    }
+    return Record(settings.topics.transactions, 0, minute, b"c-fenced", orjson.dumps(event))
+
+
+async def test_an_instance_that_lost_the_partition_cannot_put_an_older_transaction_back(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """Issue 23's stale writer: an instance stalls with a batch in hand, the partition moves to
+    another instance, which writes newer transactions; the stalled one then finishes its old
+    batch. The customer's newest transaction and its features stay the new owner's; the
+    refusal is counted and the stalled instance drops what it remembers."""
+    settings = pipeline_settings
+    allowed = settings.aggregate_allowed_lateness_ms
+    link = RedisLink(settings.redis_url, timeout=5.0)
+    client = redis.Redis.from_url(settings.redis_url)
+    stalled, owner = (
+        Processor(link, allowed, settings.topics),
+        Processor(link, allowed, settings.topics),
+    )
+    try:
+        await stalled.process([_customer_event(settings, "f1", 0)])
+        # the partition moved: the new owner replays f2 and goes on with f3
+        await owner.process(
+            [_customer_event(settings, "f2", 1), _customer_event(settings, "f3", 2)]
+        )
+        late = await stalled.process([_customer_event(settings, "f2", 1)])  # its old batch
+        newest = client.hget(customer_key("c-fenced"), "_last_txn")
+        count = client.hget(customer_key("c-fenced"), "customer_nb_tx_1d")
+        fields = client.hkeys(customer_key("c-fenced"))
+    finally:
+        await link.close()
+        client.close()
+    assert late.applied == 1 and late.refused == 1
+    assert newest is not None and newest.decode().startswith("f3:")
+    assert count == b"3.0"  # f3's features, with f1 and f2
+    assert {b"e:f1", b"e:f2", b"e:f3"} <= set(fields)  # the events are facts: all kept
+    assert stalled.customers == {}  # it reads the customer again next time

@@ -17,6 +17,13 @@ store's (:mod:`fraudstack.adapters.online_store`).
 * **Those counts go to the customers' hashes** (``GET /predict`` reads one hash), through the
   store's snapshot script, which keeps only the newest transaction's count taken at the highest
   terminal write counter, so concurrent instances cannot put an older count back.
+* **Fenced customer writes**: a customer's newest-transaction features are written only if the
+  store holds no newer transaction of the customer (the store's customer script), so an
+  instance that lost a partition in a rebalance and finishes an old batch cannot overwrite what
+  the new owner wrote; such a refusal is counted (``BatchResult.refused``) and the instance
+  drops its customers' state after the batch, to read them again from Redis. Events and labels
+  need no fence (facts by id), nor do snapshots (newer wins). Published watermarks are not
+  fenced: a stalled instance's is at most its last batch ahead of the new owner's replay.
 * **Terminals are pruned behind the low watermark** (see :meth:`Processor.assign`), so a
   partition that lags still finds the events its transactions' windows need. When a late item
   reaches windows the prune has already cut into (a labels topic far behind the transactions),
@@ -78,6 +85,9 @@ class BatchResult:
     duplicates: int = 0
     labels: int = 0
     ignored: int = 0
+    #: customer writes refused because the store held a newer transaction of the customer
+    #: (this instance lost the customer's partition meanwhile; see customer_write.lua)
+    refused: int = 0
     #: records to send to the dead-letter topic, with the reason
     dead_letters: list[tuple[SourceRecord, str]] = field(default_factory=list)
     written_event_ts: list[int] = field(default_factory=list)
@@ -164,9 +174,15 @@ class Processor:
             for part, reply in zip(planned, replies, strict=True)
         ]
         fresh = {txn.txn_id for txn in applied}
+        customer_writes = len(commands)
         commands += self._write_snapshots(written, fresh)
         commands += self.store.watermarks_write(self._our_watermarks())
-        await self.store.execute(commands)
+        replies = await self.store.execute(commands)
+        result.refused = sum(1 for reply in replies[:customer_writes] if reply == 0)
+        if result.refused:
+            # another instance wrote newer transactions of our customers: it owns their
+            # partition now, or did meanwhile; what this instance remembers is stale
+            self._forget_after_batch = True
         result.written_event_ts = [txn.ts for txn in applied]
         return result
 
@@ -281,8 +297,8 @@ class Processor:
             # fell out of the horizon the batch's newest transaction moved)
             for txn_id in expired:
                 events.pop(txn_id, None)
-            commands += self.store.customer_write(
-                customer, events, state.history, last, expired, now_ms
+            commands.append(
+                self.store.customer_write(customer, events, state.history, last, expired, now_ms)
             )
         return applied, replayed
 

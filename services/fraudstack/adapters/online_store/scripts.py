@@ -31,14 +31,15 @@ class Script:
         source = lua_header() + body
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
 
-    def call(self, keys: tuple[str, ...], *args: str | int) -> list[str | int]:
+    def call(self, keys: tuple[str, ...], *args: str | int | float) -> list[str | int | float]:
         """The ``EVALSHA`` command that runs this script on ``keys`` (all of one slot)."""
         return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
 
+CUSTOMER_WRITE = Script.load("customer_write")
 TERMINAL_WRITE = Script.load("terminal_write")
 SNAPSHOT_WRITE = Script.load("snapshot_write")
-ALL = (TERMINAL_WRITE, SNAPSHOT_WRITE)
+ALL = (CUSTOMER_WRITE, TERMINAL_WRITE, SNAPSHOT_WRITE)
 
 
 async def execute(link: RedisLink, commands: list[Command]) -> list[Any]:

@@ -2,9 +2,11 @@
 
 What each write costs, in an entity's event count n (see :mod:`.layout` for the layout):
 
-* a customer: one ``HSET`` of its new event fields and its newest transaction's features, an
-  ``HDEL`` of what fell out of its horizon and an ``EXPIRE``; the customer's history, bounded by
-  the horizon, is the aggregator's (it owns the customer's partition).
+* a customer: one script call (``customer_write.lua``): its new event fields, an ``HDEL`` of
+  what fell out of its horizon, and its newest transaction's features, unless the hash holds a
+  newer transaction (newer wins, by ``(ts, txn_id)``: an instance that lost the customer's
+  partition and finishes an old batch cannot put an older transaction back); the customer's
+  history, bounded by the horizon, is the aggregator's (it owns the customer's partition).
 * a terminal: one script call per terminal and batch (``terminal_write.lua``, split into calls
   of at most :data:`MAX_ITEMS_PER_SCRIPT_CALL` items so that no call holds Redis for long): a
   ``ZADD`` per event and label, the prune by ``ZREMRANGEBYSCORE`` and six ``ZCOUNT`` per
@@ -56,14 +58,14 @@ from fraudstack.adapters.online_store.layout import (
     watermarks_key,
 )
 from fraudstack.adapters.redis_link import Command, RedisLink, hash_reply
-from fraudstack.features.definitions import TERMINAL_HORIZON_MS
+from fraudstack.features.definitions import TERMINAL_HORIZON_MS, TERMINAL_WINDOWS
 from fraudstack.features.online import CustomerHistory, TerminalHistory
 
 #: Events and labels one terminal script call adds at most: a busy terminal's share of a large
 #: batch goes in several calls (each idempotent), so that none holds Redis for long.
 MAX_ITEMS_PER_SCRIPT_CALL = 1_000
-#: Values per event in the terminal script's arguments (txn_id, ts, customer, count or not).
-_EVENT_ARGS = 4
+#: Counts per transaction: events and frauds of each terminal window.
+_COUNTS = 2 * len(TERMINAL_WINDOWS)
 #: Commands per pipeline send of the bulk loader.
 _BULK_CHUNK = 10_000
 
@@ -158,21 +160,27 @@ class OnlineStoreWriter:
         last: LastTransaction,
         expired: Iterable[str],
         now_ms: int,
-    ) -> list[Command]:
-        """A customer's new events (txn_id -> (ts, cents)) and its newest transaction's
-        features computed from ``history``; ``expired`` ids are deleted."""
-        fields: dict[str, str | int | float] = {
-            event_field(txn_id): customer_event_value(ts_ms, cents)
-            for txn_id, (ts_ms, cents) in new_events.items()
-        }
-        fields.update(customer_summary_fields(history, last, now_ms))
-        key = customer_key(customer_id)
-        commands: list[Command] = [["HSET", key, *chain.from_iterable(fields.items())]]
+    ) -> Command:
+        """A customer's new events (txn_id -> (ts, cents)) and, unless the hash holds a newer
+        transaction than ``last``, its features computed from ``history``; ``expired`` ids are
+        deleted. Its reply is 1, or 0 when the features were refused (see
+        ``customer_write.lua``: the fence against an instance that lost the partition)."""
+        events: list[str | int] = []
+        for txn_id, (ts_ms, cents) in new_events.items():
+            events += (event_field(txn_id), customer_event_value(ts_ms, cents))
         gone = [event_field(txn_id) for txn_id in expired]
-        if gone:
-            commands.append(["HDEL", key, *gone])
-        commands.append(("EXPIRE", key, CUSTOMER_TTL_SECONDS))
-        return commands
+        summary = customer_summary_fields(history, last, now_ms)
+        return scripts.CUSTOMER_WRITE.call(
+            (customer_key(customer_id),),
+            CUSTOMER_TTL_SECONDS,
+            last.txn_id,
+            last.ts_ms,
+            len(events) // 2,
+            len(gone),
+            *events,
+            *gone,
+            *_flat(summary.items()),
+        )
 
     def terminal_writes(
         self, items: Iterable[TerminalItems], now_ms: int, low_watermark: int
@@ -202,7 +210,7 @@ class OnlineStoreWriter:
         """Parse a terminal script call's reply (see ``terminal_write.lua``)."""
         seq, dropped = int(reply[0]), int(reply[1])
         counted = []
-        width = 3 + 6
+        width = 3 + _COUNTS  # txn_id, ts, customer, then the counts
         for start in range(2, len(reply), width):
             row = reply[start : start + width]
             counted.append(
@@ -284,6 +292,6 @@ def terminal_replacement(
     return commands
 
 
-def _flat(pairs: Iterable[tuple[str | int, str | int]]) -> list[str | int]:
+def _flat(pairs: Iterable[tuple[str | int | float, str | int | float]]) -> list[str | int | float]:
     """``[(a, b), (c, d)]`` as ``[a, b, c, d]``: a command's arguments."""
     return list(chain.from_iterable(pairs))
