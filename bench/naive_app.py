@@ -23,19 +23,12 @@ import joblib
 import redis
 from fastapi import FastAPI, HTTPException
 
-from fraudstack.adapters.online_store import (
-    LAST_TXN_FIELD,
-    LastTransaction,
-    customer_key,
-    terminal_key,
-)
+from fraudstack.adapters.online_store.codecs import LastTransaction
+from fraudstack.adapters.online_store.layout import LAST_TXN_FIELD, customer_key
+from fraudstack.adapters.online_store.reader import terminal_count_commands
 from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.features.definitions import CUSTOMER_FEATURES
-from fraudstack.features.online import (
-    TerminalHistory,
-    terminal_features,
-    transaction_features,
-)
+from fraudstack.features.online import terminal_features_from_counts, transaction_features
 
 
 def _risk_level(probability: float) -> str:
@@ -71,8 +64,10 @@ def create_app() -> FastAPI:
         last = LastTransaction.decode(fields[LAST_TXN_FIELD.encode()])
         features = transaction_features(last.ts_ms, last.amount_cents)
         features.update({name: float(fields[name.encode()]) for name in CUSTOMER_FEATURES})
-        terminal = TerminalHistory.from_fields(client.hgetall(terminal_key(last.terminal_id)))
-        features.update(terminal_features(terminal, last.ts_ms))
+        pipe = client.pipeline(transaction=False)  # the terminal's window counts, one round trip
+        for command in terminal_count_commands(last.terminal_id, last.ts_ms):
+            pipe.execute_command(*command)
+        features.update(terminal_features_from_counts(pipe.execute()))
         vector = [[features[name] for name in state["feature_names"]]]
         probability = float(state["model"].predict_proba(vector)[0, 1])
         return {

@@ -1,7 +1,8 @@
 """``fraudstack check-consistency``: do the online store and the offline computation agree?
 
-For every customer, the features of its newest transaction are read back from Redis, from its
-events with :mod:`fraudstack.features.online` and as ``GET /predict`` reads them
+For every customer, the features of its newest transaction are read back from Redis through the
+store's reader (the customer's events and the terminal's window counts, as ``POST /v1/score``
+reads them, finished with :mod:`fraudstack.features.online`) and as ``GET /predict`` reads them
 (:meth:`~fraudstack.serve.lookup.FeatureLookup.newest`: the stored features, or its fallback),
 and compared, feature by feature, with :func:`~fraudstack.features.offline.compute_features`
 over the same events; for every terminal likewise for its newest transaction. Equality is to a
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from fraudstack.adapters.online_store import OnlineStore
+from fraudstack.adapters.online_store.reader import OnlineStoreReader
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.features.definitions import (
     CUSTOMER_FEATURES,
@@ -78,17 +79,16 @@ async def compare(
     concurrency: int = 64,
 ) -> Report:
     """Compare the store at ``redis_url`` with the offline features of these events."""
-    store = OnlineStore.from_url(redis_url)
     link = RedisLink(redis_url, timeout=30.0)
     try:
+        store = OnlineStoreReader(link)
         return await _compare(store, FeatureLookup(link), transactions, labels, concurrency)
     finally:
         await link.close()
-        await store.close()
 
 
 async def _compare(
-    store: OnlineStore,
+    store: OnlineStoreReader,
     lookup: FeatureLookup,
     transactions: pa.Table,
     labels: pa.Table | None,
@@ -127,7 +127,9 @@ async def _compare(
 
     async def check(row: int, names: Iterable[str], newest_of_customer: bool) -> None:
         async with semaphore:
-            customer, terminal = await store.read_for_transaction(customers[row], terminals[row])
+            customer, terminal = await store.for_transaction(
+                customers[row], terminals[row], int(ts[row])
+            )
         if customer is None:
             report.missing.append(f"customer {customers[row]} (txn {txn_ids[row]})")
             return

@@ -13,6 +13,8 @@ Every error this project raises on purpose derives from one root, so a caller ca
     │                             sends it to the dead-letter topic)
     ├── StoreError
     │   ├── StoreUnavailable      Redis or Kafka cannot be reached (HTTP 503)
+    │   ├── StoreRefused          Redis answered a command with an error reply
+    │   │   └── ScriptNotLoaded   ``NOSCRIPT``: Redis does not have the script (it restarted)
     │   └── EntityNotFound        no features stored for a customer (HTTP 404)
     └── ModelError
         ├── ModelNotFound         a model version is not in the registry
@@ -48,6 +50,18 @@ class StoreError(FraudstackError):
 
 class StoreUnavailable(StoreError):
     """The store (Redis, Kafka) cannot be reached right now; retrying later may work."""
+
+
+class StoreRefused(StoreError):
+    """Redis answered a command with an error reply; ``code`` is its first word (``ERR``...)."""
+
+    def __init__(self, message: str, code: str = "ERR") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ScriptNotLoaded(StoreRefused):
+    """Redis does not know the script (``NOSCRIPT``): load it and send the command again."""
 
 
 class EntityNotFound(StoreError):

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fraudstack import offline_features
+from fraudstack.adapters.online_store.codecs import customer_history, customer_history_fields
 from fraudstack.features import (
     FEATURE_NAMES,
     FEATURE_SET_VERSION,
@@ -139,16 +140,23 @@ def online_features(
 def round_trip_through_fields(
     customers: dict[str, CustomerHistory], terminals: dict[str, TerminalHistory]
 ) -> None:
-    """Store every history as Redis would hand it back (bytes, other fields too) and reload."""
+    """Reload every history from what the store keeps of it: a customer's hash fields as Redis
+    hands them back (bytes, other fields too), a terminal's events and labels as its sorted
+    sets hold them (member and time, in time order)."""
 
     def as_redis(fields: dict[str, str]) -> dict[bytes, bytes]:
         stored = {key.encode(): value.encode() for key, value in fields.items()}
         return stored | {b"_event_ts": b"0", b"_updated_at": b"0", b"terminal_risk_1d": b"0.5"}
 
     for key, customer in customers.items():
-        customers[key] = CustomerHistory.from_fields(as_redis(customer.to_fields()))
+        customers[key] = customer_history(as_redis(customer_history_fields(customer)))
     for key, terminal in terminals.items():
-        terminals[key] = TerminalHistory.from_fields(as_redis(terminal.to_fields()))
+        reloaded = TerminalHistory()
+        for txn_id, (ts_ms, reported_at) in terminal.labels.items():
+            reloaded.add_label(txn_id, True, reported_at, ts_ms)
+        for ts_ms, txn_id in zip(terminal.ts, terminal.txn_ids, strict=True):
+            reloaded.add(txn_id, ts_ms, terminal.customers.get(txn_id, ""))
+        terminals[key] = reloaded
 
 
 def assert_same(online: np.ndarray[Any, Any], offline: np.ndarray[Any, Any]) -> None:

@@ -15,11 +15,10 @@ from fraudstack.features import (
     all_features,
     amount_to_cents,
     customer_features,
-    event_field,
     feature_vector,
-    label_field,
+    terminal_counts,
     terminal_features,
-    terminal_features_from_fields,
+    terminal_window_bounds,
     transaction_features,
 )
 from fraudstack.features.definitions import (
@@ -206,39 +205,6 @@ def test_terminal_prune_drops_events_and_labels() -> None:
     assert history.prune(T, allowed_lateness_ms=0) == 0  # nothing more to drop
 
 
-def test_customer_fields_round_trip_as_text_and_bytes() -> None:
-    history = CustomerHistory()
-    for i in range(150):
-        history.add(str(i), T + (i % 7) * 1_000, 10 * i)
-    fields = history.to_fields()
-    assert fields[event_field("3")] == f"{T + 3_000}:30"
-    assert CustomerHistory.from_fields(fields) == history
-    as_redis = {key.encode(): value.encode() for key, value in fields.items()}
-    as_redis |= {b"_event_ts": b"123", b"customer_nb_tx_1d": b"4.0"}
-    assert CustomerHistory.from_fields(as_redis) == history
-    assert CustomerHistory.from_fields({}) == CustomerHistory()
-
-
-def test_terminal_fields_round_trip_with_labels() -> None:
-    history = TerminalHistory()
-    history.add("1", T, "c:1")  # only the first separator splits
-    history.add("2", T + 5)  # its customer unknown
-    history.add_label("2", True, T + 10, T + 5)
-    history.add_label("3", True, T + 20, T + 7)  # its transaction has not arrived
-    fields = history.to_fields()
-    assert fields == {
-        "e:1": f"{T}:c:1",
-        "e:2": f"{T + 5}:",
-        label_field("2"): f"{T + 5}:{T + 10}",
-        "f:3": f"{T + 7}:{T + 20}",
-    }
-    parsed = TerminalHistory.from_fields({k.encode(): v.encode() for k, v in fields.items()})
-    assert parsed == history
-    assert parsed.customers == {"1": "c:1"}
-    parsed.add("3", T + 7)
-    assert parsed.frauds == [0, 1, 1]
-
-
 def test_all_features_and_vector_follow_the_model_order() -> None:
     customer, terminal = CustomerHistory(), TerminalHistory()
     terminal.add("old", T - 8 * MS_PER_DAY + 5)
@@ -251,56 +217,26 @@ def test_all_features_and_vector_follow_the_model_order() -> None:
     assert all(isinstance(value, float) for value in vector)
 
 
-def _windows_by_hand(history: TerminalHistory) -> dict[str, float]:
-    """The terminal windows at T, event by event: an oracle that shares no code with them."""
-    newest = T - 7 * MS_PER_DAY
-    features = {}
-    for count_name, risk_name, length in TERMINAL_WINDOWS:
-        frauds = [
-            fraud
-            for ts, fraud in zip(history.ts, history.frauds, strict=True)
-            if newest - length < ts <= newest
-        ]
-        features[count_name] = float(len(frauds))
-        features[risk_name] = sum(frauds) / len(frauds) if frauds else 0.0
-    return features
-
-
-def test_terminal_windows_read_from_fields_equal_the_history() -> None:
-    """The request path's reading of a terminal hash gives the history's windows, for random
-    terminals with late, early, uncounted and orphan labels and ties on the window edges."""
-    rng = random.Random(11)
-    day = MS_PER_DAY
-    newest = T - 7 * day  # terminal windows end 7 days before the transaction
-    edges = [newest - length for _, _, length in TERMINAL_WINDOWS] + [newest]
-    for case in range(300):
-        history = TerminalHistory()
-        for i in range(rng.randrange(0, 60)):
-            ts = rng.choice(edges) + rng.choice((-1, 0, 1)) if i % 3 == 0 else 0
-            ts = ts or T - rng.randrange(0, 40 * day)
-            history.add(f"t{i}", ts)
-            if rng.random() < 0.25:
-                history.add_label(f"t{i}", rng.random() < 0.9, ts + rng.randrange(0, 9 * day), ts)
-        for i in range(rng.randrange(0, 3)):  # labels whose transaction has not arrived
-            ts = T - rng.randrange(8 * day, 20 * day)
-            history.add_label(f"orphan{i}", True, ts + day, ts)
-        fields = history.to_fields()
-        if history.txn_ids and case % 2:  # a label reported too late to count, written as is
-            ts = history.ts[0]
-            fields[label_field(history.txn_ids[0])] = f"{ts}:{ts + 7 * day + 1}"
-        as_redis = {key.encode(): value.encode() for key, value in fields.items()}
-        as_redis[b"_event_ts"] = b"1"
-        expected = terminal_features(TerminalHistory.from_fields(as_redis), T)
-        assert terminal_features_from_fields(as_redis, T) == expected, case
-        assert terminal_features_from_fields(fields, T) == expected, case
-        if not case % 2:
-            assert expected == terminal_features(history, T) == _windows_by_hand(history), case
-    assert terminal_features_from_fields({}, T) == terminal_features(TerminalHistory(), T)
-    # all_features takes either form of the terminal
-    customer = CustomerHistory()
+def test_all_features_take_the_terminal_windows_as_counts_alike() -> None:
+    """The store counts a terminal's windows (two searches each, on the bounds given here);
+    features from those counts equal the history's."""
+    rng = random.Random(5)
+    customer, terminal = CustomerHistory(), TerminalHistory()
     customer.add("c1", T - MS_PER_HOUR, 1_000)
-    from_fields = all_features(customer, as_redis, "x", T, 4_200)
-    assert from_fields == all_features(
-        customer, TerminalHistory.from_fields(as_redis), "x", T, 4_200
+    bounds = terminal_window_bounds(T)
+    for i in range(300):
+        edge = rng.choice(bounds)[rng.randrange(2)] + rng.choice((-1, 0, 1))
+        ts = edge if i % 2 else T - rng.randrange(40 * MS_PER_DAY)
+        terminal.add(f"t{i}", ts)
+        if rng.random() < 0.3:
+            terminal.add_label(f"t{i}", True, ts, ts)
+    fraud_ts = [ts for ts, fraud in zip(terminal.ts, terminal.frauds, strict=True) if fraud]
+    by_search = terminal_counts(terminal.ts, fraud_ts, T)
+    by_bounds = []
+    for after, through in bounds:
+        by_bounds.append(sum(after < ts <= through for ts in terminal.ts))
+        by_bounds.append(sum(after < ts <= through for ts in fraud_ts))
+    assert by_search == tuple(by_bounds)
+    assert all_features(customer, by_search, "x", T, 4_200) == all_features(
+        customer, terminal, "x", T, 4_200
     )
-    assert list(from_fields) == list(FEATURE_NAMES)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import redis
 
-from fraudstack.adapters.online_store import LAST_TXN_FIELD, LastTransaction, customer_key
+from fraudstack.adapters.online_store.codecs import LastTransaction
+from fraudstack.adapters.online_store.layout import LAST_TXN_FIELD, customer_key
 from fraudstack.aggregate.bulk import load_table
 from fraudstack.aggregate.settings import AggregateSettings
 

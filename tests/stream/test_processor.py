@@ -8,7 +8,11 @@ from dataclasses import dataclass
 import orjson
 import redis
 
-from fraudstack.adapters.online_store import customer_key, terminal_key
+from fraudstack.adapters.online_store.layout import (
+    customer_key,
+    terminal_customers_key,
+    terminal_events_key,
+)
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate.processor import Processor
 from fraudstack.aggregate.settings import AggregateSettings
@@ -51,8 +55,9 @@ async def test_a_redis_that_forgot_the_terminal_script_gets_it_again(
     finally:
         await link.close()
     assert result.applied == 1
-    assert client.hget(terminal_key("t-1"), "e:a") == b"1522540800000:c-1"
-    assert client.hget(terminal_key("t-1"), "e:b") == b"1522540800001:c-1"
+    assert client.zscore(terminal_events_key("t-1"), "a") == 1522540800000
+    assert client.zscore(terminal_events_key("t-1"), "b") == 1522540800001
+    assert client.hget(terminal_customers_key("t-1"), "b") == b"c-1"
     assert client.hget(customer_key("c-1"), "customer_nb_tx_1d") == b"2.0"
     client.close()
 
@@ -76,12 +81,12 @@ async def test_a_replay_restores_terminal_writes_that_a_failed_batch_did_not_mak
     try:
         allowed = pipeline_settings.aggregate_allowed_lateness_ms
         await Processor(link, allowed).process([record])
-        client.delete(terminal_key("t-partial"))  # as if the terminal write never landed
+        client.delete(terminal_events_key("t-partial"))  # as if the terminal write never landed
         replay = await Processor(link, allowed).process([record])  # a restarted instance
     finally:
         await link.close()
     assert replay.duplicates == 1 and replay.applied == 0
-    assert client.hget(terminal_key("t-partial"), "e:partial-1") == b"1522540800000:c-partial"
+    assert client.zscore(terminal_events_key("t-partial"), "partial-1") == 1522540800000
     client.close()
 
 
@@ -135,6 +140,51 @@ async def test_a_terminal_busier_than_one_script_call_takes_is_written_whole(
         await link.close()
     assert result.applied == 5_000
     client = redis.Redis.from_url(pipeline_settings.redis_url)
-    stored = client.hgetall(terminal_key("t-busy"))
-    assert sum(1 for name in stored if name.startswith(b"e:")) == 5_000
+    assert client.zcard(terminal_events_key("t-busy")) == 5_000
     client.close()
+
+
+def _customer_event(settings: AggregateSettings, txn_id: str, minute: int) -> Record:
+    event = {
+        "txn_id": txn_id,
+        "ts": 1_522_540_800_000 + minute * 60_000,
+        "customer_id": "c-fenced",
+        "terminal_id": "t-fenced",
+        "amount": 2.0,
+    }
+    return Record(settings.topics.transactions, 0, minute, b"c-fenced", orjson.dumps(event))
+
+
+async def test_an_instance_that_lost_the_partition_cannot_put_an_older_transaction_back(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """Issue 23's stale writer: an instance stalls with a batch in hand, the partition moves to
+    another instance, which writes newer transactions; the stalled one then finishes its old
+    batch. The customer's newest transaction and its features stay the new owner's; the
+    refusal is counted and the stalled instance drops what it remembers."""
+    settings = pipeline_settings
+    allowed = settings.aggregate_allowed_lateness_ms
+    link = RedisLink(settings.redis_url, timeout=5.0)
+    client = redis.Redis.from_url(settings.redis_url)
+    stalled, owner = (
+        Processor(link, allowed, settings.topics),
+        Processor(link, allowed, settings.topics),
+    )
+    try:
+        await stalled.process([_customer_event(settings, "f1", 0)])
+        # the partition moved: the new owner replays f2 and goes on with f3
+        await owner.process(
+            [_customer_event(settings, "f2", 1), _customer_event(settings, "f3", 2)]
+        )
+        late = await stalled.process([_customer_event(settings, "f2", 1)])  # its old batch
+        newest = client.hget(customer_key("c-fenced"), "_last_txn")
+        count = client.hget(customer_key("c-fenced"), "customer_nb_tx_1d")
+        fields = client.hkeys(customer_key("c-fenced"))
+    finally:
+        await link.close()
+        client.close()
+    assert late.applied == 1 and late.refused == 1
+    assert newest is not None and newest.decode().startswith("f3:")
+    assert count == b"3.0"  # f3's features, with f1 and f2
+    assert {b"e:f1", b"e:f2", b"e:f3"} <= set(fields)  # the events are facts: all kept
+    assert stalled.customers == {}  # it reads the customer again next time

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fraudstack.adapters.online_store import OnlineStore
+from fraudstack.adapters.online_store.reader import OnlineStoreReader
 from fraudstack.aggregate.bulk import load_table
 from fraudstack.features.definitions import (
     DEFAULT_ALLOWED_LATENESS_MS,
@@ -60,12 +60,12 @@ def test_offline_features_equal_online_features(
 
 
 async def _read_online(redis_url: str, rows: list[dict]) -> list[dict[str, float]]:
-    store = OnlineStore.from_url(redis_url)
+    store = OnlineStoreReader.from_url(redis_url)
     try:
         results = []
         for row in rows:
-            customer, terminal = await store.read_for_transaction(
-                row["customer_id"], row["terminal_id"]
+            customer, terminal = await store.for_transaction(
+                row["customer_id"], row["terminal_id"], row["ts"]
             )
             history = customer.history if customer is not None else CustomerHistory()
             results.append(

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
-from fraudstack.errors import StoreError, StoreUnavailable
+from fraudstack.errors import ScriptNotLoaded, StoreError, StoreRefused, StoreUnavailable
 
 
 def bulk_string(part: bytes | str) -> bytes:
@@ -192,7 +192,7 @@ class RedisLink:
         replies = await protocol.send(payload, expected)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
-                raise StoreError(f"online store refused a command: {reply}")
+                raise refusal(reply)
         return replies
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
@@ -317,6 +317,17 @@ def _parse_url(url: str) -> tuple[tuple[str, str, bool], list[bytes]]:
     if db and db != "0":
         handshake.append(encode_command(b"SELECT", db))
     return target, handshake
+
+
+#: Error replies that are an error of their own (redis-py maps them alike), by their first word.
+_REFUSALS: dict[str, type[StoreRefused]] = {"NOSCRIPT": ScriptNotLoaded}
+
+
+def refusal(reply: Exception) -> StoreRefused:
+    """The typed error of an error reply (``-NOSCRIPT ...``, ``-ERR ...``)."""
+    text = str(reply)
+    code = text.split(" ", 1)[0]
+    return _REFUSALS.get(code, StoreRefused)(f"online store refused a command: {text}", code)
 
 
 def hash_reply(reply: dict[bytes, bytes] | list[Any]) -> dict[bytes, bytes]:

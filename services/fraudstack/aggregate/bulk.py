@@ -14,20 +14,9 @@ import numpy as np
 import pyarrow as pa
 import redis
 
-from fraudstack.adapters.online_store import (
-    CUSTOMER_TTL_SECONDS,
-    DROPPED_FIELD,
-    EVENT_TS_FIELD,
-    PRUNED_AT_FIELD,
-    TERMINAL_SNAPSHOT_FIELD,
-    TERMINAL_TTL_SECONDS,
-    UPDATED_AT_FIELD,
-    LastTransaction,
-    TerminalSnapshot,
-    customer_key,
-    customer_summary_fields,
-    terminal_key,
-)
+from fraudstack.adapters.online_store.codecs import LastTransaction, TerminalSnapshot
+from fraudstack.adapters.online_store.writer import customer_replacement, terminal_replacement
+from fraudstack.adapters.redis_link import Command
 from fraudstack.features.online import (
     CustomerHistory,
     TerminalHistory,
@@ -75,50 +64,34 @@ def load_table(
     client = redis.Redis.from_url(redis_url)
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
-    pending = 0
+    queued = 0
     for customer, history in customer_histories.items():
         newest = last[customer]
         history.prune(newest.ts_ms)
-        fields = {**history.to_fields(), **customer_summary_fields(history, newest, now_ms)}
         # counted from every event and label, before any terminal is pruned; seq 0 is older
         # than any count the terminal script will take
         counts = history_counts(terminal_histories[newest.terminal_id], newest.ts_ms)
-        fields[TERMINAL_SNAPSHOT_FIELD] = TerminalSnapshot(
-            newest.txn_id, newest.ts_ms, 0, counts
-        ).encode()
-        pending = _replace(
-            pipe, customer_key(customer), fields, CUSTOMER_TTL_SECONDS, pending, batch
-        )
+        snapshot = TerminalSnapshot(newest.txn_id, newest.ts_ms, 0, counts)
+        commands = customer_replacement(customer, history, newest, snapshot, now_ms)
+        queued = _queue(pipe, commands, queued, batch)
     for terminal, terminal_history in terminal_histories.items():
-        terminal_fields: dict[Any, str | int] = {}
-        if terminal_history.ts:
-            # pruned as the terminal script prunes, and saying so: a later recount must know
-            # which windows no longer hold every event
-            dropped = terminal_history.prune(terminal_history.ts[-1])
-            terminal_fields[PRUNED_AT_FIELD] = terminal_history.horizon_ms
-            terminal_fields[DROPPED_FIELD] = dropped
-        terminal_fields.update(terminal_history.to_fields())
-        terminal_fields[EVENT_TS_FIELD] = terminal_history.ts[-1] if terminal_history.ts else 0
-        terminal_fields[UPDATED_AT_FIELD] = now_ms
-        pending = _replace(
-            pipe, terminal_key(terminal), terminal_fields, TERMINAL_TTL_SECONDS, pending, batch
-        )
+        # pruned as the terminal script prunes, and saying so
+        dropped = terminal_history.prune(terminal_history.ts[-1]) if terminal_history.ts else 0
+        commands = terminal_replacement(terminal, terminal_history, dropped, now_ms)
+        queued = _queue(pipe, commands, queued, batch)
     pipe.execute()
     client.close()
     return len(customer_histories), len(terminal_histories)
 
 
-def _replace(
-    pipe: Any, key: str, fields: dict[Any, Any], ttl_seconds: int, pending: int, batch: int
-) -> int:
-    """Queue the replacement of one hash; send the pipeline every ``batch`` hashes."""
-    pipe.delete(key)
-    pipe.hset(key, mapping=fields)
-    pipe.expire(key, ttl_seconds)
-    if pending + 1 >= batch:
+def _queue(pipe: Any, commands: list[Command], queued: int, batch: int) -> int:
+    """Queue an entity's commands; send the pipeline every ``batch`` entities."""
+    for command in commands:
+        pipe.execute_command(*command)
+    if queued + 1 >= batch:
         pipe.execute()
         return 0
-    return pending + 1
+    return queued + 1
 
 
 def _label_rows(transactions: pa.Table, labels: pa.Table | None) -> list[tuple[str, int, str, int]]:

@@ -10,6 +10,11 @@ EVENTS = Counter(
     "dead_letter, ignored).",
     ["kind", "outcome"],
 )
+REFUSED_WRITES = Counter(
+    "aggregate_refused_writes_total",
+    "Customer writes the store refused because it held a newer transaction of the customer: "
+    "this instance lost the customer's partition while it wrote (a stalled instance).",
+)
 BATCH_SIZE = Histogram(
     "aggregate_batch_size_events",
     "Events per processed batch.",

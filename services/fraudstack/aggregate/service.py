@@ -171,6 +171,13 @@ class Aggregator:
                 metrics.EVENTS.labels(topic, outcome).inc(count)
         if result.dead_letters:
             metrics.EVENTS.labels("any", "dead_letter").inc(len(result.dead_letters))
+        if result.refused:
+            metrics.REFUSED_WRITES.inc(result.refused)
+            log.warning(
+                "%d customer writes refused: another instance wrote newer transactions (this "
+                "one lost their partitions); their state is read again",
+                result.refused,
+            )
         metrics.BATCH_SIZE.observe(len(records))
         self.processed += len(records)
 

@@ -12,16 +12,8 @@ at or before that cut-off is refused (``add`` returns False): its own windows co
 computed and it is too old for any window still to come; the stream sends it to the dead-letter
 topic as too late.
 
-Storage layout, one Redis HASH per entity, one field per event (the storage layer owns the
-keys; other fields such as ``_event_ts`` are ignored here):
-
-==================  ========================  ==========================================
-entity              field                     value
-==================  ========================  ==========================================
-customer            ``e:<txn_id>``            ``"<ts_ms>:<amount_cents>"``
-terminal            ``e:<txn_id>``            ``"<ts_ms>:<customer_id>"``
-terminal            ``f:<txn_id>``            ``"<ts_ms>:<reported_at_ms>"`` (frauds only)
-==================  ========================  ==========================================
+The store keeps these histories in its own layout (:mod:`fraudstack.adapters.online_store`);
+nothing here knows a key, a field or a byte.
 """
 
 from __future__ import annotations
@@ -29,7 +21,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from fraudstack.features.definitions import (
     CUSTOMER_HORIZON_MS,
@@ -47,17 +38,6 @@ from fraudstack.features.definitions import (
     label_counts,
 )
 
-EVENT_PREFIX = "e:"
-LABEL_PREFIX = "f:"
-#: A Redis hash as redis-py returns it: all bytes, or all text with ``decode_responses``
-#: (its stubs say ``bytes | str``; one hash mixing the two is not supported).
-HashFields = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes | str, bytes | str]
-#: (event, label) field prefixes and the value separator, as text (False) and as bytes (True):
-#: a hash is one or the other.
-_PREFIXES: dict[bool, tuple[bytes | str, bytes | str, bytes | str]] = {
-    False: (EVENT_PREFIX, LABEL_PREFIX, ":"),
-    True: (EVENT_PREFIX.encode(), LABEL_PREFIX.encode(), b":"),
-}
 #: Before any prune nothing is refused for being old.
 _NO_HORIZON = -(2**63)
 
@@ -68,60 +48,12 @@ _TERMINAL_REACH: tuple[tuple[str, str, int], ...] = tuple(
 )
 
 
-def event_field(txn_id: str) -> str:
-    """The hash field of one transaction (customer or terminal)."""
-    return EVENT_PREFIX + txn_id
-
-
-def label_field(txn_id: str) -> str:
-    """The hash field of one fraud label (terminal only)."""
-    return LABEL_PREFIX + txn_id
-
-
-def customer_event_value(ts_ms: int, amount_cents: int) -> str:
-    return f"{ts_ms}:{amount_cents}"
-
-
-def terminal_event_value(ts_ms: int, customer_id: str) -> str:
-    """The customer rides along so that a late event or label can find the customers whose
-    stored terminal windows it changes (see :mod:`fraudstack.aggregate.processor`)."""
-    return f"{ts_ms}:{customer_id}"
-
-
-def label_value(ts_ms: int, reported_at_ms: int) -> str:
-    return f"{ts_ms}:{reported_at_ms}"
-
-
 def _insert_position(ts: list[int], txn_ids: list[str], ts_ms: int, txn_id: str) -> int:
     """Where ``(ts_ms, txn_id)`` goes to keep the lists sorted by ``(ts, txn_id)``."""
     position = bisect_right(ts, ts_ms)
     while position and ts[position - 1] == ts_ms and txn_ids[position - 1] > txn_id:
         position -= 1
     return position
-
-
-def _select(fields: HashFields, prefix: str) -> tuple[list[str], list[str]]:
-    """The txn_ids and values (as text) of the fields whose name starts with ``prefix``."""
-    if not fields:
-        return [], []
-    if isinstance(next(iter(fields)), bytes):
-        raw_prefix = prefix.encode()
-        raw = cast("Mapping[bytes, bytes]", fields)
-        keys = [key for key in raw if key[:2] == raw_prefix]
-        # one decode of the joined values instead of one per field
-        values = b"\n".join([raw[key] for key in keys]).decode().split("\n") if keys else []
-        return [key[2:].decode() for key in keys], values
-    text = cast("Mapping[str, str]", fields)
-    keys_text = [key for key in text if key[:2] == prefix]
-    return [key[2:] for key in keys_text], [text[key] for key in keys_text]
-
-
-def _pairs(values: list[str], what: str) -> tuple[list[int], list[int]]:
-    """``"<a>:<b>"`` values as two lists of ints; one join and split is the fast way."""
-    numbers = list(map(int, ":".join(values).split(":"))) if values else []
-    if len(numbers) != 2 * len(values):
-        raise ValueError(f"malformed {what} field: expected '<int>:<int>' values")
-    return numbers[0::2], numbers[1::2]
 
 
 @dataclass(slots=True)
@@ -200,29 +132,19 @@ class CustomerHistory(_EventLog):
         del self.amounts_cents[: len(dropped)]
         return dropped
 
-    def to_fields(self) -> dict[str, str]:
-        """The hash fields of every event (see the module docstring)."""
-        return {
-            EVENT_PREFIX + txn_id: f"{ts_ms}:{cents}"
-            for ts_ms, txn_id, cents in zip(self.ts, self.txn_ids, self.amounts_cents, strict=True)
-        }
-
     @classmethod
-    def from_fields(
-        cls,
-        fields: HashFields,
+    def from_events(
+        cls, txn_ids: Sequence[str], ts: Sequence[int], amounts_cents: Sequence[int]
     ) -> CustomerHistory:
-        """Rebuild a history from hash fields (bytes or text); other fields are ignored."""
-        txn_ids, values = _select(fields, EVENT_PREFIX)
-        ts, cents = _pairs(values, "customer event")
+        """A history of these events, in any order (duplicates of an id are not expected)."""
         history = cls()
         if txn_ids:
-            # Redis keeps small hashes in insertion order, so this sort is usually a single pass
-            rows = sorted(zip(ts, txn_ids, cents, strict=True))
+            # the store keeps small hashes in insertion order, so this sort is usually one pass
+            rows = sorted(zip(ts, txn_ids, amounts_cents, strict=True))
             history.ts = [row[0] for row in rows]
             history.txn_ids = [row[1] for row in rows]
             history.amounts_cents = [row[2] for row in rows]
-            history._known = set(txn_ids)
+            history._known = set(history.txn_ids)
         return history
 
 
@@ -288,43 +210,6 @@ class TerminalHistory(_EventLog):
                 newest = max(newest, ts_ms)
         return newest
 
-    def to_fields(self) -> dict[str, str]:
-        """The hash fields of every event and fraud label (see the module docstring)."""
-        customers = self.customers
-        fields = {
-            EVENT_PREFIX + txn_id: terminal_event_value(ts_ms, customers.get(txn_id, ""))
-            for ts_ms, txn_id in zip(self.ts, self.txn_ids, strict=True)
-        }
-        for txn_id, (ts_ms, reported_at_ms) in self.labels.items():
-            fields[LABEL_PREFIX + txn_id] = f"{ts_ms}:{reported_at_ms}"
-        return fields
-
-    @classmethod
-    def from_fields(
-        cls,
-        fields: HashFields,
-    ) -> TerminalHistory:
-        """Rebuild a history from hash fields (bytes or text); other fields are ignored."""
-        history = cls()
-        label_ids, label_values = _select(fields, LABEL_PREFIX)
-        label_ts, reported = _pairs(label_values, "terminal label")
-        for txn_id, ts_ms, reported_at_ms in zip(label_ids, label_ts, reported, strict=True):
-            if label_counts(True, ts_ms, reported_at_ms):
-                history.labels[txn_id] = (ts_ms, reported_at_ms)
-        txn_ids, values = _select(fields, EVENT_PREFIX)
-        if txn_ids:
-            parts = [value.partition(":") for value in values]
-            rows = sorted(zip((int(part[0]) for part in parts), txn_ids, strict=True))
-            history.ts = [row[0] for row in rows]
-            history.txn_ids = [row[1] for row in rows]
-            labels = history.labels
-            history.frauds = [1 if txn_id in labels else 0 for txn_id in history.txn_ids]
-            history.customers = {
-                txn_id: part[2] for txn_id, part in zip(txn_ids, parts, strict=True) if part[2]
-            }
-            history._known = set(txn_ids)
-        return history
-
 
 def transaction_features(ts_ms: int, amount_cents: int) -> dict[str, float]:
     """``amount``, ``tx_during_weekend`` and ``tx_during_night`` (UTC) of one transaction."""
@@ -374,40 +259,6 @@ def history_counts(history: TerminalHistory, ts_ms: int) -> tuple[int, ...]:
     return terminal_counts(history.ts, fraud_ts, ts_ms)
 
 
-def terminal_features_from_fields(fields: HashFields, ts_ms: int) -> dict[str, float]:
-    """``terminal_features(TerminalHistory.from_fields(fields), ts_ms)`` without building the
-    history: the request path reads a terminal once and needs only the times of its events and
-    of its frauds (a quarter of the time, measured on 40-event terminals). The two agree on the
-    fields the store writes; a malformed number raises ``ValueError`` in both, though not always
-    for the same field, and some oddities one accepts the other refuses (a trailing newline, a
-    non-ASCII digit)."""
-    if not fields:
-        return _terminal_windows([], [], ts_ms)
-    raw = cast("Mapping[bytes | str, bytes | str]", fields)
-    event, label, colon = _PREFIXES[isinstance(next(iter(raw)), bytes)]
-    event_ts: list[int] = []
-    labels: list[tuple[bytes | str, bytes | str]] = []
-    for key, value in raw.items():
-        tag = key[:2]
-        if tag == event:
-            event_ts.append(int(value.partition(colon)[0]))  # type: ignore[arg-type]
-        elif tag == label:
-            labels.append((key, value))
-    fraud_ts: list[int] = []
-    for key, value in labels:  # rare: frauds only
-        label_ts, reported_at = _pairs([_text(value)], "terminal label")
-        known = raw.get(event + key[2:])  # type: ignore[operator]
-        if known is not None and label_counts(True, label_ts[0], reported_at[0]):
-            fraud_ts.append(int(known.partition(colon)[0]))  # type: ignore[arg-type]
-    event_ts.sort()
-    fraud_ts.sort()
-    return _terminal_windows(event_ts, fraud_ts, ts_ms)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def terminal_counts(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> tuple[int, ...]:
     """The terminal windows of a transaction at ``ts_ms`` as whole numbers: (events, frauds)
     per window of :data:`~fraudstack.features.definitions.TERMINAL_WINDOWS`, from the sorted
@@ -424,6 +275,14 @@ def terminal_counts(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> tup
     return tuple(counts)
 
 
+def terminal_window_bounds(ts_ms: int) -> list[tuple[int, int]]:
+    """Each terminal window of a transaction at ``ts_ms`` as ``(after, through)``: it holds the
+    events with ``after < ts <= through``, in :data:`TERMINAL_WINDOWS` order (a store that keeps
+    event times sorted counts a window with two searches)."""
+    through = ts_ms - TERMINAL_DELAY_MS
+    return [(ts_ms - reach_ms, through) for _, _, reach_ms in _TERMINAL_REACH]
+
+
 def terminal_features_from_counts(counts: Sequence[int]) -> dict[str, float]:
     """The terminal features from :func:`terminal_counts`: each count, and each risk as
     ``frauds / count`` (0.0 for an empty window)."""
@@ -437,26 +296,22 @@ def terminal_features_from_counts(counts: Sequence[int]) -> dict[str, float]:
     return features
 
 
-def _terminal_windows(event_ts: list[int], fraud_ts: list[int], ts_ms: int) -> dict[str, float]:
-    """The terminal windows from the sorted times of a terminal's events and of its frauds."""
-    return terminal_features_from_counts(terminal_counts(event_ts, fraud_ts, ts_ms))
-
-
 def all_features(
     customer: CustomerHistory,
-    terminal: TerminalHistory | HashFields,
+    terminal: TerminalHistory | Sequence[int],
     txn_id: str,
     ts_ms: int,
     amount_cents: int,
 ) -> dict[str, float]:
     """Every feature of one transaction, keys in :data:`FEATURE_NAMES` order; ``terminal`` is
-    the terminal's history or its hash fields as the store holds them (the request path's)."""
+    the terminal's history or its windows' counts at ``ts_ms`` (:func:`terminal_counts`, as the
+    store counts them)."""
     features = transaction_features(ts_ms, amount_cents)
     features.update(customer_features(customer, txn_id, ts_ms, amount_cents))
     if isinstance(terminal, TerminalHistory):
         features.update(terminal_features(terminal, ts_ms))
     else:
-        features.update(terminal_features_from_fields(terminal, ts_ms))
+        features.update(terminal_features_from_counts(terminal))
     return features
 
 

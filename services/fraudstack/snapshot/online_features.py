@@ -2,7 +2,8 @@
 
 For every customer in the online store, the snapshot holds the features of its newest
 transaction as the inference service would compute them from Redis at that moment (customer
-windows from the customer hash, terminal windows from the terminal hash). Comparing a snapshot
+windows from the customer's events, terminal windows counted on the terminal), read through the
+store's reader. Comparing a snapshot
 with the offline features of the same transactions is the consistency check; keeping them over
 time is the feature log a model can be audited against.
 
@@ -18,18 +19,15 @@ import time
 from collections.abc import Callable
 
 import pyarrow as pa
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from fraudstack.adapters.offline_store import FEATURES, OfflineStore, day_of
-from fraudstack.adapters.online_store import customer_record, terminal_key
-from fraudstack.errors import StoreUnavailable
+from fraudstack.adapters.online_store.reader import OnlineStoreReader
+from fraudstack.errors import StoreError
 from fraudstack.features.definitions import FEATURE_NAMES, FEATURE_SET_VERSION
-from fraudstack.features.online import TerminalHistory, all_features
+from fraudstack.features.online import all_features
 
 log = logging.getLogger(__name__)
 
-_CUSTOMER_PATTERN = "fs:{customer:*}"
 _BATCH = 500
 
 
@@ -38,21 +36,13 @@ async def snapshot_online_features(
 ) -> tuple[str | None, int]:
     """Write one snapshot; return its path (None when the store is empty) and row count."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    client = aioredis.Redis.from_url(redis_url)
+    online = OnlineStoreReader.from_url(redis_url)
     rows: list[tuple[str, str, str, int, list[float]]] = []
     try:
-        keys: list[bytes] = []
-        async for key in client.scan_iter(match=_CUSTOMER_PATTERN, count=1_000):
-            keys.append(key)
-            if len(keys) >= _BATCH:
-                rows += await _features_of(client, keys)
-                keys = []
-        if keys:
-            rows += await _features_of(client, keys)
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"online store unreachable: {exc}") from exc
+        async for customer_ids in online.customer_ids(_BATCH):
+            rows += await _features_of(online, customer_ids)
     finally:
-        await client.aclose()
+        await online.close()
     if not rows:
         return None, 0
     table = _table(rows, now_ms)
@@ -62,33 +52,24 @@ async def snapshot_online_features(
 
 
 async def _features_of(
-    client: aioredis.Redis, keys: list[bytes]
+    store: OnlineStoreReader, customer_ids: list[str]
 ) -> list[tuple[str, str, str, int, list[float]]]:
-    async with client.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        customers = await pipe.execute()
-    records = []
-    for key, fields in zip(keys, customers, strict=True):
-        record = customer_record(fields)
-        if record is not None and record.last is not None:
-            customer_id = key.decode()[len("fs:{customer:") : -1]
-            records.append((customer_id, record))
-    async with client.pipeline(transaction=False) as pipe:
-        for _, record in records:
-            assert record.last is not None
-            pipe.hgetall(terminal_key(record.last.terminal_id))
-        terminals = await pipe.execute()
+    """The features of these customers' newest transactions, two round trips for them all."""
+    records = [
+        (customer_id, record)
+        for customer_id, record in zip(
+            customer_ids, await store.customers(customer_ids), strict=True
+        )
+        if record is not None and record.last is not None
+    ]
+    wanted = [(record.last.terminal_id, record.last.ts_ms) for _, record in records if record.last]
+    counts = await store.terminal_counts_many(wanted)
     rows = []
-    for (customer_id, record), terminal_fields in zip(records, terminals, strict=True):
+    for (customer_id, record), terminal_counts in zip(records, counts, strict=True):
         last = record.last
         assert last is not None
         values = all_features(
-            record.history,
-            TerminalHistory.from_fields(terminal_fields),
-            last.txn_id,
-            last.ts_ms,
-            last.amount_cents,
+            record.history, terminal_counts, last.txn_id, last.ts_ms, last.amount_cents
         )
         rows.append(
             (
@@ -128,7 +109,7 @@ async def run_periodically(
     while not stopping.is_set():
         try:
             path, count = await snapshot_online_features(redis_url, store)
-        except StoreUnavailable as exc:
+        except StoreError as exc:
             log.warning("feature snapshot skipped: %s", exc)
         else:
             if path is not None:

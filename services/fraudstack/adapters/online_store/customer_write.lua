@@ -1,0 +1,45 @@
+-- Write a customer's new events and, unless its hash holds a newer transaction, the features of
+-- its newest transaction.
+--
+-- KEYS[1] the customer hash. ARGV: ttl_s, the newest transaction's txn_id and ts_ms, the number
+-- of event field/value pairs E, the number of expired event fields X, then the E pairs, the X
+-- field names, then the summary's field/value pairs (the newest transaction's features,
+-- _last_txn, _event_ts, _updated_at).
+--
+-- Events are facts, one field per transaction id: always written (idempotent), and the expired
+-- ones deleted. The summary is a newer-wins field group: written only if the stored _last_txn
+-- is not newer by (ts, txn_id), so an instance that lost the customer's partition and finishes
+-- an old batch cannot put an older transaction back over what the new owner wrote. Returns 1 if
+-- the summary was written, 0 if it was refused.
+local key = KEYS[1]
+local txn, ts = ARGV[2], tonumber(ARGV[3])
+local first_expired = 6 + 2 * tonumber(ARGV[4])
+local first_summary = first_expired + tonumber(ARGV[5])
+
+-- (ts, txn_id) before (other_ts, other), txn ids compared byte by byte as Python compares them
+local function before(other, other_ts)
+  if ts ~= other_ts then return ts < other_ts end
+  for i = 1, math.min(#txn, #other) do
+    local mine, theirs = string.byte(txn, i), string.byte(other, i)
+    if mine ~= theirs then return mine < theirs end
+  end
+  return #txn < #other
+end
+
+-- in slices: Lua unpacks a few thousand values at most
+for i = 6, first_expired - 1, 1000 do
+  redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, first_expired - 1)))
+end
+for i = first_expired, first_summary - 1, 1000 do
+  redis.call('HDEL', key, unpack(ARGV, i, math.min(i + 999, first_summary - 1)))
+end
+local written = 0
+local last = redis.call('HGET', key, LAST_TXN)
+local id, last_ts
+if last then id, last_ts = string.match(last, '^([^:]*):(%d+):') end
+if not id or not before(id, tonumber(last_ts)) then
+  redis.call('HSET', key, unpack(ARGV, first_summary))
+  written = 1
+end
+redis.call('EXPIRE', key, ARGV[1])
+return written
