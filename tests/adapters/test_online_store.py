@@ -19,18 +19,18 @@ from fraudstack.adapters.online_store.layout import (
 from fraudstack.adapters.online_store.reader import OnlineStoreReader
 from fraudstack.adapters.online_store.writer import OnlineStoreWriter, TerminalItems
 from fraudstack.adapters.redis_link import RedisLink
+from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.errors import ScriptNotLoaded, StoreRefused
 from fraudstack.features.definitions import MS_PER_DAY, MS_PER_HOUR, TERMINAL_WINDOWS
 from fraudstack.features.online import CustomerHistory, TerminalHistory, history_counts
-from serve.conftest import RedisProcess, start_redis
 
 T = 1_700_000_000_000
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
     """A private redis-server, so these tests may flush its scripts and write what they like."""
-    server = start_redis(tmp_path_factory.mktemp("online-store"))
+    server = PrivateRedis(tmp_path_factory.mktemp("online-store")).start()
     yield server
     server.stop()
 
@@ -59,7 +59,7 @@ def test_customer_fields_round_trip_as_text_and_bytes() -> None:
         customer_history({b"e:1": b"12"})
 
 
-async def test_an_unknown_script_is_a_typed_error_and_is_loaded_again(store: RedisProcess) -> None:
+async def test_an_unknown_script_is_a_typed_error_and_is_loaded_again(store: PrivateRedis) -> None:
     client = redis.Redis.from_url(store.url)
     client.script_flush()
     link = RedisLink(store.url, timeout=5.0)
@@ -104,7 +104,7 @@ def _random_terminal(rng: random.Random, name: str) -> tuple[TerminalHistory, li
     return history, items
 
 
-async def test_terminal_windows_counted_in_redis_equal_the_history(store: RedisProcess) -> None:
+async def test_terminal_windows_counted_in_redis_equal_the_history(store: PrivateRedis) -> None:
     """Random terminals written by the terminal script in a random order (labels before and
     after their event), then read with six ZCOUNT: the counts equal the history's, event by
     event, at the transaction's time and on every window edge."""
@@ -127,7 +127,7 @@ async def test_terminal_windows_counted_in_redis_equal_the_history(store: RedisP
 
 
 async def test_the_script_counts_the_transactions_asked_for_and_prunes_behind_the_watermark(
-    store: RedisProcess,
+    store: PrivateRedis,
 ) -> None:
     link = RedisLink(store.url, timeout=10.0)
     writer = OnlineStoreWriter(link, "transactions", 0)
