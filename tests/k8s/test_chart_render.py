@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fraudstack.cli import build_parser
 from support.kube import CHART, CI_VALUES, Helm, Manifest
 
 RELEASE = "fraudstack"
@@ -114,6 +115,24 @@ def test_services_probe_healthz_and_readyz(default: Manifest, component: str) ->
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["port"] in port_names
+
+
+@pytest.mark.parametrize("component", SERVICES)
+def test_services_run_a_real_command_on_the_port_they_expose(
+    default: Manifest, component: str
+) -> None:
+    """The arguments parse with the real `fraudstack` command line (a bare `fraudstack ingest`
+    only prints its usage), and a metrics port given to the command is the container's."""
+    container = one(default, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["fraudstack"]
+    arguments = container["args"]
+    try:
+        parsed = build_parser(arguments[0]).parse_args(arguments)
+    except SystemExit as exc:
+        raise AssertionError(f"fraudstack {' '.join(arguments)} does not parse") from exc
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    if "metrics" in ports:
+        assert parsed.metrics_port == ports["metrics"]
 
 
 def test_every_pod_is_locked_down(default: Manifest) -> None:
