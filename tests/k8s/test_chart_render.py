@@ -6,6 +6,7 @@ of the same objects is in test_chart_install.py.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,47 @@ def test_redis_password_comes_from_a_secret(helm: Helm, default: Manifest) -> No
     env = one(external, "Deployment", "ingest")["spec"]["template"]["spec"]["containers"][0]["env"]
     reference = {v["name"]: v for v in env}["FRAUDSTACK_REDIS_PASSWORD"]["valueFrom"]
     assert reference["secretKeyRef"] == {"name": "fraudstack-redis", "key": "password"}
+
+
+def env_of(manifest: Manifest, component: str) -> dict[str, dict[str, Any]]:
+    """The environment of a Deployment's container, by variable name."""
+    container = one(manifest, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+    return {variable["name"]: variable for variable in container["env"]}
+
+
+def test_ingest_api_key_comes_from_a_generated_secret(default: Manifest) -> None:
+    secret = one(default, "Secret", "ingest")
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    assert len(key) == 32 and key.isalnum()
+    reference = env_of(default, "ingest")["FRAUDSTACK_INGEST_API_KEY"]["valueFrom"]
+    assert reference["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "api-key"}
+    # Only the ingestion API checks the key: no other pod gets it.
+    for component in ("aggregate", "snapshot", "inference", "operator"):
+        assert "FRAUDSTACK_INGEST_API_KEY" not in env_of(default, component), component
+
+
+def test_ingest_api_key_set_in_the_values_rolls_the_pods(helm: Helm) -> None:
+    def render(key: str) -> tuple[str, str]:
+        manifest = helm.template(sets=[f"ingest.auth.apiKey={key}"])
+        secret = one(manifest, "Secret", "ingest")["data"]["api-key"]
+        pod = one(manifest, "Deployment", "ingest")["spec"]["template"]
+        return base64.b64decode(secret).decode(), pod["metadata"]["annotations"][
+            "checksum/ingest-api-key"
+        ]
+
+    (first, first_checksum), (second, second_checksum) = render("k-one"), render("k-two")
+    assert (first, second) == ("k-one", "k-two")
+    assert first_checksum != second_checksum
+
+
+def test_ingest_api_key_from_an_existing_secret_or_off(helm: Helm) -> None:
+    external = helm.template(CHART / "ci" / "external-deps-values.yaml")
+    assert not find(external, "Secret")
+    reference = env_of(external, "ingest")["FRAUDSTACK_INGEST_API_KEY"]["valueFrom"]
+    assert reference["secretKeyRef"] == {"name": "fraudstack-ingest", "key": "key"}
+    off = helm.template(sets=["ingest.auth.enabled=false"])
+    assert not find(off, "Secret", "ingest")
+    assert "FRAUDSTACK_INGEST_API_KEY" not in env_of(off, "ingest")
 
 
 def test_hpa_targets_the_inference_deployment(default: Manifest) -> None:

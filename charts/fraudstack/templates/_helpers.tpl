@@ -124,6 +124,24 @@ Addresses of the data services: in-chart when enabled, external otherwise.
 {{- .Values.redis.auth.existingSecret | default (include "fraudstack.componentName" (list . "redis")) }}
 {{- end }}
 
+{{- define "fraudstack.ingestApiKeySecretName" -}}
+{{- .Values.ingest.auth.existingSecret | default (include "fraudstack.componentName" (list . "ingest")) }}
+{{- end }}
+
+{{/*
+Environment of the ingest container only: the API key POST /v1/transactions requires, from its
+Secret (no key, and no check, when ingest.auth.enabled is false).
+*/}}
+{{- define "fraudstack.ingestEnv" -}}
+{{- if .Values.ingest.auth.enabled }}
+- name: FRAUDSTACK_INGEST_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fraudstack.ingestApiKeySecretName" . }}
+      key: {{ .Values.ingest.auth.existingSecretKey }}
+{{- end }}
+{{- end }}
+
 {{/*
 Environment shared by every fraudstack container: the settings ConfigMap, and the Redis URL
 assembled from the password Secret. Kubernetes expands $(FRAUDSTACK_REDIS_PASSWORD) because
