@@ -112,6 +112,9 @@ def test_install_then_upgrade(cluster_helm: Helm, api: client.ApiClient) -> None
     )
     kinds = {document["kind"] for document in manifest}
     assert {"ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "CronJob"} <= kinds
+    assert {"NetworkPolicy", "Secret"} <= kinds
+    policies = client.NetworkingV1Api(api).list_namespaced_network_policy(namespace).items
+    assert len(policies) == len([d for d in manifest if d["kind"] == "NetworkPolicy"]) == 8
     stored = objects_of(api, manifest, namespace)
     assert len(stored) == len(manifest)
     for item in stored:

@@ -219,6 +219,19 @@ Guards that make a bad combination of values fail at render time, with the reaso
 {{- end }}
 
 {{/*
+NetworkPolicy peers: the pods of the given components of this release (same namespace).
+Usage: include "fraudstack.componentPeers" (list . (list "aggregate" "inference"))
+*/}}
+{{- define "fraudstack.componentPeers" -}}
+{{- $root := index . 0 }}
+{{- range $component := index . 1 }}
+- podSelector:
+    matchLabels:
+      {{- include "fraudstack.componentSelectorLabels" (list $root $component) | nindent 6 }}
+{{- end }}
+{{- end }}
+
+{{/*
 Pod template shared by the fraudstack services. Usage:
   include "fraudstack.podTemplate" (dict "root" $ "component" "ingest" "values" .Values.ingest
     "args" (list "ingest") "port" 8000 "portName" "http" "data" false "dataReadOnly" false "extraEnv" (list)
