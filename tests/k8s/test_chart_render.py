@@ -507,6 +507,9 @@ def test_network_policies_can_be_turned_off(helm: Helm) -> None:
         ("inference.replicaCount=-1", "/inference/replicaCount"),
         ("aggregate.replicaCount=-3", "/aggregate/replicaCount"),
         ("config.logLevel=LOUD", "/config/logLevel"),
+        ("ingest.auth.apikey=x", "additional properties 'apikey' not allowed"),
+        ("networkPolicy.enable=false", "additional properties 'enable' not allowed"),
+        ("networkPolicy.apiAllowedFrom[0].podSelectr.a=b", "additional properties 'podSelectr'"),
     ],
 )
 def test_schema_refuses_bad_values(helm: Helm, assignment: str, message: str) -> None:
