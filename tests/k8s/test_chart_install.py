@@ -77,9 +77,9 @@ def objects_of(api: client.ApiClient, manifest: Manifest, namespace: str) -> lis
     return found
 
 
-def redis_password(api: client.ApiClient, namespace: str) -> str:
-    secret = client.CoreV1Api(api).read_namespaced_secret(f"{RELEASE}-redis", namespace)
-    return base64.b64decode((secret.data or {})["redis-password"]).decode()
+def secret_value(api: client.ApiClient, name: str, key: str, namespace: str) -> str:
+    secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    return base64.b64decode((secret.data or {})[key]).decode()
 
 
 def read(api: client.ApiClient, kind: str, name: str, namespace: str) -> dict[str, Any]:
@@ -105,19 +105,25 @@ def test_install_then_upgrade(cluster_helm: Helm, api: client.ApiClient) -> None
     )
     assert "STATUS: deployed" in installed.stdout
     assert "vegeta attack" in installed.stdout  # NOTES.txt tells what to run next
+    assert '-H "X-API-Key: $API_KEY"' in installed.stdout
+    assert f"get secret {RELEASE}-ingest" in installed.stdout
     manifest = parse_manifest(
         cluster_helm.run("get", "manifest", RELEASE, "--namespace", namespace).stdout
     )
     kinds = {document["kind"] for document in manifest}
     assert {"ServiceMonitor", "PrometheusRule", "HorizontalPodAutoscaler", "CronJob"} <= kinds
+    assert {"NetworkPolicy", "Secret"} <= kinds
+    policies = client.NetworkingV1Api(api).list_namespaced_network_policy(namespace).items
+    assert len(policies) == len([d for d in manifest if d["kind"] == "NetworkPolicy"]) == 8
     stored = objects_of(api, manifest, namespace)
     assert len(stored) == len(manifest)
     for item in stored:
         assert item.metadata.labels["app.kubernetes.io/instance"] == RELEASE
 
     before = read(api, "Deployment", f"{RELEASE}-inference", namespace)
-    password = redis_password(api, namespace)
-    assert len(password) == 32
+    password = secret_value(api, f"{RELEASE}-redis", "redis-password", namespace)
+    api_key = secret_value(api, f"{RELEASE}-ingest", "api-key", namespace)
+    assert len(password) == 32 and len(api_key) == 32 and api_key != password
 
     upgraded = cluster_helm.run(
         "upgrade",
@@ -146,8 +152,9 @@ def test_install_then_upgrade(cluster_helm: Helm, api: client.ApiClient) -> None
     assert settings["data"]["FRAUDSTACK_LOG_LEVEL"] == "DEBUG"
     hpas = client.AutoscalingV2Api(api).list_namespaced_horizontal_pod_autoscaler(namespace)
     assert not hpas.items  # autoscaling off: helm removed it
-    # The generated Redis password survives the upgrade (the chart looks it up).
-    assert redis_password(api, namespace) == password
+    # The generated Redis password and API key survive the upgrade (the chart looks them up).
+    assert secret_value(api, f"{RELEASE}-redis", "redis-password", namespace) == password
+    assert secret_value(api, f"{RELEASE}-ingest", "api-key", namespace) == api_key
 
     refused = cluster_helm.run(
         "upgrade",

@@ -6,13 +6,16 @@ of the same objects is in test_chart_install.py.
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from fraudstack.cli import build_parser
 from support.kube import CHART, CI_VALUES, Helm, Manifest
+from support.network_policy import Pod, allows, network_policies, release_pods, selects
 
 RELEASE = "fraudstack"
 SERVICES = ("ingest", "aggregate", "snapshot", "inference")
@@ -116,6 +119,24 @@ def test_services_probe_healthz_and_readyz(default: Manifest, component: str) ->
     assert container["readinessProbe"]["httpGet"]["port"] in port_names
 
 
+@pytest.mark.parametrize("component", SERVICES)
+def test_services_run_a_real_command_on_the_port_they_expose(
+    default: Manifest, component: str
+) -> None:
+    """The arguments parse with the real `fraudstack` command line (a bare `fraudstack ingest`
+    only prints its usage), and a metrics port given to the command is the container's."""
+    container = one(default, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["fraudstack"]
+    arguments = container["args"]
+    try:
+        parsed = build_parser(arguments[0]).parse_args(arguments)
+    except SystemExit as exc:
+        raise AssertionError(f"fraudstack {' '.join(arguments)} does not parse") from exc
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    if "metrics" in ports:
+        assert parsed.metrics_port == ports["metrics"]
+
+
 def test_every_pod_is_locked_down(default: Manifest) -> None:
     specs = pod_specs(default)
     assert len(specs) >= 7
@@ -170,6 +191,47 @@ def test_redis_password_comes_from_a_secret(helm: Helm, default: Manifest) -> No
     env = one(external, "Deployment", "ingest")["spec"]["template"]["spec"]["containers"][0]["env"]
     reference = {v["name"]: v for v in env}["FRAUDSTACK_REDIS_PASSWORD"]["valueFrom"]
     assert reference["secretKeyRef"] == {"name": "fraudstack-redis", "key": "password"}
+
+
+def env_of(manifest: Manifest, component: str) -> dict[str, dict[str, Any]]:
+    """The environment of a Deployment's container, by variable name."""
+    container = one(manifest, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+    return {variable["name"]: variable for variable in container["env"]}
+
+
+def test_ingest_api_key_comes_from_a_generated_secret(default: Manifest) -> None:
+    secret = one(default, "Secret", "ingest")
+    key = base64.b64decode(secret["data"]["api-key"]).decode()
+    assert len(key) == 32 and key.isalnum()
+    reference = env_of(default, "ingest")["FRAUDSTACK_INGEST_API_KEY"]["valueFrom"]
+    assert reference["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "api-key"}
+    # Only the ingestion API checks the key: no other pod gets it.
+    for component in ("aggregate", "snapshot", "inference", "operator"):
+        assert "FRAUDSTACK_INGEST_API_KEY" not in env_of(default, component), component
+
+
+def test_ingest_api_key_set_in_the_values_rolls_the_pods(helm: Helm) -> None:
+    def render(key: str) -> tuple[str, str]:
+        manifest = helm.template(sets=[f"ingest.auth.apiKey={key}"])
+        secret = one(manifest, "Secret", "ingest")["data"]["api-key"]
+        pod = one(manifest, "Deployment", "ingest")["spec"]["template"]
+        return base64.b64decode(secret).decode(), pod["metadata"]["annotations"][
+            "checksum/ingest-api-key"
+        ]
+
+    (first, first_checksum), (second, second_checksum) = render("k-one"), render("k-two")
+    assert (first, second) == ("k-one", "k-two")
+    assert first_checksum != second_checksum
+
+
+def test_ingest_api_key_from_an_existing_secret_or_off(helm: Helm) -> None:
+    external = helm.template(CHART / "ci" / "external-deps-values.yaml")
+    assert not find(external, "Secret")
+    reference = env_of(external, "ingest")["FRAUDSTACK_INGEST_API_KEY"]["valueFrom"]
+    assert reference["secretKeyRef"] == {"name": "fraudstack-ingest", "key": "key"}
+    off = helm.template(sets=["ingest.auth.enabled=false"])
+    assert not find(off, "Secret", "ingest")
+    assert "FRAUDSTACK_INGEST_API_KEY" not in env_of(off, "ingest")
 
 
 def test_hpa_targets_the_inference_deployment(default: Manifest) -> None:
@@ -313,6 +375,126 @@ def test_operator_rbac_is_least_privilege(default: Manifest) -> None:
         assert source[index - 1].strip().startswith("#"), f"rule at line {index + 1} has no why"
 
 
+# -- NetworkPolicies: judged with the documented rules (support/network_policy.py) -------------
+
+NAMESPACE = "fraudstack"
+# Pods of the cluster that are not the release's: a neighbour in its namespace, a pod of the
+# payments namespace, Prometheus, and a client outside the cluster.
+NEIGHBOUR = Pod("neighbour", {"app": "other"}, NAMESPACE)
+PAYMENTS = Pod("payments", {"app": "gateway"}, "payments")
+PROMETHEUS = Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, "monitoring")
+OUTSIDE = Pod("outside")
+STRANGERS = (NEIGHBOUR, PAYMENTS, PROMETHEUS, OUTSIDE)
+
+
+def reachers(manifest: Manifest, target: str, port: int) -> set[str]:
+    """Every pod (the release's by component, the strangers by name) that may connect to
+    ``port`` of the ``target`` component's pods."""
+    pods = release_pods(manifest, NAMESPACE)
+    policies = network_policies(manifest)
+    sources = [*pods.values(), *STRANGERS]
+    return {pod.name for pod in sources if allows(policies, pod, pods[target], port)}
+
+
+def test_network_policies_isolate_every_pod_of_the_release(default: Manifest) -> None:
+    policies = network_policies(default)
+    for pod in release_pods(default, NAMESPACE).values():
+        assert any(selects(p["spec"]["podSelector"], pod.labels) for p in policies), pod.name
+    for policy in policies:
+        # Ingress only: egress stays open (values.yaml says why).
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+@pytest.mark.parametrize(
+    ("sets", "redis_clients", "kafka_clients"),
+    [
+        ([], {"aggregate", "inference", "operator"}, {"ingest", "aggregate", "snapshot"}),
+        # snapshot reads Redis only when it snapshots the online features
+        (
+            ["config.extraEnv.FRAUDSTACK_SNAPSHOT_FEATURES_EVERY=300"],
+            {"aggregate", "inference", "operator", "snapshot"},
+            {"ingest", "aggregate", "snapshot"},
+        ),
+        (
+            ["operator.enabled=false", "ingest.enabled=false"],
+            {"aggregate", "inference"},
+            {
+                "aggregate",
+                "snapshot",
+            },
+        ),
+        # no client left: the policy must then let nobody in (an empty `from` is everybody)
+        (
+            [f"{c}.enabled=false" for c in ("aggregate", "inference", "operator", "ingest")]
+            + ["snapshot.enabled=false"],
+            set(),
+            set(),
+        ),
+    ],
+    ids=["default", "snapshot-features", "no-operator-no-ingest", "no-clients"],
+)
+def test_only_their_clients_reach_redis_and_kafka(
+    helm: Helm, sets: list[str], redis_clients: set[str], kafka_clients: set[str]
+) -> None:
+    manifest = helm.template(sets=sets)
+    assert reachers(manifest, "redis", 6379) == redis_clients
+    assert reachers(manifest, "redpanda", 9092) == kafka_clients
+    # The admin port serves only the readiness probe (from the node); the RPC port only brokers.
+    assert reachers(manifest, "redpanda", 9644) == set()
+    assert reachers(manifest, "redpanda", 33145) == {"redpanda"}
+    assert reachers(manifest, "redis", 6380) == set()
+
+
+def test_apis_are_open_and_metrics_reach_every_namespace_by_default(default: Manifest) -> None:
+    everyone_inside = set(release_pods(default, NAMESPACE)) | {
+        "neighbour",
+        "payments",
+        "prometheus",
+    }
+    assert reachers(default, "ingest", 8000) == everyone_inside | {"outside"}
+    assert reachers(default, "inference", 8080) == everyone_inside | {"outside"}
+    for component in ("aggregate", "snapshot"):
+        assert reachers(default, component, 9100) == everyone_inside
+    # Probes come from the node; the operator's health port is open to all on top of that.
+    assert reachers(default, "operator", 8080) == everyone_inside | {"outside"}
+    assert reachers(default, "operator", 9000) == set()
+    assert reachers(default, "train", 8080) == set()
+
+
+def test_restricted_api_and_metrics_peers(helm: Helm) -> None:
+    payments = (
+        '[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "payments"}}}]'
+    )
+    monitoring = (
+        '[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},'
+        ' "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]'
+    )
+    manifest = helm.template(
+        set_json=[
+            f"networkPolicy.apiAllowedFrom={payments}",
+            f"networkPolicy.metricsAllowedFrom={monitoring}",
+        ],
+    )
+    # /metrics shares the API port, so Prometheus reaches it as well.
+    assert reachers(manifest, "ingest", 8000) == {"payments", "prometheus"}
+    assert reachers(manifest, "inference", 8080) == {"payments", "prometheus"}
+    assert reachers(manifest, "aggregate", 9100) == {"prometheus"}
+    nobody = helm.template(set_json=["networkPolicy.metricsAllowedFrom=[]"])
+    assert reachers(nobody, "snapshot", 9100) == set()
+
+
+def test_network_policies_can_be_turned_off(helm: Helm) -> None:
+    assert not network_policies(helm.template(sets=["networkPolicy.enabled=false"]))
+    external = helm.template(CHART / "ci" / "external-deps-values.yaml")
+    # No in-chart Redis or Redpanda: no policy for them, the rest as usual.
+    components = {
+        p["metadata"]["labels"].get("app.kubernetes.io/component")
+        for p in network_policies(external)
+    }
+    assert components == {None, "ingest", "inference", "aggregate", "snapshot", "operator"}
+
+
 # -- values the schema or the chart must refuse -----------------------------------------------
 
 
@@ -325,6 +507,9 @@ def test_operator_rbac_is_least_privilege(default: Manifest) -> None:
         ("inference.replicaCount=-1", "/inference/replicaCount"),
         ("aggregate.replicaCount=-3", "/aggregate/replicaCount"),
         ("config.logLevel=LOUD", "/config/logLevel"),
+        ("ingest.auth.apikey=x", "additional properties 'apikey' not allowed"),
+        ("networkPolicy.enable=false", "additional properties 'enable' not allowed"),
+        ("networkPolicy.apiAllowedFrom[0].podSelectr.a=b", "additional properties 'podSelectr'"),
     ],
 )
 def test_schema_refuses_bad_values(helm: Helm, assignment: str, message: str) -> None:

@@ -67,13 +67,19 @@ class Helm:
         return result
 
     def template(
-        self, *values_files: Path, sets: Sequence[str] = (), release: str = "fraudstack"
+        self,
+        *values_files: Path,
+        sets: Sequence[str] = (),
+        set_json: Sequence[str] = (),
+        release: str = "fraudstack",
     ) -> Manifest:
         arguments = ["template", release, str(CHART), "--namespace", "fraudstack"]
         for path in values_files:
             arguments += ["-f", str(path)]
         for assignment in sets:
             arguments += ["--set", assignment]
+        for assignment in set_json:
+            arguments += ["--set-json", assignment]
         return parse_manifest(self.run(*arguments).stdout)
 
 

@@ -124,6 +124,24 @@ Addresses of the data services: in-chart when enabled, external otherwise.
 {{- .Values.redis.auth.existingSecret | default (include "fraudstack.componentName" (list . "redis")) }}
 {{- end }}
 
+{{- define "fraudstack.ingestApiKeySecretName" -}}
+{{- .Values.ingest.auth.existingSecret | default (include "fraudstack.componentName" (list . "ingest")) }}
+{{- end }}
+
+{{/*
+Environment of the ingest container only: the API key POST /v1/transactions requires, from its
+Secret (no key, and no check, when ingest.auth.enabled is false).
+*/}}
+{{- define "fraudstack.ingestEnv" -}}
+{{- if .Values.ingest.auth.enabled }}
+- name: FRAUDSTACK_INGEST_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fraudstack.ingestApiKeySecretName" . }}
+      key: {{ .Values.ingest.auth.existingSecretKey }}
+{{- end }}
+{{- end }}
+
 {{/*
 Environment shared by every fraudstack container: the settings ConfigMap, and the Redis URL
 assembled from the password Secret. Kubernetes expands $(FRAUDSTACK_REDIS_PASSWORD) because
@@ -197,6 +215,19 @@ Guards that make a bad combination of values fail at render time, with the reaso
 {{- end }}
 {{- if and .Values.inference.autoscaling.enabled (gt (int .Values.inference.autoscaling.minReplicas) (int .Values.inference.autoscaling.maxReplicas)) }}
 {{- fail "inference.autoscaling.minReplicas must not exceed maxReplicas" }}
+{{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy peers: the pods of the given components of this release (same namespace).
+Usage: include "fraudstack.componentPeers" (list . (list "aggregate" "inference"))
+*/}}
+{{- define "fraudstack.componentPeers" -}}
+{{- $root := index . 0 }}
+{{- range $component := index . 1 }}
+- podSelector:
+    matchLabels:
+      {{- include "fraudstack.componentSelectorLabels" (list $root $component) | nindent 6 }}
 {{- end }}
 {{- end }}
 
