@@ -60,7 +60,7 @@ COPY --from=builder /venvs/app /opt/venv
 
 FROM app AS ingest
 EXPOSE 8000
-CMD ["ingest"]
+CMD ["ingest", "serve"]
 
 FROM app AS aggregate
 EXPOSE 9100
@@ -68,7 +68,7 @@ CMD ["aggregate"]
 
 FROM app AS snapshot
 EXPOSE 9100
-CMD ["snapshot"]
+CMD ["snapshot", "--metrics-port", "9100"]
 
 FROM app AS operator
 ENTRYPOINT ["python", "-m", "fraudmodel_operator"]
