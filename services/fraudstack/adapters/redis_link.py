@@ -19,6 +19,12 @@ Failure semantics (every failure is :class:`~fraudstack.errors.StoreUnavailable`
 * an error reply (``-ERR``...): that request fails; the connection stays.
 
 URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path[?db=N]``.
+A user and password authenticate the session (``HELLO 3 AUTH``: an ACL user, or ``default`` for
+a ``requirepass`` server). TLS takes the query parameters redis-py takes, so one URL serves every
+client of the store: ``ssl_ca_certs`` (the CA file that signed the server's certificate; the
+system's trust store otherwise), ``ssl_certfile`` and ``ssl_keyfile`` (a client certificate, for
+servers that require one), ``ssl_check_hostname`` (``false`` to accept a certificate that does
+not name the host) and ``ssl_cert_reqs`` (``none`` to skip verification: for tests only).
 """
 
 from __future__ import annotations
@@ -249,16 +255,20 @@ class RedisLink:
                         lambda: _Protocol(loop, self._timeout),
                         host,
                         int(port),
-                        ssl=ssl.create_default_context() if tls else None,
+                        ssl=tls,
                     )
                 if self._handshake:
                     replies = await protocol.send(b"".join(self._handshake), len(self._handshake))
                     refused = [r for r in replies if isinstance(r, hiredis.ReplyError)]
                     if refused:
                         protocol.abort("handshake refused")
+                        hint = (
+                            " (HELLO 3 needs Redis 6 or later)"
+                            if "unknown" in str(refused[0])
+                            else ""
+                        )
                         raise StoreUnavailable(
-                            f"online store refused the session (HELLO 3 needs Redis 6 or "
-                            f"later): {refused[0]}"
+                            f"online store refused the session{hint}: {refused[0]}"
                         )
         except asyncio.CancelledError:  # close() while connecting
             if protocol is not None:
@@ -294,20 +304,44 @@ class RedisLink:
 _PING = encode_command(b"PING")
 
 
-def _parse_url(url: str) -> tuple[tuple[str, str, bool], list[bytes]]:
-    """Where to connect (kind, address, tls) and the commands that open the session.
+def tls_context(query: dict[str, list[str]]) -> ssl.SSLContext:
+    """The TLS settings of a ``rediss://`` URL, with redis-py's parameter names."""
+
+    def option(name: str) -> str | None:
+        return query.get(name, [None])[-1]
+
+    context = ssl.create_default_context(cafile=option("ssl_ca_certs"))
+    certificate = option("ssl_certfile")
+    if certificate:
+        context.load_cert_chain(certificate, option("ssl_keyfile"))
+    if (option("ssl_check_hostname") or "true").lower() in ("false", "0", "no"):
+        context.check_hostname = False
+    if (option("ssl_cert_reqs") or "required").lower() == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _parse_url(url: str) -> tuple[tuple[str, str, ssl.SSLContext | None], list[bytes]]:
+    """Where to connect (kind, address, TLS) and the commands that open the session.
 
     ``HELLO 3`` switches to RESP3, whose maps hiredis hands over as dicts (an ``HGETALL`` needs
     no pairing up in Python); it needs Redis 6 or later.
     """
     parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    target: tuple[str, str, ssl.SSLContext | None]
     if parts.scheme == "unix":
-        target = ("unix", parts.path, False)
-        db = parse_qs(parts.query).get("db", ["0"])[0]
+        target = ("unix", parts.path, None)
+        db = query.get("db", ["0"])[0]
     elif parts.scheme in ("redis", "rediss"):
         host = f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
-        target = ("tcp", host, parts.scheme == "rediss")
-        db = parts.path.lstrip("/") or parse_qs(parts.query).get("db", ["0"])[0]
+        try:
+            tls = tls_context(query) if parts.scheme == "rediss" else None
+        except (OSError, ssl.SSLError) as exc:
+            raise StoreUnavailable(f"online store TLS settings unusable: {exc}") from exc
+        target = ("tcp", host, tls)
+        db = parts.path.lstrip("/") or query.get("db", ["0"])[0]
     else:
         raise StoreUnavailable(f"unsupported Redis URL scheme {parts.scheme!r}")
     hello: list[bytes | str] = [b"HELLO", b"3"]

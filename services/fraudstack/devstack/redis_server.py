@@ -11,7 +11,7 @@ missing, so nothing assumes the machine already has Redis.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -111,20 +111,33 @@ class PrivateRedis:
     last line.
     """
 
-    def __init__(self, folder: Path, port: int | None = None, launch: Launcher = _launch) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        launch: Launcher = _launch,
+        options: Sequence[str] = (),
+        url: str | None = None,
+    ) -> None:
+        """``options``: more of redis-server's command line (``--requirepass``, TLS); then
+        ``url`` is how a client that may ``PING`` reaches it. ``{port}`` in either is the
+        port."""
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = port or free_port()
         self.log = folder / "redis.log"
         self._launch = launch
+        self.options = list(options)
+        self._url = url or "redis://127.0.0.1:{port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self._url.format(port=self.port)
 
     def start(self) -> PrivateRedis:
-        argv = redis_argv(redis_binary(), self.port, self.folder)
+        options = [option.format(port=self.port) for option in self.options]
+        argv = [*redis_argv(redis_binary(), self.port, self.folder), *options]
         self.process = self._launch(argv, self.log)
         try:
             wait_until(lambda: answers(self.url), "redis-server", 20, self.process.pid, self.log)
