@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PARTITIONS = 4
 
 
+#: The topics keep more than the features' furthest reach (37 days: 30-day terminal windows
+#: behind the 7-day label delay) plus the allowed lateness, so replaying them from the start
+#: rebuilds the online store exactly (after a Redis that came back empty, say).
+RETENTION_MS = 40 * 86_400_000
+
+
 def replication_for(brokers: int) -> tuple[int, int]:
     """Replication factor and ``min.insync.replicas`` for a cluster of ``brokers``."""
     return (3, 2) if brokers >= 3 else (1, 1)
@@ -51,7 +57,10 @@ async def ensure_topics(
                 name,
                 num_partitions=partitions,
                 replication_factor=replication,
-                topic_configs={"min.insync.replicas": str(min_insync)},
+                topic_configs={
+                    "min.insync.replicas": str(min_insync),
+                    "retention.ms": str(RETENTION_MS),
+                },
             )
             for name in (topics or Topics()).all()
             if name not in existing
