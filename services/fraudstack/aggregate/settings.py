@@ -16,6 +16,11 @@ class AggregateSettings(CommonSettings):
     Batches only grow this large when there is a backlog; a customer seen several times in one
     batch is written once, and its newest transaction's terminal windows counted once, so a
     backlog drains faster than a steady stream arrives."""
+    aggregate_step_budget_ms: float = 200.0
+    """``FRAUDSTACK_AGGREGATE_STEP_BUDGET_MS``: CPU time one step of a batch may take before the
+    loop lets its other tasks run (the consumer's heartbeats among them); a poll is applied in
+    steps sized to this budget. Far below the session timeout, and large enough that a step
+    still writes thousands of records in one set of round trips."""
     aggregate_allowed_lateness_ms: int = 3_600_000
     """``FRAUDSTACK_AGGREGATE_ALLOWED_LATENESS_MS``: how far an event may trail the newest of its
     partition and still be applied; later ones go to the dead-letter topic."""
