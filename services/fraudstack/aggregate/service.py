@@ -16,6 +16,7 @@ Kubernetes restarts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -104,6 +105,7 @@ class Aggregator:
         metrics.REBALANCES.labels(event).inc()
 
     def make_processor(self, link: RedisLink) -> Processor:
+        """The processor a run applies its records with (tests make a costlier one)."""
         return Processor(link, self.settings.aggregate_allowed_lateness_ms, self.settings.topics)
 
     async def run(self, stop_after_idle_s: float | None = None) -> int:
@@ -118,6 +120,8 @@ class Aggregator:
             return await self._run(stop_after_idle_s)
         finally:
             monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
 
     async def _run(self, stop_after_idle_s: float | None) -> int:
         bootstrap = self.settings.require("kafka_bootstrap")
