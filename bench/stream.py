@@ -6,7 +6,9 @@ end unless the stack was up already):
 1. ingestion: batches of 500 events POSTed to ``fraudstack ingest serve`` (one process), each
    acknowledged only once Kafka has it; events per second end to end;
 2. aggregation: a simulated stream already in Kafka, consumed by one ``Aggregator`` into Redis;
-   events per second from its first to its last batch;
+   events per second from its first to its last batch, the consumer group's rebalances after
+   the first assignment (a steady run has none) and the longest event-loop stall (the consumer's
+   heartbeats wait as long);
 3. delay: events produced at a steady 1,000 events/s with ``ts`` = the moment they are sent,
    consumed by a running aggregator process; p50/p99 of ``aggregate_event_to_feature_seconds``
    (the delay from the event's time to its features being in Redis), read from its histogram.
@@ -99,14 +101,20 @@ async def bench_ingest(bootstrap: str, rows: list[dict[str, object]]) -> float:
         server.wait(timeout=20)
 
 
-async def bench_aggregate(settings: AggregateSettings, transactions, labels) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+async def bench_aggregate(settings: AggregateSettings, transactions, labels) -> dict[str, float]:  # type: ignore[no-untyped-def]
     await produce_table(
         settings.kafka_bootstrap, transactions, labels, progress=True, topics=settings.topics
     )
     aggregator = Aggregator(settings)
     processed = await aggregator.run(stop_after_idle_s=8)
     elapsed = aggregator.last_batch_at - aggregator.first_batch_at
-    return processed / elapsed, processed
+    return {
+        "rate": processed / elapsed,
+        "processed": processed,
+        # joining the group is the one assignment a steady run has
+        "rebalances": aggregator.rebalances["assigned"] - 1,
+        "longest_stall_s": aggregator.longest_stall_s,
+    }
 
 
 async def bench_delay(
@@ -245,7 +253,7 @@ def run(stack: dict[str, ServerInfo]) -> int:
         aggregate_metrics_port=0,
     )
     print("aggregation throughput...", flush=True)
-    aggregate_rate, processed = asyncio.run(bench_aggregate(settings, transactions, labels))
+    aggregation = asyncio.run(bench_aggregate(settings, transactions, labels))
     print("ingestion throughput...", flush=True)
     ingest_rate = asyncio.run(bench_ingest(bootstrap, rows))
     print(f"steady {STEADY_RATE} events/s for {STEADY_SECONDS} s...", flush=True)
@@ -255,13 +263,20 @@ def run(stack: dict[str, ServerInfo]) -> int:
 
     result = {
         "ingest_events_per_s": round(ingest_rate),
-        "aggregate_events_per_s": round(aggregate_rate),
-        "aggregate_events": processed,
+        "aggregate_events_per_s": round(aggregation["rate"]),
+        "aggregate_events": aggregation["processed"],
+        "aggregate_rebalances": int(aggregation["rebalances"]),
+        "aggregate_longest_stall_ms": round(aggregation["longest_stall_s"] * 1000, 1),
         "delay_p50_ms": round(delay["p50_ms"], 2),
         "delay_p99_ms": round(delay["p99_ms"], 2),
         "steady_rate_events_per_s": round(delay["rate"]),
         "delay_events_observed": int(delay["observed"]),
-        "targets": {"aggregate_events_per_s": 20_000, "delay_p99_ms": 50},
+        "targets": {
+            "aggregate_events_per_s": 20_000,
+            "aggregate_rebalances": 0,
+            "aggregate_longest_stall_ms": 1_000,
+            "delay_p99_ms": 50,
+        },
         "machine": machine(),
     }
     rows = [
@@ -271,6 +286,12 @@ def run(stack: dict[str, ServerInfo]) -> int:
             "",
         ),
         ("aggregation, one process, events/s", f"{result['aggregate_events_per_s']:,}", "≥ 20,000"),
+        ("aggregation, rebalances during the run", str(result["aggregate_rebalances"]), "0"),
+        (
+            "aggregation, longest event-loop stall, ms",
+            f"{result['aggregate_longest_stall_ms']:,}",
+            "< 1,000",
+        ),
         ("steady rate, events/s", f"{result['steady_rate_events_per_s']:,}", "1,000"),
         ("event → feature delay p50, ms", str(result["delay_p50_ms"]), ""),
         ("event → feature delay p99, ms", str(result["delay_p99_ms"]), "≤ 50"),

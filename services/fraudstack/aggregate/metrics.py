@@ -62,3 +62,19 @@ FEATURE_EVENT_TIME = Gauge(
     "aggregate_newest_event_timestamp_seconds",
     "Event time of the newest transaction written to the online store (freshness).",
 )
+EVENT_LOOP_STALL = Gauge(
+    "aggregate_event_loop_stall_seconds",
+    "Longest time in the last minute the event loop could not run its other tasks (the "
+    "consumer's heartbeats among them); past the session timeout the group drops the instance.",
+)
+EVENT_LOOP_LATENESS = Histogram(
+    "aggregate_event_loop_lateness_seconds",
+    "How late the loop monitor woke from each of its 50 ms sleeps.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REBALANCES = Counter(
+    "aggregate_rebalances_total",
+    "Consumer group rebalances seen by this instance, by what happened to its partitions "
+    "(assigned, revoked); a steady group sees one assignment at start and none after.",
+    ["event"],
+)

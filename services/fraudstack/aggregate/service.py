@@ -1,8 +1,13 @@
 """The aggregation loop: consume, apply to Redis, then commit.
 
-Delivery: at-least-once. Offsets are committed only after the batch's Redis pipeline and its
-dead-letter records are acknowledged; a crash between the two replays the batch, and the writes
-are idempotent (see :mod:`fraudstack.aggregate.processor`). A record that cannot be applied is
+Delivery: at-least-once. A poll's records are applied in steps sized to a CPU budget
+(:mod:`fraudstack.aggregate.pacing`), with the event loop free between two steps, so that the
+consumer's heartbeats, which aiokafka sends from a task of the same loop, keep flowing however
+costly the records are. After each step, and only for what it wrote, offsets are committed once
+its Redis pipelines and its dead-letter records are acknowledged; a crash between the two replays
+the step, and the writes are idempotent (see :mod:`fraudstack.aggregate.processor`). When the
+partitions move during a poll, its steps not applied yet are dropped: each partition's owner
+fetches them again from the committed offset. A record that cannot be applied is
 logged with topic, partition and offset and sent to the dead-letter topic, never dropped.
 A broker or Redis that stays away longer than the timeout makes the process exit non-zero, so
 Kubernetes restarts it.
@@ -11,6 +16,7 @@ Kubernetes restarts it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -26,6 +32,8 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from fraudstack.adapters.kafka import ensure_topics, make_producer, send_dead_letter
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate import metrics
+from fraudstack.aggregate.loop_monitor import LoopMonitor
+from fraudstack.aggregate.pacing import StepSizer
 from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.collector import collect_less_often
@@ -36,7 +44,9 @@ log = logging.getLogger(__name__)
 
 
 class _ForgetOnRebalance(ConsumerRebalanceListener):
-    """Drops the partition-local state whenever partitions move, and tracks what we own."""
+    """Drops the partition-local state whenever partitions move, tracks what we own, and
+    counts the rebalances (a revocation only when there was something to revoke: aiokafka
+    calls it with nothing before the first assignment)."""
 
     def __init__(
         self, processor: Processor, aggregator: Aggregator, consumer: AIOKafkaConsumer
@@ -48,10 +58,15 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.processor.forget()
         self.aggregator.assignment = set()
+        self.aggregator.generation += 1
+        if revoked:
+            self.aggregator.count_rebalance("revoked")
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.processor.forget()
         self.aggregator.assignment = set(assigned)
+        self.aggregator.generation += 1
+        self.aggregator.count_rebalance("assigned")
         partitions = self.consumer.partitions_for_topic(
             self.aggregator.settings.topics.transactions
         )
@@ -69,6 +84,29 @@ class Aggregator:
         self.last_batch_at = 0.0
         #: The topic partitions this instance owns right now.
         self.assignment: set[TopicPartition] = set()
+        #: bumped whenever partitions move: a poll taken before then is not applied further
+        self.generation = 0
+        #: this instance's rebalances, by what happened (see :class:`_ForgetOnRebalance`)
+        self.rebalances: dict[str, int] = {"assigned": 0, "revoked": 0}
+        self.loop_monitor = LoopMonitor(
+            observe=metrics.EVENT_LOOP_LATENESS.observe, publish=metrics.EVENT_LOOP_STALL.set
+        )
+        self.step_sizer = StepSizer(
+            settings.aggregate_step_budget_ms / 1000, largest=settings.aggregate_max_batch
+        )
+
+    @property
+    def longest_stall_s(self) -> float:
+        """The longest the event loop was held up since :meth:`run` started, in seconds."""
+        return self.loop_monitor.longest_s
+
+    def count_rebalance(self, event: str) -> None:
+        self.rebalances[event] += 1
+        metrics.REBALANCES.labels(event).inc()
+
+    def make_processor(self, link: RedisLink) -> Processor:
+        """The processor a run applies its records with (tests make a costlier one)."""
+        return Processor(link, self.settings.aggregate_allowed_lateness_ms, self.settings.topics)
 
     async def run(self, stop_after_idle_s: float | None = None) -> int:
         """Consume until stopped (or idle for ``stop_after_idle_s``); return events processed.
@@ -77,13 +115,22 @@ class Aggregator:
         :mod:`fraudstack.collector`).
         """
         collect_less_often()
+        monitor = asyncio.create_task(self.loop_monitor.run())
+        try:
+            return await self._run(stop_after_idle_s)
+        finally:
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
+
+    async def _run(self, stop_after_idle_s: float | None) -> int:
         bootstrap = self.settings.require("kafka_bootstrap")
         redis_url = self.settings.require("redis_url")
         topics = self.settings.topics
         await ensure_topics(bootstrap, topics)
         # a batch of thousands of commands may take a while; only a stuck one is given up on
         link = RedisLink(redis_url, timeout=30.0, connect_timeout=5.0)
-        processor = Processor(link, self.settings.aggregate_allowed_lateness_ms, topics)
+        processor = self.make_processor(link)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.settings.aggregate_group_id,
@@ -91,6 +138,21 @@ class Aggregator:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=50,
+            # aiokafka heartbeats from a task of this event loop, and the steps of a poll leave
+            # the loop free every aggregate_step_budget_ms, so a 10 s session only expires for
+            # an instance that is really gone (killed, paused, cut off), whose partitions then
+            # move to a survivor within those 10 s. (The broker accepts 6 s to 30 min.)
+            session_timeout_ms=10_000,
+            # a third of the session, as Kafka advises: two heartbeats may be lost or late
+            # before the session expires
+            heartbeat_interval_ms=3_000,
+            # aiokafka leaves the group when getmany is not called for this long (KIP-62), and
+            # all the steps of one poll run between two calls: aggregate_max_batch records at
+            # the slowest rate measured (911/s, issue 23) take 55 s, and Redis is retried for
+            # aggregate_broker_timeout_s (60 s) at most, so only a stuck instance takes 5 min.
+            max_poll_interval_ms=300_000,
+            # the records of one poll are capped by getmany(max_records=aggregate_max_batch)
+            # below; the CPU per step is bounded by the steps, not by the poll
         )
         consumer.subscribe(
             [topics.transactions, topics.labels],
@@ -116,7 +178,7 @@ class Aggregator:
                     continue
                 if not self.first_batch_at:
                     self.first_batch_at = time.monotonic()
-                await self._apply(consumer, producer, processor, batches)
+                await self._apply_poll(consumer, producer, processor, batches)
                 last_progress = self.last_batch_at = time.monotonic()
         finally:
             await consumer.stop()
@@ -124,14 +186,44 @@ class Aggregator:
             await link.close()
         return self.processed
 
-    async def _apply(
+    async def _apply_poll(
         self,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         processor: Processor,
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     ) -> None:
+        """Apply one poll's records in steps of about the CPU budget, one after another (each
+        partition's records stay in order), and let the loop run its other tasks between two.
+
+        The CPU a step took is the thread's, awaits included: what other tasks (the fetcher
+        decoding the next poll) ran meanwhile counts too, which only makes the steps smaller.
+        """
         records = [record for partition in batches.values() for record in partition]
+        generation = self.generation
+        start = 0
+        while start < len(records):
+            if self.generation != generation:
+                log.info(
+                    "partitions moved during a poll: its last %d records are left to be "
+                    "fetched again from the committed offsets",
+                    len(records) - start,
+                )
+                return
+            step = records[start : start + self.step_sizer.size]
+            cpu_before = time.thread_time()
+            await self._apply(consumer, producer, processor, step)
+            self.step_sizer.record(len(step), time.thread_time() - cpu_before)
+            start += len(step)
+            await asyncio.sleep(0)  # heartbeats and the fetcher run here, however long the poll
+
+    async def _apply(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        processor: Processor,
+        records: list[ConsumerRecord[bytes, bytes]],
+    ) -> None:
         started = time.perf_counter()
         result = await self._with_retry(processor, records)
         metrics.WRITE_LATENCY.observe(time.perf_counter() - started)
@@ -152,7 +244,11 @@ class Aggregator:
         # only partitions still ours: one revoked while the batch was written is the new
         # owner's to replay (idempotently), and committing it would raise
         owned = consumer.assignment()
-        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if tp in owned}
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:  # in order within a partition: the last one wins
+            partition = TopicPartition(record.topic, record.partition)
+            if partition in owned:
+                offsets[partition] = record.offset + 1
         try:
             if offsets:
                 await consumer.commit(offsets)
