@@ -42,6 +42,12 @@ from fraudstack.histograms import Tally
 
 log = logging.getLogger(__name__)
 
+#: aiokafka heartbeats from a task of this event loop, and the steps of a poll leave the loop free
+#: every aggregate_step_budget_ms, so a 10 s session only expires for an instance that is really
+#: gone (killed, paused, cut off), whose partitions then move to a survivor within those 10 s.
+#: (The broker accepts 6 s to 30 min.)
+SESSION_TIMEOUT_MS = 10_000
+
 
 class _ForgetOnRebalance(ConsumerRebalanceListener):
     """Drops the partition-local state whenever partitions move, tracks what we own, and
@@ -138,11 +144,7 @@ class Aggregator:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=50,
-            # aiokafka heartbeats from a task of this event loop, and the steps of a poll leave
-            # the loop free every aggregate_step_budget_ms, so a 10 s session only expires for
-            # an instance that is really gone (killed, paused, cut off), whose partitions then
-            # move to a survivor within those 10 s. (The broker accepts 6 s to 30 min.)
-            session_timeout_ms=10_000,
+            session_timeout_ms=SESSION_TIMEOUT_MS,
             # a third of the session, as Kafka advises: two heartbeats may be lost or late
             # before the session expires
             heartbeat_interval_ms=3_000,
