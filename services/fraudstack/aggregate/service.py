@@ -52,6 +52,9 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.processor.forget()
         self.aggregator.assignment = set(assigned)
+        # a new ownership epoch fences off whoever wrote these partitions before
+        transactions = self.aggregator.settings.topics.transactions
+        await self.processor.claim(tp.partition for tp in assigned if tp.topic == transactions)
         partitions = self.consumer.partitions_for_topic(
             self.aggregator.settings.topics.transactions
         )
@@ -153,6 +156,11 @@ class Aggregator:
         # owner's to replay (idempotently), and committing it would raise
         owned = consumer.assignment()
         offsets = {tp: records[-1].offset + 1 for tp, records in batches.items() if tp in owned}
+        if result.fenced and offsets:
+            # fenced off: not committed, and read again from the last commit once the group
+            # says what is ours (idempotent writes; a revoked partition is the new owner's)
+            await consumer.seek_to_committed(*offsets)
+            offsets = {}
         try:
             if offsets:
                 await consumer.commit(offsets)
@@ -171,11 +179,12 @@ class Aggregator:
                 metrics.EVENTS.labels(topic, outcome).inc(count)
         if result.dead_letters:
             metrics.EVENTS.labels("any", "dead_letter").inc(len(result.dead_letters))
-        if result.refused:
-            metrics.REFUSED_WRITES.inc(result.refused)
+        for write, count in result.refused.items():
+            metrics.REFUSED_WRITES.labels(write).inc(count)
+        if result.fenced:
             log.warning(
-                "%d customer writes refused: another instance wrote newer transactions (this "
-                "one lost their partitions); their state is read again",
+                "writes refused (%s): another instance claimed our partitions since the batch "
+                "was read; the batch is dropped, not committed, and the state read again",
                 result.refused,
             )
         metrics.BATCH_SIZE.observe(len(records))
