@@ -115,8 +115,8 @@ TERMINAL_TTL_SECONDS: Final = 39 * 86_400
 #: A terminal is pruned once its cut-off has moved this far (event time) since the last prune.
 PRUNE_EVERY_MS: Final = 3_600_000
 #: Customers whose windows one terminal script call counts again at most (a late event or
-#: label's recount): about 250 × 7 O(log n) commands, well under a millisecond of Redis.
-RECOUNT_PAGE: Final = 250
+#: label's recount): about 100 × 7 O(log n) commands, about a millisecond of Redis.
+RECOUNT_PAGE: Final = 100
 
 _CUSTOMER_HEAD: Final = KEY_PREFIX + "{customer:"
 #: SCAN pattern of every customer hash (a terminal's keys carry another tag).

@@ -102,7 +102,7 @@ from fraudstack.features.online import CustomerHistory, TerminalHistory
 
 #: Events and labels one terminal script call adds at most: a busy terminal's share of a large
 #: batch goes in several calls (each idempotent), so that none holds Redis for long.
-MAX_ITEMS_PER_SCRIPT_CALL = 1_000
+MAX_ITEMS_PER_SCRIPT_CALL = 100
 #: Counts per transaction: events and frauds of each terminal window.
 _COUNTS = 2 * len(TERMINAL_WINDOWS)
 #: Recount calls sent for one terminal in one round trip (each a page; the extra ones are cheap).
