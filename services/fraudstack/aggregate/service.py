@@ -54,7 +54,7 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
         self.aggregator.assignment = set(assigned)
         # a new ownership epoch fences off whoever wrote these partitions before
         transactions = self.aggregator.settings.topics.transactions
-        await self.processor.claim(tp.partition for tp in assigned if tp.topic == transactions)
+        await _claim(self.processor, [tp.partition for tp in assigned if tp.topic == transactions])
         partitions = self.consumer.partitions_for_topic(
             self.aggregator.settings.topics.transactions
         )
@@ -205,6 +205,24 @@ class Aggregator:
                 processor.forget()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+async def _claim(processor: Processor, partitions: list[int], attempts: int = 8) -> None:
+    """Claim the assigned partitions, retrying while Redis is away. If it stays away, the
+    instance holds no epoch: its writes are refused (never written under an older claim) until
+    the next assignment claims again."""
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            await processor.claim(partitions)
+            return
+        except StoreUnavailable as exc:
+            if attempt == attempts - 1:
+                processor.epochs = {}
+                log.error("could not claim partitions %s: %s", partitions, exc)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def _update_lag(consumer: AIOKafkaConsumer) -> None:

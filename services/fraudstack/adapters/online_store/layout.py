@@ -13,7 +13,7 @@ one slot::
                      whole numbers, counted at terminal write ``seq`` (empty counts: stale)
       _event_ts      newest event time (ms)
       _updated_at    when the hash was last written (ms)
-      _epoch         the ownership epoch of the last instance that wrote it (the fence, below)
+      _epoch         the ownership epoch of its last writer (the fence: see the writer)
 
     fs:{terminal:<id>}                HASH, the terminal's bookkeeping (a few fields, any volume)
       _event_ts      newest event time (ms)
