@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fraudstack.adapters.kafka import SourceRecord
 from fraudstack.adapters.online_store.codecs import LastTransaction, TerminalSnapshot
@@ -62,6 +62,7 @@ from fraudstack.adapters.online_store.writer import (
     TerminalWritten,
 )
 from fraudstack.adapters.redis_link import Command, RedisLink
+from fraudstack.aggregate.results import BatchResult, count_by_kind  # noqa: F401 (re-exported)
 from fraudstack.errors import InvalidEvent
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import TERMINAL_HORIZON_MS, label_counts
@@ -85,32 +86,6 @@ class Arrival:
     txn: Transaction
     watermark: int
     record: SourceRecord
-
-
-@dataclass(slots=True)
-class BatchResult:
-    applied: int = 0
-    duplicates: int = 0
-    labels: int = 0
-    ignored: int = 0
-    #: writes the store refused, by write: ``customer``, ``snapshot`` (of one of the batch's
-    #: customers) and ``watermark`` fenced off (another
-    #: instance claimed the partition since the batch was read), ``customer_summary`` (the
-    #: store held a newer transaction), ``terminal_item`` (behind the terminal's last prune)
-    refused: dict[str, int] = field(default_factory=dict)
-    #: records to send to the dead-letter topic, with the reason
-    dead_letters: list[tuple[SourceRecord, str]] = field(default_factory=list)
-    written_event_ts: list[int] = field(default_factory=list)
-
-    @property
-    def fenced(self) -> bool:
-        """Whether the store fenced this instance off: its batch is not to be committed."""
-        return any(self.refused.get(write) for write in _STALE_WRITER)
-
-
-#: Refusals that say this instance is a stale writer (its partition-local state is not to be
-#: trusted); a terminal item behind the prune is only a replay of something long gone.
-_STALE_WRITER = ("customer", "snapshot", "watermark", "customer_summary")
 
 
 class Processor:
@@ -438,13 +413,3 @@ class Processor:
             epoch = epochs.get(partition, 0) if ours and partition is not None else None
             commands.append(self.store.snapshot_write(customer, snapshot, epoch))
         return commands
-
-
-def count_by_kind(result: BatchResult) -> dict[tuple[str, str], int]:
-    """The batch's outcome counts, keyed like the ``aggregate_events_total`` labels."""
-    return {
-        ("transaction", "applied"): result.applied,
-        ("transaction", "duplicate"): result.duplicates,
-        ("label", "applied"): result.labels,
-        ("label", "ignored"): result.ignored,
-    }
