@@ -29,8 +29,9 @@ one slot::
                                             that count, whether or not their event arrived
     fs:{terminal:<id>}:frauds         ZSET  member txn_id, score the event time (ms): the events
                                             that have such a label (events ∩ labels)
-    fs:{terminal:<id>}:customers      HASH  txn_id -> customer_id, to find whose stored windows
-                                            a late event or label changes
+    fs:{terminal:<id>}:customers      HASH  txn_id -> customer_id (no script reads it since the
+                                            recount goes through :latest; still written and
+                                            pruned, to be dropped with the next layout change)
     fs:{terminal:<id>}:latest         ZSET  member customer_id, score the time (ms) of its newest
                                             transaction at this terminal
     fs:{terminal:<id>}:latest_txn     HASH  customer_id -> that transaction's id
