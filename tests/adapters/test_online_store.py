@@ -252,3 +252,50 @@ async def test_an_older_epoch_is_refused_by_the_customer_and_the_watermarks(
         await link.close()
         client.close()
     assert published == {b"0": str(T).encode(), b"1": str(T).encode()}  # never back, never ahead
+
+
+async def test_a_recount_goes_a_page_at_a_time_and_misses_no_customer(
+    store: PrivateRedis,
+) -> None:
+    """A late label reaches 40 customers' newest transactions, many at the same millisecond
+    (ties across a page's edge): with a page of 7, the recount goes on call after call until
+    none is pending, counts each customer's newest transaction here exactly once per pass and
+    with the history's counts, and never an older one."""
+    link = RedisLink(store.url, timeout=10.0)
+    writer = OnlineStoreWriter(link, "transactions", MS_PER_HOUR, recount_page=7)
+    name = "t-paged"
+    history = TerminalHistory()
+    try:
+        events = [("fraud", T, "c-fraud", False)]
+        for n in range(40):
+            customer = f"c-{n:02d}"
+            ts = T + 8 * MS_PER_DAY + (n // 6) * 1_000  # six customers per millisecond
+            events.append((f"old-{n}", ts - MS_PER_DAY, customer, False))
+            events.append((f"new-{n}", ts, customer, False))
+        for txn_id, ts, customer, _ in events:
+            history.add(txn_id, ts, customer)
+        commands, _ = writer.terminal_writes([TerminalItems(name, events)], T, 0)
+        await writer.execute(commands)
+        # the fraud's event, 8 days older than the rest, left them a pending recount, which the
+        # label's call continues
+        history.add_label("fraud", True, T + MS_PER_DAY, T)
+        label = TerminalItems(name, labels=[("fraud", T)])
+        commands, _ = writer.terminal_writes([label], T, 0)
+        counted: list[tuple[str, str, tuple[int, ...]]] = []
+        calls = 0
+        while commands:
+            replies = await writer.execute(commands[:1])  # one call at a time
+            written = writer.terminal_written(name, replies[0])
+            calls += 1
+            # a page stops before its last millisecond, then takes all of that millisecond's
+            assert len(written.counted) <= 6 + 6
+            counted += [(c.txn_id, c.customer_id, c.counts) for c in written.counted]
+            commands = writer.recount_writes([name], T, 0)[0] if written.pending else []
+    finally:
+        await link.close()
+    assert calls >= 4
+    assert sorted(txn for txn, _, _ in counted) == sorted(f"new-{n}" for n in range(40))
+    for txn_id, _, counts in counted:
+        ts = T + 8 * MS_PER_DAY + (int(txn_id[4:]) // 6) * 1_000
+        assert counts == history_counts(history, ts), txn_id
+        assert counts[3] == 1  # the late fraud, in the 7-day window (after the 1-day one)
