@@ -45,12 +45,12 @@ finishes an old batch later). Two kinds of write, two guards:
 * What every instance writes — terminals (transactions are keyed by customer, so a terminal is
   written by every partition's owner) and the snapshots of other partitions' customers that a
   recount sends — can be fenced by no one partition's epoch, and is *idempotent and monotone*
-  instead: events and labels are facts by id, and one at or before the terminal's last prune
-  cut-off is not added back; ``_event_ts``, ``_updated_at``, ``_seq``, ``_pruned_at`` and ``_dropped`` only move
-  forward, so a prune with an old low watermark does nothing; a snapshot is replaced only by a
-  newer transaction's or by a count taken at a higher ``_seq`` (a count is exact as of its seq,
-  so an old count never replaces a newer one); a recount is left in the terminal, not in an
-  instance, so whoever calls next goes on with it.
+  instead: events and labels are facts by id, and one at or before the terminal's last prune cut-off
+  is not added back; ``_event_ts``, ``_updated_at``, ``_seq``, ``_pruned_at`` and ``_dropped`` only
+  move forward, so a prune with an old low watermark does nothing; a snapshot is replaced only by a
+  newer transaction's or by a count taken at a higher ``_seq`` (a count is exact as of its seq, so
+  an old count never replaces a newer one); a recount is left in the terminal, not in an instance,
+  so whoever calls next goes on with it.
 
 A fenced write's reply says so (:data:`CUSTOMER_FENCED`, :data:`SNAPSHOT_FENCED`, the
 watermarks script's count); the aggregator counts it, drops its partition-local state and does
