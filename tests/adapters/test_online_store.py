@@ -9,15 +9,24 @@ import pytest
 import redis
 
 from fraudstack.adapters.online_store import scripts
-from fraudstack.adapters.online_store.codecs import customer_history, customer_history_fields
+from fraudstack.adapters.online_store.codecs import (
+    LastTransaction,
+    customer_history,
+    customer_history_fields,
+)
 from fraudstack.adapters.online_store.layout import (
     customer_id_of,
     customer_key,
     event_field,
     terminal_keys,
+    watermarks_key,
 )
 from fraudstack.adapters.online_store.reader import OnlineStoreReader
-from fraudstack.adapters.online_store.writer import OnlineStoreWriter, TerminalItems
+from fraudstack.adapters.online_store.writer import (
+    CUSTOMER_FENCED,
+    OnlineStoreWriter,
+    TerminalItems,
+)
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.errors import ScriptNotLoaded, StoreRefused
@@ -154,3 +163,139 @@ async def test_the_script_counts_the_transactions_asked_for_and_prunes_behind_th
     finally:
         await link.close()
         client.close()
+
+
+# --- the fence: what a stale writer cannot change (see the writer's docstring) --------------
+
+
+def _terminal_state(client: redis.Redis, terminal: str) -> dict[bytes, bytes]:
+    return client.hgetall(terminal_keys(terminal)[0])
+
+
+async def test_a_stale_terminal_writer_moves_nothing_back(store: PrivateRedis) -> None:
+    """Terminals are written by every instance, so they are monotone rather than fenced: after
+    a prune, an older call (an old low watermark, an old clock, events behind the prune) leaves
+    the newest event time, the prune's cut-off and the newest time dropped where they were, and
+    puts no pruned event back."""
+    link = RedisLink(store.url, timeout=10.0)
+    writer = OnlineStoreWriter(link, "transactions", 0)
+    client = redis.Redis.from_url(store.url)
+    name = "t-stale"
+    keys = terminal_keys(name)
+    try:
+        old = [(f"old-{i}", T - 50 * MS_PER_DAY + i, f"c-{i}", False) for i in range(5)]
+        recent = [("new", T, "c-new", False)]
+        commands, _ = writer.terminal_writes([TerminalItems(name, old + recent)], T, 0)
+        await writer.execute(commands)
+        commands, _ = writer.terminal_writes(
+            [TerminalItems(name, [("probe", T, "c", False)])], T, T
+        )
+        await writer.execute(commands)  # the prune, behind the low watermark T
+        pruned = _terminal_state(client, name)
+        assert client.zcard(keys[1]) == 2 and b"_pruned_at" in pruned
+
+        # the stale writer: its old batch (events behind the prune, labels of them), an old
+        # clock and an old low watermark
+        # and a replay of what it wrote before the stall
+        stale = TerminalItems(name, old + recent, labels=[("old-1", T - 50 * MS_PER_DAY + 1)])
+        commands, _ = writer.terminal_writes([stale], T - MS_PER_DAY, T - 20 * MS_PER_DAY)
+        (reply,) = await writer.execute(commands)
+        written = writer.terminal_written(name, reply)
+        after = _terminal_state(client, name)
+    finally:
+        await link.close()
+        client.close()
+    assert written.skipped == 6  # five events and a label, all behind the prune
+    assert client.zcard(keys[1]) == 2 and client.zcard(keys[2]) == 0  # nothing put back
+    assert client.zcard(keys[5]) == 2  # nor any customer's newest transaction
+    for field in (b"_event_ts", b"_pruned_at", b"_dropped", b"_updated_at"):
+        assert after[field] == pruned[field], field
+    assert int(after[b"_seq"]) > int(pruned[b"_seq"])  # the counter only counts up
+
+
+async def test_an_older_epoch_is_refused_by_the_customer_and_the_watermarks(
+    store: PrivateRedis,
+) -> None:
+    """The partition-owned writes are fenced: once a newer epoch has claimed the partition (and,
+    for a customer, written it), a write under the older one changes nothing; the owner's
+    published watermark never moves back."""
+    link = RedisLink(store.url, timeout=10.0)
+    writer = OnlineStoreWriter(link, "fenced-topic", 0)
+    client = redis.Redis.from_url(store.url)
+    key = customer_key("c-epoch")
+    try:
+        stale_epoch = await writer.claim([0, 1])
+        owner_epoch = await writer.claim([0])
+        assert owner_epoch > stale_epoch
+
+        def write(txn_id: str, ts_ms: int, epoch: int) -> list[str | int | float]:
+            history = CustomerHistory()
+            history.add(txn_id, ts_ms, 100)
+            last = LastTransaction(txn_id, ts_ms, 100, "t")
+            return writer.customer_write(
+                "c-epoch", {txn_id: (ts_ms, 100)}, history, last, [], T, epoch
+            )
+
+        assert await writer.execute([write("a", T, owner_epoch)]) == [1]
+        owned = client.hgetall(key)
+        # newer, the same transaction, or deleting: all refused under the older epoch
+        assert await writer.execute([write("b", T + 1, stale_epoch)]) == [CUSTOMER_FENCED]
+        assert await writer.execute([write("a", T, stale_epoch)]) == [CUSTOMER_FENCED]
+        assert client.hgetall(key) == owned
+
+        assert await writer.execute(writer.watermarks_write({0: (T, owner_epoch)})) == [0]
+        refused = writer.watermarks_write({0: (T + MS_PER_DAY, stale_epoch), 1: (T, stale_epoch)})
+        assert await writer.execute(refused) == [1]  # partition 0 moved; 1 is still the stale one's
+        assert await writer.execute(writer.watermarks_write({0: (T - 1, owner_epoch)})) == [0]
+        published = client.hgetall(watermarks_key("fenced-topic"))
+    finally:
+        await link.close()
+        client.close()
+    assert published == {b"0": str(T).encode(), b"1": str(T).encode()}  # never back, never ahead
+
+
+async def test_a_recount_goes_a_page_at_a_time_and_misses_no_customer(
+    store: PrivateRedis,
+) -> None:
+    """A late label reaches 40 customers' newest transactions, many at the same millisecond
+    (ties across a page's edge): with a page of 7, the recount goes on call after call until
+    none is pending, counts each customer's newest transaction here exactly once per pass and
+    with the history's counts, and never an older one."""
+    link = RedisLink(store.url, timeout=10.0)
+    writer = OnlineStoreWriter(link, "transactions", MS_PER_HOUR, recount_page=7)
+    name = "t-paged"
+    history = TerminalHistory()
+    try:
+        events = [("fraud", T, "c-fraud", False)]
+        for n in range(40):
+            customer = f"c-{n:02d}"
+            ts = T + 8 * MS_PER_DAY + (n // 6) * 1_000  # six customers per millisecond
+            events.append((f"old-{n}", ts - MS_PER_DAY, customer, False))
+            events.append((f"new-{n}", ts, customer, False))
+        for txn_id, ts, customer, _ in events:
+            history.add(txn_id, ts, customer)
+        commands, _ = writer.terminal_writes([TerminalItems(name, events)], T, 0)
+        await writer.execute(commands)
+        # the fraud's event, 8 days older than the rest, left them a pending recount, which the
+        # label's call continues
+        history.add_label("fraud", True, T + MS_PER_DAY, T)
+        label = TerminalItems(name, labels=[("fraud", T)])
+        commands, _ = writer.terminal_writes([label], T, 0)
+        counted: list[tuple[str, str, tuple[int, ...]]] = []
+        calls = 0
+        while commands:
+            replies = await writer.execute(commands[:1])  # one call at a time
+            written = writer.terminal_written(name, replies[0])
+            calls += 1
+            # a page stops before its last millisecond, then takes all of that millisecond's
+            assert len(written.counted) <= 6 + 6
+            counted += [(c.txn_id, c.customer_id, c.counts) for c in written.counted]
+            commands = writer.recount_writes([name], T, 0)[0] if written.pending else []
+    finally:
+        await link.close()
+    assert calls >= 4
+    assert sorted(txn for txn, _, _ in counted) == sorted(f"new-{n}" for n in range(40))
+    for txn_id, _, counts in counted:
+        ts = T + 8 * MS_PER_DAY + (int(txn_id[4:]) // 6) * 1_000
+        assert counts == history_counts(history, ts), txn_id
+        assert counts[3] == 1  # the late fraud, in the 7-day window (after the 1-day one)

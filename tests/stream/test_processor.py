@@ -12,6 +12,7 @@ from fraudstack.adapters.online_store.layout import (
     customer_key,
     terminal_customers_key,
     terminal_events_key,
+    watermarks_key,
 )
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate.processor import Processor
@@ -155,36 +156,64 @@ def _customer_event(settings: AggregateSettings, txn_id: str, minute: int) -> Re
     return Record(settings.topics.transactions, 0, minute, b"c-fenced", orjson.dumps(event))
 
 
-async def test_an_instance_that_lost_the_partition_cannot_put_an_older_transaction_back(
+async def test_an_instance_that_lost_the_partition_is_fenced_off_whole(
     pipeline_settings: AggregateSettings,
 ) -> None:
     """Issue 23's stale writer: an instance stalls with a batch in hand, the partition moves to
-    another instance, which writes newer transactions; the stalled one then finishes its old
-    batch. The customer's newest transaction and its features stay the new owner's; the
-    refusal is counted and the stalled instance drops what it remembers."""
+    another instance (a newer ownership epoch), which writes on, a late event of the customer
+    included; the stalled one then finishes its old batch, which also reaches past the new
+    owner. Nothing of the old batch lands in the customer's hash or the published watermark:
+    not its newer transaction, not its features of the same newest transaction one late event
+    short (newer-wins alone lets that one through). The refusals are counted and the stalled
+    instance drops what it remembers."""
     settings = pipeline_settings
     allowed = settings.aggregate_allowed_lateness_ms
     link = RedisLink(settings.redis_url, timeout=5.0)
     client = redis.Redis.from_url(settings.redis_url)
+    key = customer_key("c-fenced")
     stalled, owner = (
         Processor(link, allowed, settings.topics),
         Processor(link, allowed, settings.topics),
     )
     try:
+        await stalled.claim([0])
         await stalled.process([_customer_event(settings, "f1", 0)])
-        # the partition moved: the new owner replays f2 and goes on with f3
-        await owner.process(
-            [_customer_event(settings, "f2", 1), _customer_event(settings, "f3", 2)]
+        # the partition moves: the new owner replays f2 and goes on with a late f0
+        await owner.claim([0])
+        await owner.process([_customer_event(settings, "f2", 10)])
+        await owner.process([_customer_event(settings, "f0", 5)])
+        owned = client.hgetall(key)
+        published = client.hgetall(watermarks_key(settings.topics.transactions))
+        # the stalled instance's old batch: f2 (without f0 in its history), then f3
+        late = await stalled.process(
+            [_customer_event(settings, "f2", 10), _customer_event(settings, "f3", 20)]
         )
-        late = await stalled.process([_customer_event(settings, "f2", 1)])  # its old batch
-        newest = client.hget(customer_key("c-fenced"), "_last_txn")
-        count = client.hget(customer_key("c-fenced"), "customer_nb_tx_1d")
-        fields = client.hkeys(customer_key("c-fenced"))
+        after = client.hgetall(key)
+        published_after = client.hgetall(watermarks_key(settings.topics.transactions))
     finally:
         await link.close()
         client.close()
-    assert late.applied == 1 and late.refused == 1
-    assert newest is not None and newest.decode().startswith("f3:")
-    assert count == b"3.0"  # f3's features, with f1 and f2
-    assert {b"e:f1", b"e:f2", b"e:f3"} <= set(fields)  # the events are facts: all kept
+    assert late.refused == {"customer": 1, "snapshot": 1, "watermark": 1} and late.fenced
+    assert after == owned  # the new owner's hash, byte for byte: no f3, f2's features with f0
+    assert after[b"_last_txn"].startswith(b"f2:") and after[b"customer_nb_tx_1d"] == b"3.0"
+    assert b"e:f3" not in after
+    assert published_after == published  # not moved ahead of what the new owner replayed
     assert stalled.customers == {}  # it reads the customer again next time
+
+
+async def test_an_instance_given_its_partition_again_writes_on(
+    pipeline_settings: AggregateSettings,
+) -> None:
+    """A new claim of the same instance fences off nothing of its own: its next batch, under
+    the newer epoch, writes over what it wrote under the older one."""
+    settings = pipeline_settings
+    link = RedisLink(settings.redis_url, timeout=5.0)
+    processor = Processor(link, settings.aggregate_allowed_lateness_ms, settings.topics)
+    try:
+        await processor.claim([0])
+        first = await processor.process([_customer_event(settings, "g1", 0)])
+        await processor.claim([0, 1])
+        second = await processor.process([_customer_event(settings, "g2", 1)])
+    finally:
+        await link.close()
+    assert first.refused == {} and second.refused == {} and not second.fenced

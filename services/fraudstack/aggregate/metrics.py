@@ -12,8 +12,11 @@ EVENTS = Counter(
 )
 REFUSED_WRITES = Counter(
     "aggregate_refused_writes_total",
-    "Customer writes the store refused because it held a newer transaction of the customer: "
-    "this instance lost the customer's partition while it wrote (a stalled instance).",
+    "Writes the store refused, by write: customer and watermark (fenced off: another instance "
+    "claimed the partition since this one read the batch, a stalled instance), "
+    "customer_summary (the store held a newer transaction), terminal_item (an event or label "
+    "behind the terminal's last prune, not added back).",
+    ["write"],
 )
 BATCH_SIZE = Histogram(
     "aggregate_batch_size_events",

@@ -17,43 +17,52 @@ store's (:mod:`fraudstack.adapters.online_store`).
 * **Those counts go to the customers' hashes** (``GET /predict`` reads one hash), through the
   store's snapshot script, which keeps only the newest transaction's count taken at the highest
   terminal write counter, so concurrent instances cannot put an older count back.
-* **Fenced customer writes**: a customer's newest-transaction features are written only if the
-  store holds no newer transaction of the customer (the store's customer script), so an
-  instance that lost a partition in a rebalance and finishes an old batch cannot overwrite what
-  the new owner wrote; such a refusal is counted (``BatchResult.refused``) and the instance
-  drops its customers' state after the batch, to read them again from Redis. Events and labels
-  need no fence (facts by id), nor do snapshots (newer wins). Published watermarks are not
-  fenced: a stalled instance's is at most its last batch ahead of the new owner's replay.
+* **Fenced writes** (the store's writer says which write is fenced how, and why): every
+  assignment claims a new ownership epoch in Redis (:meth:`Processor.claim`); a batch's
+  customer writes and published watermarks carry the epoch its partitions were read under, and
+  the store refuses them once another instance has claimed the partition since, so an instance
+  that lost a partition in a rebalance and finishes an old batch cannot overwrite what the new
+  owner wrote. Terminal writes and snapshots, written by every instance, are monotone instead.
+  A refusal is counted (``BatchResult.refused``, by write) and the instance drops its
+  partition-local state after the batch; the service does not commit a fenced batch.
 * **Terminals are pruned behind the low watermark** (see :meth:`Processor.assign`), so a
   partition that lags still finds the events its transactions' windows need. When a late item
   reaches windows the prune has already cut into (a labels topic far behind the transactions),
   they cannot be counted again whole: the snapshot is marked stale and the reader counts on the
   terminal, as it does for a customer without a snapshot.
+* **A recount is paged**: a late event or label leaves the stored windows it changes to count
+  again on the terminal; each terminal call counts a page of them, and the batch goes on with
+  recount-only calls until none is left, so the batch ends with every window counted (as
+  before) while no single call holds Redis for long.
 
-A batch is: read the watermarks and the customers not in memory; the terminals' scripts; then,
-with their counts, the customers' writes, the snapshots and the watermarks. Every write is
-idempotent, so a batch replayed after a crash changes nothing; a replayed transaction's terminal
-write is sent again, because the writes of one batch are not one transaction and a crash may
-fall between them. An event more than the allowed lateness behind its partition's newest event,
-an invalid record, a transaction whose record key is not its customer id (the partitioning the
-customers' state relies on), and a fraud label reported after the 7-day feature delay go to the
-dead-letter topic with the reason.
+A batch is: read the watermarks and the customers not in memory; the terminals' scripts (and
+their pending recounts); then, with their counts, the customers' writes, the snapshots and the
+watermarks. Every write is idempotent, so a batch replayed after a crash changes nothing; a
+replayed transaction's terminal write is sent again, because the writes of one batch are not one
+transaction and a crash may fall between them. An event more than the allowed lateness behind
+its partition's newest event, an invalid record, a transaction whose record key is not its
+customer id (the partitioning the customers' state relies on), and a fraud label reported after
+the 7-day feature delay go to the dead-letter topic with the reason.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fraudstack.adapters.kafka import SourceRecord
 from fraudstack.adapters.online_store.codecs import LastTransaction, TerminalSnapshot
 from fraudstack.adapters.online_store.writer import (
+    CUSTOMER_FENCED,
+    CUSTOMER_SUMMARY_OLDER,
+    SNAPSHOT_FENCED,
     OnlineStoreWriter,
     TerminalItems,
     TerminalWritten,
 )
 from fraudstack.adapters.redis_link import Command, RedisLink
+from fraudstack.aggregate.results import BatchResult, count_by_kind  # noqa: F401 (re-exported)
 from fraudstack.errors import InvalidEvent
 from fraudstack.events import Label, Transaction, parse_label, parse_transaction
 from fraudstack.features.definitions import TERMINAL_HORIZON_MS, label_counts
@@ -79,20 +88,6 @@ class Arrival:
     record: SourceRecord
 
 
-@dataclass(slots=True)
-class BatchResult:
-    applied: int = 0
-    duplicates: int = 0
-    labels: int = 0
-    ignored: int = 0
-    #: customer writes refused because the store held a newer transaction of the customer
-    #: (this instance lost the customer's partition meanwhile; see customer_write.lua)
-    refused: int = 0
-    #: records to send to the dead-letter topic, with the reason
-    dead_letters: list[tuple[SourceRecord, str]] = field(default_factory=list)
-    written_event_ts: list[int] = field(default_factory=list)
-
-
 class Processor:
     """Applies batches of records to the online store; holds the partition-local state."""
 
@@ -104,6 +99,9 @@ class Processor:
         self.allowed_lateness_ms = allowed_lateness_ms
         self.customers: dict[str, CustomerState] = {}
         self.watermarks: dict[tuple[str, int], int] = {}
+        #: this instance's ownership epoch of each transactions partition it owns (0: none
+        #: claimed, as in a test or the bulk loader: only a hash no epoch wrote accepts it)
+        self.epochs: dict[int, int] = {}
         #: partitions of the transactions topic, when known (see :meth:`assign`)
         self.partition_count: int | None = None
         self._busy = False
@@ -120,6 +118,15 @@ class Processor:
         until it is read. Without a count, only the published partitions count.
         """
         self.partition_count = partition_count
+
+    async def claim(self, partitions: Iterable[int]) -> int:
+        """Claim the transactions partitions just assigned: a new ownership epoch in Redis,
+        which fences off every instance that owned them before (see the store's writer). Call it
+        from the assignment callback, before any batch of the assignment."""
+        owned = sorted(set(partitions))
+        epoch = await self.store.claim(owned)
+        self.epochs = dict.fromkeys(owned, epoch)
+        return epoch
 
     def forget(self) -> None:
         """Drop the in-memory state: partitions moved, another instance may have written since.
@@ -152,11 +159,13 @@ class Processor:
             self._route(record, arrivals, labels, result)
         if not arrivals and not labels:
             return result  # a batch of rejects: nothing to write
+        # the epochs the batch is read under: a claim during the batch does not make it fresh
+        epochs = dict(self.epochs)
         low_watermark = await self._hydrate({arrival.txn.customer_id for arrival in arrivals})
 
         now_ms = int(time.time() * 1000)
         commands: list[Command] = []
-        applied, replayed = self._write_customers(commands, arrivals, now_ms, result)
+        applied, replayed = self._write_customers(commands, arrivals, now_ms, result, epochs)
         # Terminals first: their replies are the terminal windows the customers' snapshots need.
         # A replayed transaction's terminal write is sent again: the batch that first carried it
         # may have died after its terminal writes and before its customer ones (idempotent).
@@ -168,23 +177,54 @@ class Processor:
         terminal_commands, planned = self.store.terminal_writes(
             self._terminal_items(applied + replayed, labels, newest), now_ms, low_watermark
         )
-        replies = await self.store.execute(terminal_commands)
-        written = [
-            OnlineStoreWriter.terminal_written(part.terminal_id, reply)
-            for part, reply in zip(planned, replies, strict=True)
-        ]
+        written = await self._write_terminals(terminal_commands, planned, now_ms, low_watermark)
+        skipped = sum(call.skipped for call in written)
         fresh = {txn.txn_id for txn in applied}
         customer_writes = len(commands)
-        commands += self._write_snapshots(written, fresh)
-        commands += self.store.watermarks_write(self._our_watermarks())
+        snapshot_start = len(commands)
+        partitions = {arrival.txn.customer_id: arrival.record.partition for arrival in arrivals}
+        commands += self._write_snapshots(written, fresh, partitions, epochs)
+        snapshot_end = len(commands)
+        watermark_writes = self.store.watermarks_write(self._our_watermarks(epochs))
+        commands += watermark_writes
         replies = await self.store.execute(commands)
-        result.refused = sum(1 for reply in replies[:customer_writes] if reply == 0)
-        if result.refused:
-            # another instance wrote newer transactions of our customers: it owns their
-            # partition now, or did meanwhile; what this instance remembers is stale
+        refused = {
+            "customer": sum(1 for r in replies[:customer_writes] if r == CUSTOMER_FENCED),
+            "customer_summary": sum(
+                1 for r in replies[:customer_writes] if r == CUSTOMER_SUMMARY_OLDER
+            ),
+            "snapshot": sum(
+                1 for r in replies[snapshot_start:snapshot_end] if r == SNAPSHOT_FENCED
+            ),
+            "watermark": int(replies[-1]) if watermark_writes else 0,
+            "terminal_item": skipped,
+        }
+        result.refused = {write: count for write, count in refused.items() if count}
+        if result.fenced:
+            # another instance claimed our partitions since the batch was read (or wrote newer
+            # transactions of our customers): what this instance remembers is stale
             self._forget_after_batch = True
         result.written_event_ts = [txn.ts for txn in applied]
         return result
+
+    async def _write_terminals(
+        self, commands: list[Command], planned: list[TerminalItems], now_ms: int, low: int
+    ) -> list[TerminalWritten]:
+        """Send the terminal calls, then recount-only calls while a terminal has a recount
+        pending (each call a page): the batch ends with every stored window counted again."""
+        written: list[TerminalWritten] = []
+        while commands:
+            replies = await self.store.execute(commands)
+            calls = [
+                OnlineStoreWriter.terminal_written(part.terminal_id, reply)
+                for part, reply in zip(planned, replies, strict=True)
+            ]
+            written += calls
+            # a terminal's last call of the round says whether its recount is done
+            last = {call.terminal_id: call.pending for call in calls}
+            pending = [terminal for terminal, left in last.items() if left]
+            commands, planned = self.store.recount_writes(pending, now_ms, low)
+        return written
 
     def _route(
         self,
@@ -238,20 +278,27 @@ class Processor:
                 self.customers[customer] = CustomerState(record.history, record.last)
         return min(known) if known else _NO_WATERMARK
 
-    def _our_watermarks(self) -> dict[int, int]:
-        """Each partition's newest event time, once its batch is written: the next batch's
-        transactions are at most the allowed lateness older, so a prune behind it is safe."""
+    def _our_watermarks(self, epochs: dict[int, int]) -> dict[int, tuple[int, int]]:
+        """Each partition's newest event time, once its batch is written (the next batch's
+        transactions are at most the allowed lateness older, so a prune behind it is safe),
+        with the epoch the batch was read under."""
         return {
-            partition: watermark
+            partition: (watermark, epochs.get(partition, 0))
             for (topic, partition), watermark in self.watermarks.items()
             if topic == self.topics.transactions
         }
 
     def _write_customers(
-        self, commands: list[Command], arrivals: list[Arrival], now_ms: int, result: BatchResult
+        self,
+        commands: list[Command],
+        arrivals: list[Arrival],
+        now_ms: int,
+        result: BatchResult,
+        epochs: dict[int, int],
     ) -> tuple[list[Transaction], list[Transaction]]:
-        """Queue the customers' writes; return the transactions applied and the replayed ones
-        (already in the customer's history)."""
+        """Queue the customers' writes, each under the epoch of its partition; return the
+        transactions applied and the replayed ones (already in the customer's history)."""
+        partitions = {arrival.txn.customer_id: arrival.record.partition for arrival in arrivals}
         applied: list[Transaction] = []
         replayed: list[Transaction] = []
         new_events: dict[str, dict[str, tuple[int, int]]] = {}
@@ -297,8 +344,11 @@ class Processor:
             # fell out of the horizon the batch's newest transaction moved)
             for txn_id in expired:
                 events.pop(txn_id, None)
+            epoch = epochs.get(partitions[customer], 0)
             commands.append(
-                self.store.customer_write(customer, events, state.history, last, expired, now_ms)
+                self.store.customer_write(
+                    customer, events, state.history, last, expired, now_ms, epoch
+                )
             )
         return applied, replayed
 
@@ -321,8 +371,18 @@ class Processor:
             terminal.labels.append((label.txn_id, label.ts))
         return list(items.values())
 
-    def _write_snapshots(self, written: list[TerminalWritten], fresh: set[str]) -> list[Command]:
+    def _write_snapshots(
+        self,
+        written: list[TerminalWritten],
+        fresh: set[str],
+        partitions: dict[str, int],
+        epochs: dict[int, int],
+    ) -> list[Command]:
         """The snapshot writes of the terminal windows just counted.
+
+        A snapshot of a customer of this batch goes under the epoch of the customer's partition
+        (the fence: it may be of a transaction the new owner has not written yet); others,
+        counted again for whoever owns the customer, are monotone only.
 
         Windows the prune has cut into are stored only for transactions in ``fresh`` (new in
         this batch: the best count there is); others get a stale snapshot (the reader counts on
@@ -349,15 +409,7 @@ class Processor:
             ours = state is not None and txn_id in state.history
             if ours and (state.last is None or state.last.txn_id != txn_id):  # type: ignore[union-attr]
                 continue  # ours, and not the newest: nothing reads its snapshot
-            commands.append(self.store.snapshot_write(customer, snapshot))
+            partition = partitions.get(customer)
+            epoch = epochs.get(partition, 0) if ours and partition is not None else None
+            commands.append(self.store.snapshot_write(customer, snapshot, epoch))
         return commands
-
-
-def count_by_kind(result: BatchResult) -> dict[tuple[str, str], int]:
-    """The batch's outcome counts, keyed like the ``aggregate_events_total`` labels."""
-    return {
-        ("transaction", "applied"): result.applied,
-        ("transaction", "duplicate"): result.duplicates,
-        ("label", "applied"): result.labels,
-        ("label", "ignored"): result.ignored,
-    }

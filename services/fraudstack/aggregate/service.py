@@ -73,6 +73,9 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
         self.aggregator.assignment = set(assigned)
         self.aggregator.generation += 1
         self.aggregator.count_rebalance("assigned")
+        # a new ownership epoch fences off whoever wrote these partitions before
+        transactions = self.aggregator.settings.topics.transactions
+        await _claim(self.processor, [tp.partition for tp in assigned if tp.topic == transactions])
         partitions = self.consumer.partitions_for_topic(
             self.aggregator.settings.topics.transactions
         )
@@ -251,6 +254,14 @@ class Aggregator:
             partition = TopicPartition(record.topic, record.partition)
             if partition in owned:
                 offsets[partition] = record.offset + 1
+        if result.fenced:
+            # fenced off: not committed, and read again from the last commit once the group
+            # says what is ours (idempotent writes; a revoked partition is the new owner's);
+            # the rest of the poll is not applied either
+            self.generation += 1
+            if offsets:
+                await consumer.seek_to_committed(*offsets)
+            offsets = {}
         try:
             if offsets:
                 await consumer.commit(offsets)
@@ -269,11 +280,12 @@ class Aggregator:
                 metrics.EVENTS.labels(topic, outcome).inc(count)
         if result.dead_letters:
             metrics.EVENTS.labels("any", "dead_letter").inc(len(result.dead_letters))
-        if result.refused:
-            metrics.REFUSED_WRITES.inc(result.refused)
+        for write, count in result.refused.items():
+            metrics.REFUSED_WRITES.labels(write).inc(count)
+        if result.fenced:
             log.warning(
-                "%d customer writes refused: another instance wrote newer transactions (this "
-                "one lost their partitions); their state is read again",
+                "writes refused (%s): another instance claimed our partitions since the batch "
+                "was read; the batch is dropped, not committed, and the state read again",
                 result.refused,
             )
         metrics.BATCH_SIZE.observe(len(records))
@@ -294,6 +306,24 @@ class Aggregator:
                 processor.forget()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+async def _claim(processor: Processor, partitions: list[int], attempts: int = 8) -> None:
+    """Claim the assigned partitions, retrying while Redis is away. If it stays away, the
+    instance holds no epoch: its writes are refused (never written under an older claim) until
+    the next assignment claims again."""
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            await processor.claim(partitions)
+            return
+        except StoreUnavailable as exc:
+            if attempt == attempts - 1:
+                processor.epochs = {}
+                log.error("could not claim partitions %s: %s", partitions, exc)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 async def _update_lag(consumer: AIOKafkaConsumer) -> None:

@@ -13,6 +13,7 @@ one slot::
                      whole numbers, counted at terminal write ``seq`` (empty counts: stale)
       _event_ts      newest event time (ms)
       _updated_at    when the hash was last written (ms)
+      _epoch         the ownership epoch of its last writer (the fence: see the writer)
 
     fs:{terminal:<id>}                HASH, the terminal's bookkeeping (a few fields, any volume)
       _event_ts      newest event time (ms)
@@ -20,15 +21,25 @@ one slot::
       _seq           write counter, one per script call (orders the ``_terminal`` snapshots)
       _pruned_at     the last prune's cut-off (ms)
       _dropped       the newest event or label time a prune deleted (ms)
+      _recount_after, _recount_through   the event times (ms, after .. through) whose
+                     customers' stored windows a late event or label changed and are not
+                     counted again yet: the recount goes a page per script call
     fs:{terminal:<id>}:events         ZSET  member txn_id, score the event time (ms)
     fs:{terminal:<id>}:labels         ZSET  member txn_id, score its time (ms): the fraud labels
                                             that count, whether or not their event arrived
     fs:{terminal:<id>}:frauds         ZSET  member txn_id, score the event time (ms): the events
                                             that have such a label (events ∩ labels)
-    fs:{terminal:<id>}:customers      HASH  txn_id -> customer_id, to find whose stored windows
-                                            a late event or label changes
+    fs:{terminal:<id>}:customers      HASH  txn_id -> customer_id (no script reads it since the
+                                            recount goes through :latest; still written and
+                                            pruned, to be dropped with the next layout change)
+    fs:{terminal:<id>}:latest         ZSET  member customer_id, score the time (ms) of its newest
+                                            transaction at this terminal
+    fs:{terminal:<id>}:latest_txn     HASH  customer_id -> that transaction's id
 
     fs:{watermarks:<transactions topic>}  HASH  partition -> newest event time read (ms)
+    fs:{watermarks:<transactions topic>}:owners  HASH  the ownership epochs (same slot)
+      _counter       bumped by every assignment of partitions to an instance
+      <partition>    the epoch of the partition's latest owner
 
 Why sorted sets for terminals, and a raw history for customers:
 
@@ -47,6 +58,13 @@ Why sorted sets for terminals, and a raw history for customers:
   events (``e:`` fields), bounded by the horizon plus the allowed lateness, and the newest
   transaction's features precomputed. A fleet card with merchant-like volume would need prefix
   sums; none is in sight.
+* A late event or label changes the stored windows of the transactions 7 to 37 days after it.
+  Only a customer's newest transaction has its windows stored, so the terminal keeps its
+  customers' newest transactions in ``:latest`` (one member per customer, O(log n) to keep);
+  the transactions to count again are a score range of it, counted a page at a time (at most
+  :data:`RECOUNT_PAGE` customers per script call, the rest left in ``_recount_after`` /
+  ``_recount_through`` for the next call, whoever makes it), so no call on a busy terminal
+  holds Redis for long however many customers a late label reaches.
 * ``GET /predict`` reads the customer hash alone, in one ``HMGET``: the newest transaction's
   features, and its terminal windows counted by the aggregator when the transaction reached its
   terminal (and again when a late event or label changed them; see the writer).
@@ -84,6 +102,12 @@ STORED_FEATURES: Final = TRANSACTION_FEATURES + CUSTOMER_FEATURES
 SEQ_FIELD: Final = "_seq"
 PRUNED_AT_FIELD: Final = "_pruned_at"
 DROPPED_FIELD: Final = "_dropped"
+RECOUNT_AFTER_FIELD: Final = "_recount_after"
+RECOUNT_THROUGH_FIELD: Final = "_recount_through"
+#: Customer hash field: the ownership epoch of its last writer.
+EPOCH_FIELD: Final = "_epoch"
+#: Owners hash field: the epoch counter.
+EPOCH_COUNTER_FIELD: Final = "_counter"
 
 #: Keys live a little longer than the furthest window reaches back.
 CUSTOMER_TTL_SECONDS: Final = 32 * 86_400
@@ -91,6 +115,9 @@ TERMINAL_TTL_SECONDS: Final = 39 * 86_400
 
 #: A terminal is pruned once its cut-off has moved this far (event time) since the last prune.
 PRUNE_EVERY_MS: Final = 3_600_000
+#: Customers whose windows one terminal script call counts again at most (a late event or
+#: label's recount): about 100 × 7 O(log n) commands, about a millisecond of Redis.
+RECOUNT_PAGE: Final = 100
 
 _CUSTOMER_HEAD: Final = KEY_PREFIX + "{customer:"
 #: SCAN pattern of every customer hash (a terminal's keys carry another tag).
@@ -130,7 +157,15 @@ def terminal_customers_key(terminal_id: str) -> str:
     return terminal_key(terminal_id) + ":customers"
 
 
-def terminal_keys(terminal_id: str) -> tuple[str, str, str, str, str]:
+def terminal_latest_key(terminal_id: str) -> str:
+    return terminal_key(terminal_id) + ":latest"
+
+
+def terminal_latest_txn_key(terminal_id: str) -> str:
+    return terminal_key(terminal_id) + ":latest_txn"
+
+
+def terminal_keys(terminal_id: str) -> tuple[str, str, str, str, str, str, str]:
     """Every key of a terminal, in the order the terminal script takes them as ``KEYS``."""
     return (
         terminal_key(terminal_id),
@@ -138,12 +173,20 @@ def terminal_keys(terminal_id: str) -> tuple[str, str, str, str, str]:
         terminal_labels_key(terminal_id),
         terminal_frauds_key(terminal_id),
         terminal_customers_key(terminal_id),
+        terminal_latest_key(terminal_id),
+        terminal_latest_txn_key(terminal_id),
     )
 
 
 def watermarks_key(transactions_topic: str) -> str:
     """The hash of each partition's newest event time, as the aggregators have read it."""
     return f"{KEY_PREFIX}{{watermarks:{transactions_topic}}}"
+
+
+def owners_key(transactions_topic: str) -> str:
+    """The hash of the partitions' ownership epochs (in the watermarks' slot: one script checks
+    an epoch and publishes a watermark)."""
+    return watermarks_key(transactions_topic) + ":owners"
 
 
 def event_field(txn_id: str) -> str:
@@ -162,6 +205,10 @@ def lua_header() -> str:
         "DROPPED": DROPPED_FIELD,
         "LAST_TXN": LAST_TXN_FIELD,
         "TERMINAL_SNAPSHOT": TERMINAL_SNAPSHOT_FIELD,
+        "RECOUNT_AFTER": RECOUNT_AFTER_FIELD,
+        "RECOUNT_THROUGH": RECOUNT_THROUGH_FIELD,
+        "EPOCH": EPOCH_FIELD,
+        "EPOCH_COUNTER": EPOCH_COUNTER_FIELD,
     }
     lines = [f"local {name} = '{value}'" for name, value in names.items()]
     lines.append(f"local DELAY_MS = {TERMINAL_DELAY_MS}")

@@ -39,7 +39,9 @@ class Script:
 CUSTOMER_WRITE = Script.load("customer_write")
 TERMINAL_WRITE = Script.load("terminal_write")
 SNAPSHOT_WRITE = Script.load("snapshot_write")
-ALL = (CUSTOMER_WRITE, TERMINAL_WRITE, SNAPSHOT_WRITE)
+WATERMARKS_WRITE = Script.load("watermarks_write")
+CLAIM = Script.load("claim")
+ALL = (CUSTOMER_WRITE, TERMINAL_WRITE, SNAPSHOT_WRITE, WATERMARKS_WRITE, CLAIM)
 
 
 async def execute(link: RedisLink, commands: list[Command]) -> list[Any]:
