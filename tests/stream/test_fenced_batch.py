@@ -76,7 +76,7 @@ async def test_a_fenced_batch_is_read_again_from_the_last_commit(
         await owner.process([Record(topic, tp.partition, 2, b"c-zombie", value)])
 
         # the stalled instance finishes its batch (z1, z2)
-        await Aggregator(settings)._apply(consumer, producer, stale, {tp: records[1:]})  # type: ignore[dict-item]
+        await Aggregator(settings)._apply(consumer, producer, stale, records[1:])  # type: ignore[arg-type]
         committed = await consumer.committed(tp)
         position = await consumer.position(tp)
     finally:
