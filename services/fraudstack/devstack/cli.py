@@ -21,10 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="Kafka nodes: 1, or a cluster of 3 (replication factor 3, min.insync.replicas=2)",
     )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="Redis as a cluster of three masters (redis+cluster:// URL) instead of one server",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    stack = Devstack(kafka_brokers=args.kafka_brokers)
+    stack = Devstack(kafka_brokers=args.kafka_brokers, redis_cluster=args.redis_cluster)
     if args.action == "up":
         print(f"devstack: state in {stack.state_path}")
         stack.up(extra=["kube"] if args.kube else None)
