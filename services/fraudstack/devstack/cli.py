@@ -43,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_status(stack: Devstack) -> int:
     rows = stack.status()
-    print(f"{'server':<12}{'address':<36}{'pids':<16}answering")
+    width = max([36, *(len(row.address) + 2 for row in rows)])  # a cluster's URL is long
+    print(f"{'server':<12}{'address':<{width}}{'pids':<16}answering")
     for row in rows:
         pids = ",".join(str(pid) for pid in row.pids) or "-"
-        print(f"{row.name:<12}{row.address:<36}{pids:<16}{'yes' if row.answering else 'no'}")
+        answering = "yes" if row.answering else "no"
+        print(f"{row.name:<12}{row.address:<{width}}{pids:<16}{answering}")
     return 0 if rows and all(row.answering for row in rows) else 1
