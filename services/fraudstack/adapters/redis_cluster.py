@@ -156,6 +156,18 @@ class ClusterLink(RedisLink):
 
     async def execute(self, payload: bytes, expected: int = 1) -> list[Any]:
         """Send ``expected`` encoded commands, each to its slot's master; replies in order."""
+        if expected == 1 and self._slots:
+            # one command (GET /predict's HMGET): straight to its node, unless redirected
+            ((name, key, _),) = _parse(payload, 1)
+            if key is not None and name != b"SCAN":
+                node = self._slots[key_slot(key)]
+                if node is not None:
+                    replies = await self._send(node, [payload], 1)
+                    reply = replies[0]
+                    if not isinstance(reply, hiredis.ReplyError):
+                        return replies
+                    if _redirection(reply) is None:
+                        raise refusal(reply)
         return await self._run(
             [
                 _Routed(index, name, key, encoded)
@@ -256,16 +268,16 @@ class ClusterLink(RedisLink):
                 node = self._master_of(command.slot)
             by_node.setdefault(node, []).append(command)
         groups = list(by_node.items())
-        results = await asyncio.gather(
-            *(
-                self._send(
-                    node,
-                    [_ASKING + c.encoded if c.asking else c.encoded for c in group],
-                    len(group) + sum(c.asking for c in group),
-                )
-                for node, group in groups
+        sends = [
+            self._send(
+                node,
+                [_ASKING + c.encoded if c.asking else c.encoded for c in group],
+                len(group) + sum(c.asking for c in group),
             )
-        )
+            for node, group in groups
+        ]
+        # one node (every request of GET /predict): no task to make
+        results = [await sends[0]] if len(sends) == 1 else await asyncio.gather(*sends)
         answered: list[tuple[_Routed, Any]] = []
         broadcast: dict[int, Any] = {}
         for (_, group), node_replies in zip(groups, results, strict=True):
@@ -376,20 +388,24 @@ def _parse(payload: bytes, expected: int) -> list[tuple[bytes, bytes | None, byt
     """Split ``expected`` RESP-encoded commands: (name, routing key, the command's bytes)."""
     commands = []
     position = 0
-    for _ in range(expected):
+    for number in range(expected):
         start = position
         if payload[position : position + 1] != b"*":
             raise StoreUnavailable("online store cluster: a command not in the RESP array form")
         end = payload.index(b"\r\n", position)
         count = int(payload[position + 1 : end])
         position = end + 2
+        # the last command runs to the payload's end: only what may hold its key is read
+        wanted = min(count, 4) if number == expected - 1 else count
         arguments: list[bytes] = []
-        for _ in range(count):
+        for _ in range(wanted):
             end = payload.index(b"\r\n", position)
             length = int(payload[position + 1 : end])
             if len(arguments) < 4:  # the name, and what may hold the key (EVALSHA: the 4th)
                 arguments.append(payload[end + 2 : end + 2 + length])
             position = end + 2 + length + 2
+        if wanted < count:
+            position = len(payload)
         name = arguments[0].upper()
         commands.append((name, _key_of(name, arguments[1:]), payload[start:position]))
     return commands
