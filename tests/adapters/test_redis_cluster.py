@@ -15,6 +15,7 @@ from fraudstack.adapters.redis_cluster import ClusterLink, key_slot, split_clust
 from fraudstack.adapters.redis_link import RedisLink, encode_command
 from fraudstack.devstack.redis_server import PrivateRedisCluster
 from fraudstack.errors import ScriptNotLoaded, StoreRefused, StoreUnavailable
+from support.waiting import eventually, eventually_async
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,47 @@ def test_slot_ranges_cover_every_slot_once(cluster: PrivateRedisCluster) -> None
         )
     assert ranges[0][0] == 0 and ranges[-1][1] == 16383
     assert all(after[0] == before[1] + 1 for before, after in pairwise(ranges))
+
+
+async def test_a_master_restarted_is_found_again_without_a_new_link(
+    cluster: PrivateRedisCluster,
+) -> None:
+    """A master that goes away fails its own commands at once (503 upstream), and the link
+    asks for the slot map again; once it is back (its node file keeps its slots), the same link
+    serves its keys again."""
+    link = RedisLink(cluster.url, timeout=2.0, retry_after=0.05)
+    assert isinstance(link, ClusterLink)
+    server = cluster.servers[0]
+    mine = next(
+        f"fs:{{customer:restart-{n}}}"
+        for n in range(1000)
+        if _owner(cluster, key_slot(f"fs:{{customer:restart-{n}}}".encode())) == server.port
+    )
+    try:
+        await link.execute_many([("SET", mine, "1")])
+        refreshes = link.refreshes
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            await link.execute_many([("GET", mine)])
+        server.start()
+
+        async def served() -> bool:
+            try:
+                await link.execute_many([("SET", mine, "2")])
+            except (StoreUnavailable, StoreRefused):  # CLUSTERDOWN while it rejoins
+                return False
+            return True
+
+        await eventually_async(served, "the restarted master to serve its slots", timeout=30)
+        assert await link.get(mine) == b"2"
+        assert link.refreshes > refreshes  # the map was asked for again
+    finally:
+        await link.close()
+        if server.process is None:
+            server.start()
+        eventually(lambda: all(_cluster_state_ok(port) for port in cluster.ports), "cluster ok")
+
+
+def _cluster_state_ok(port: int) -> bool:
+    with redis.Redis(port=port) as node:
+        return b"cluster_state:ok" in node.execute_command("CLUSTER", "INFO")

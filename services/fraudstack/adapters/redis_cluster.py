@@ -26,6 +26,8 @@ times. Every command the store sends is idempotent, so sending one again is safe
 
 Failures are the single-node link's: :class:`~fraudstack.errors.StoreUnavailable` when a node
 cannot be reached (each node's link reconnects by itself), a typed refusal for an error reply.
+A node that does not answer also makes the link ask for the slot map again before its next
+command (at most every :data:`STALE_REFRESH_S`): after a failover, a replica serves those slots.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SLOTS = 16384
 #: How often one command may be redirected (MOVED, ASK, TRYAGAIN) before it fails.
 MAX_REDIRECTIONS = 5
+#: How often a link whose node stopped answering asks for the slot map again, at most (s).
+STALE_REFRESH_S = 0.5
 #: Commands sent to every master; the first master's reply is the answer.
 _EVERY_NODE = frozenset({b"SCRIPT", b"FLUSHDB", b"FLUSHALL"})
 #: Commands without a key: any master answers them.
@@ -148,6 +152,10 @@ class ClusterLink(RedisLink):
         self._slots: list[str | None] = []
         self._masters: list[str] = []
         self._refreshing: asyncio.Future[None] | None = None
+        #: a node did not answer: its slots may have a new master (a failover); the map is asked
+        #: for again, at most every :data:`STALE_REFRESH_S`
+        self._stale = False
+        self._refreshed_at = 0.0
         #: slot map refreshes so far (a test sees a MOVED followed)
         self.refreshes = 0
         self.connections = 0
@@ -156,7 +164,7 @@ class ClusterLink(RedisLink):
 
     async def execute(self, payload: bytes, expected: int = 1) -> list[Any]:
         """Send ``expected`` encoded commands, each to its slot's master; replies in order."""
-        if expected == 1 and self._slots:
+        if expected == 1 and self._slots and not self._stale:
             # one command (GET /predict's HMGET): straight to its node, unless redirected
             ((name, key, _),) = _parse(payload, 1)
             if key is not None and name != b"SCAN":
@@ -310,8 +318,13 @@ class ClusterLink(RedisLink):
                 self._node_url.format(address=address), **self._options
             )
         before = node.connections
-        replies = await node.send(b"".join(encoded), expected)
-        self.connections += node.connections - before
+        try:
+            replies = await node.send(b"".join(encoded), expected)
+        except StoreUnavailable:
+            self._stale = True
+            raise
+        finally:
+            self.connections += node.connections - before
         return replies
 
     # --- the slot map --------------------------------------------------------------------
@@ -319,6 +332,11 @@ class ClusterLink(RedisLink):
     async def _slot_map(self) -> None:
         if not self._slots:
             await self._refresh()
+        elif self._stale:
+            loop = asyncio.get_running_loop()
+            if loop.time() - self._refreshed_at >= STALE_REFRESH_S:
+                self._refreshed_at = loop.time()
+                await self._refresh()
 
     async def _refresh(self) -> None:
         """Ask a node for the slot map (one refresh at a time; the others wait for it)."""
@@ -369,6 +387,7 @@ class ClusterLink(RedisLink):
             raise StoreUnavailable(f"online store cluster: {asked} serves no slot")
         self._slots = slots
         self._masters = sorted(masters)
+        self._stale = False
 
 
 def _redirection(reply: Any) -> tuple[str, int, str] | None:
