@@ -235,3 +235,18 @@ async def test_a_master_restarted_is_found_again_without_a_new_link(
 def _cluster_state_ok(port: int) -> bool:
     with redis.Redis(port=port) as node:
         return b"cluster_state:ok" in node.execute_command("CLUSTER", "INFO")
+
+
+async def test_send_returns_error_replies_as_the_single_link_does(
+    cluster: PrivateRedisCluster,
+) -> None:
+    link = RedisLink(cluster.url, timeout=5.0)
+    try:
+        await link.execute_many([("SET", "fs:{customer:send}", "text")])
+        payload = encode_command("GET", "fs:{customer:send}") + encode_command(
+            "HGET", "fs:{customer:send}", "field"
+        )
+        value, refused = await link.send(payload, 2)
+        assert value == b"text" and "WRONGTYPE" in str(refused)
+    finally:
+        await link.close()

@@ -183,6 +183,16 @@ class ClusterLink(RedisLink):
             ]
         )
 
+    async def send(self, payload: bytes, expected: int = 1) -> list[Any]:
+        """:meth:`execute`, with error replies (redirections followed) returned, not raised."""
+        return await self._run(
+            [
+                _Routed(index, name, key, encoded)
+                for index, (name, key, encoded) in enumerate(_parse(payload, expected))
+            ],
+            raise_refusals=False,
+        )
+
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Send a batch split by node, one write per node, and return every reply in order."""
         pack = hiredis.pack_command
@@ -224,7 +234,7 @@ class ClusterLink(RedisLink):
 
     # --- routing -------------------------------------------------------------------------
 
-    async def _run(self, routed: list[_Routed]) -> list[Any]:
+    async def _run(self, routed: list[_Routed], raise_refusals: bool = True) -> list[Any]:
         if len(routed) == 1 and routed[0].name == b"SCAN":
             return await self._scan(routed[0])
         await self._slot_map()
@@ -257,6 +267,8 @@ class ClusterLink(RedisLink):
                 refreshed = True
                 await self._refresh()
             pending = redirected
+        if not raise_refusals:
+            return replies
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
                 raise refusal(reply)
