@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from fraudstack.adapters.offline_store import OfflineStore
 from fraudstack.adapters.redis_clients import redis_client
 from fraudstack.adapters.redis_cluster import ClusterLink
 from fraudstack.adapters.redis_link import RedisLink
@@ -27,6 +29,7 @@ from fraudstack.scoring import load_scorer
 from fraudstack.serve.app import create_app
 from fraudstack.serve.lookup import FeatureLookup
 from fraudstack.simulate import SimulationConfig, make_labels, simulate
+from fraudstack.snapshot.online_features import snapshot_online_features
 from support.serving import STABLE, serve_settings
 
 from .conftest import Month
@@ -148,8 +151,10 @@ async def test_month_streamed_into_the_cluster_equals_offline_and_serves(
 
 
 async def test_the_bulk_loader_fills_the_cluster_as_the_stream_does(
-    cluster_settings: AggregateSettings, small_month: Month
+    cluster_settings: AggregateSettings, small_month: Month, tmp_path: Path
 ) -> None:
+    """The bulk loader (redis-py's RedisCluster) ends where the stream would, and the snapshot
+    job (SCAN over every master) reads every customer back."""
     customers, terminals = load_table(
         cluster_settings.redis_url, small_month.transactions, small_month.labels
     )
@@ -157,3 +162,7 @@ async def test_the_bulk_loader_fills_the_cluster_as_the_stream_does(
     assert terminals == len(set(small_month.transactions["terminal_id"].to_pylist()))
     report = await compare(cluster_settings.redis_url, small_month.transactions, small_month.labels)
     assert report.ok, report.summary()
+    path, rows = await snapshot_online_features(
+        cluster_settings.redis_url, OfflineStore(str(tmp_path))
+    )
+    assert path is not None and rows == customers
