@@ -45,6 +45,9 @@ def test_a_cluster_url_makes_a_cluster_link_and_names_its_seeds() -> None:
     seeds, template = split_cluster_url(link.url)
     assert seeds == ["10.0.0.1:7000", "10.0.0.2:7001"]
     assert template == "rediss://user:secret@{address}/0?ssl_cert_reqs=none"
+    seeds, template = split_cluster_url("redis+cluster://:p%40ss{x}@h1:1,h2:2")
+    assert seeds == ["h1:1", "h2:2"]
+    assert template.replace("{address}", "h2:2", 1) == "redis://:p%40ss{x}@h2:2/0"
     with pytest.raises(StoreUnavailable, match="database 0"):
         RedisLink("redis+cluster://127.0.0.1:7000/3")
 

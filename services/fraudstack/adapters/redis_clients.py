@@ -46,4 +46,4 @@ def _seeds(url: str) -> tuple[str, list[tuple[str, int]]]:
     for seed in seeds[1:]:
         host, _, port = seed.rpartition(":")
         nodes.append((host, int(port)))
-    return template.format(address=seeds[0]), nodes
+    return template.replace("{address}", seeds[0], 1), nodes

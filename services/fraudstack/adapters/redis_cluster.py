@@ -327,7 +327,7 @@ class ClusterLink(RedisLink):
         node = self._nodes.get(address)
         if node is None:
             node = self._nodes[address] = RedisLink(
-                self._node_url.format(address=address), **self._options
+                self._node_url.replace("{address}", address, 1), **self._options
             )
         before = node.connections
         try:
