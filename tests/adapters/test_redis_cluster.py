@@ -253,3 +253,34 @@ async def test_send_returns_error_replies_as_the_single_link_does(
         assert value == b"text" and "WRONGTYPE" in str(refused)
     finally:
         await link.close()
+
+
+async def test_a_cluster_that_requires_a_password(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The chart always sets a password: every node's session authenticates with the URL's."""
+    secured = PrivateRedisCluster(
+        tmp_path_factory.mktemp("redis-cluster-auth"), password="s3cret/with:odd@chars"
+    ).start()
+    try:
+        link = RedisLink(secured.url, timeout=5.0)
+        try:
+            keys = [f"fs:{{customer:auth-{n}}}" for n in range(60)]
+            await link.execute_many([("SET", key, key) for key in keys])
+            assert await link.execute_many([("GET", key) for key in keys]) == [
+                key.encode() for key in keys
+            ]
+        finally:
+            await link.close()
+        wrong = RedisLink(secured.url.replace("s3cret", "wrong"), timeout=5.0)
+        with pytest.raises(StoreUnavailable):
+            await wrong.execute_many([("GET", keys[0])])
+        assert not await wrong.ping()
+        await wrong.close()
+        client = redis_client(secured.url)
+        try:
+            assert client.get(keys[1]) == keys[1].encode()
+        finally:
+            client.close()
+    finally:
+        secured.stop()

@@ -16,10 +16,12 @@ address is a ``redis+cluster://`` URL naming every master (see
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
 
@@ -89,18 +91,24 @@ def cluster_url(ports: Sequence[int]) -> str:
     return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports)
 
 
-def create_cluster(ports: Sequence[int], log: Path, timeout: float = 30.0) -> None:
+def create_cluster(
+    ports: Sequence[int], log: Path, timeout: float = 30.0, password: str | None = None
+) -> None:
     """Join cluster-mode servers on ``ports`` into one cluster of masters, every slot served,
     and return once every node says ``cluster_state:ok``."""
     cli = ensure_binary("redis-cli", "redis-tools")
     nodes = [f"127.0.0.1:{port}" for port in ports]
     argv = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+    # the password in the environment, not on a command line other users can read
+    environment = {**os.environ, "REDISCLI_AUTH": password} if password else None
     with open(log, "ab") as output:
-        result = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, check=False)
+        result = subprocess.run(
+            argv, stdout=output, stderr=subprocess.STDOUT, check=False, env=environment
+        )
     if result.returncode != 0:
         raise DevstackError(f"redis-cli --cluster create failed; see {log}")
     deadline = time.monotonic() + timeout
-    while not all(_cluster_ok(port) for port in ports):
+    while not all(_cluster_ok(port, password) for port in ports):
         if time.monotonic() > deadline:
             raise DevstackError(f"the Redis Cluster on {nodes} is not ok after {timeout:.0f} s")
         time.sleep(0.1)
@@ -110,9 +118,9 @@ def _answering(port: int) -> Callable[[], bool]:
     return lambda: answers(f"redis://127.0.0.1:{port}/0")
 
 
-def _cluster_ok(port: int) -> bool:
+def _cluster_ok(port: int, password: str | None = None) -> bool:
     try:
-        with redis.Redis(port=port, socket_timeout=1) as client:
+        with redis.Redis(port=port, password=password, socket_timeout=1) as client:
             info = client.execute_command("CLUSTER", "INFO")
     except redis.RedisError:
         return False
@@ -269,13 +277,20 @@ class PrivateRedis:
 
 
 class PrivateRedisCluster:
-    """A Redis Cluster of ``masters`` :class:`PrivateRedis` servers, for a test that owns it."""
+    """A Redis Cluster of ``masters`` :class:`PrivateRedis` servers, for a test that owns it;
+    with ``password``, every node requires it (``requirepass``, and ``masterauth`` for its
+    peers) and :attr:`url` carries it."""
 
-    def __init__(self, folder: Path, masters: int = 3) -> None:
+    def __init__(self, folder: Path, masters: int = 3, password: str | None = None) -> None:
         self.folder = folder
+        self.password = password
         chosen = free_ports(2 * masters)
+        auth = ["--requirepass", password, "--masterauth", password] if password else []
+        node_url = f"redis://:{quote(password, safe='')}@127.0.0.1:{{port}}/0" if password else None
         self.servers = [
-            PrivateRedis(folder / str(port), port, options=cluster_options(port, bus))
+            PrivateRedis(
+                folder / str(port), port, options=[*cluster_options(port, bus), *auth], url=node_url
+            )
             for port, bus in zip(chosen[:masters], chosen[masters:], strict=True)
         ]
 
@@ -285,13 +300,16 @@ class PrivateRedisCluster:
 
     @property
     def url(self) -> str:
-        return cluster_url(self.ports)
+        url = cluster_url(self.ports)
+        if self.password:
+            url = url.replace("://", f"://:{quote(self.password, safe='')}@", 1)
+        return url
 
     def start(self) -> PrivateRedisCluster:
         try:
             for server in self.servers:
                 server.start()
-            create_cluster(self.ports, self.folder / "cluster-create.log")
+            create_cluster(self.ports, self.folder / "cluster-create.log", password=self.password)
         except DevstackError:
             self.stop()
             raise
