@@ -16,7 +16,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from fraudstack.adapters.redis_cluster import is_cluster_url, split_cluster_url
+from fraudstack.adapters.cluster_slots import is_cluster_url, split_cluster_url
 
 
 def redis_client(url: str, **options: Any) -> redis.Redis | redis.cluster.RedisCluster:

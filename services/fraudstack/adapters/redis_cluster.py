@@ -33,84 +33,34 @@ command (at most every :data:`STALE_REFRESH_S`): after a failover, a replica ser
 from __future__ import annotations
 
 import asyncio
-from binascii import crc_hqx
 from collections.abc import Iterable, Sequence
 from typing import Any
-from urllib.parse import unquote
 
 import hiredis
 
+from fraudstack.adapters.cluster_slots import (
+    EVERY_NODE,
+    SLOTS,
+    is_cluster_url,
+    key_of,
+    key_slot,
+    parse_arguments,
+    parse_commands,
+    raw,
+    redirection,
+    split_cluster_url,
+)
 from fraudstack.adapters.redis_link import Command, RedisLink, refusal
 from fraudstack.errors import StoreUnavailable
 
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-SLOTS = 16384
+__all__ = ["ClusterLink", "is_cluster_url", "key_slot", "split_cluster_url"]
+
 #: How often one command may be redirected (MOVED, ASK, TRYAGAIN) before it fails.
 MAX_REDIRECTIONS = 5
 #: How often a link whose node stopped answering asks for the slot map again, at most (s).
 STALE_REFRESH_S = 0.5
-#: Commands sent to every master; the first master's reply is the answer.
-_EVERY_NODE = frozenset({b"SCRIPT", b"FLUSHDB", b"FLUSHALL"})
-#: Commands without a key: any master answers them.
-_KEYLESS = frozenset({b"PING", b"ECHO", b"INFO", b"DBSIZE", b"TIME", b"CLUSTER", b"COMMAND"})
-_SCRIPTED = frozenset({b"EVAL", b"EVALSHA", b"EVAL_RO", b"EVALSHA_RO", b"FCALL", b"FCALL_RO"})
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 _CLUSTER_SLOTS = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n"
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.split("://", 1)[0] in CLUSTER_SCHEMES
-
-
-def split_cluster_url(url: str) -> tuple[list[str], str]:
-    """The seed addresses (``host:port``) of a cluster URL, and the single-node URL template
-    (``{address}`` in place of the host) every node's link is opened with."""
-    scheme, _, rest = url.partition("://")
-    if scheme not in CLUSTER_SCHEMES:
-        raise StoreUnavailable(f"not a Redis Cluster URL (redis+cluster://...): {scheme!r}")
-    location, slash, tail = rest.partition("/")
-    if not slash:
-        location, question, query = rest.partition("?")
-        tail = f"?{query}" if question else ""
-    else:
-        tail = "/" + tail
-    userinfo, at, hosts = location.rpartition("@")
-    database = tail.lstrip("/").split("?", 1)[0]
-    if database not in ("", "0"):
-        raise StoreUnavailable(f"Redis Cluster has only database 0, not {database!r}")
-    query = tail.partition("?")[2]
-    seeds = []
-    for host in filter(None, hosts.split(",")):
-        name, colon, port = unquote(host).rpartition(":")
-        seeds.append(f"{name}:{port}" if colon else f"{port}:6379")
-    if not seeds:
-        raise StoreUnavailable("a Redis Cluster URL names at least one host:port")
-    template = f"{CLUSTER_SCHEMES[scheme]}://{userinfo}{at}{{address}}/0"
-    return seeds, template + (f"?{query}" if query else "")
-
-
-def key_slot(key: bytes) -> int:
-    """The hash slot of ``key``: CRC16 (XMODEM) of its hash tag if it has one, else of it all."""
-    start = key.find(b"{")
-    if start >= 0:
-        end = key.find(b"}", start + 1)
-        if end > start + 1:
-            key = key[start + 1 : end]
-    return crc_hqx(key, 0) % SLOTS
-
-
-def _raw(part: bytes | str | int | float) -> bytes:
-    return part if isinstance(part, bytes) else str(part).encode()
-
-
-def _key_of(name: bytes, arguments: Sequence[bytes | str | int | float]) -> bytes | None:
-    """The key a command is routed by (None: keyless); ``arguments`` follow the name."""
-    if name in _SCRIPTED:
-        # EVALSHA sha numkeys key...: by its first key, any node when it has none
-        return _raw(arguments[2]) if len(arguments) > 2 and _raw(arguments[1]) != b"0" else None
-    if name in _KEYLESS or not arguments:
-        return None
-    return _raw(arguments[0])
 
 
 class _Routed:
@@ -123,7 +73,7 @@ class _Routed:
         self.name = name
         self.encoded = encoded
         self.slot = None if key is None else key_slot(key)
-        self.every_node = name in _EVERY_NODE
+        self.every_node = name in EVERY_NODE
         self.node: str | None = None
         self.asking = False
         self.hops = 0
@@ -166,7 +116,7 @@ class ClusterLink(RedisLink):
         """Send ``expected`` encoded commands, each to its slot's master; replies in order."""
         if expected == 1 and self._slots and not self._stale:
             # one command (GET /predict's HMGET): straight to its node, unless redirected
-            ((name, key, _),) = _parse(payload, 1)
+            ((name, key, _),) = parse_commands(payload, 1)
             if key is not None and name != b"SCAN":
                 node = self._slots[key_slot(key)]
                 if node is not None:
@@ -174,12 +124,12 @@ class ClusterLink(RedisLink):
                     reply = replies[0]
                     if not isinstance(reply, hiredis.ReplyError):
                         return replies
-                    if _redirection(reply) is None:
+                    if redirection(reply) is None:
                         raise refusal(reply)
         return await self._run(
             [
                 _Routed(index, name, key, encoded)
-                for index, (name, key, encoded) in enumerate(_parse(payload, expected))
+                for index, (name, key, encoded) in enumerate(parse_commands(payload, expected))
             ]
         )
 
@@ -188,7 +138,7 @@ class ClusterLink(RedisLink):
         return await self._run(
             [
                 _Routed(index, name, key, encoded)
-                for index, (name, key, encoded) in enumerate(_parse(payload, expected))
+                for index, (name, key, encoded) in enumerate(parse_commands(payload, expected))
             ],
             raise_refusals=False,
         )
@@ -198,9 +148,9 @@ class ClusterLink(RedisLink):
         pack = hiredis.pack_command
         routed: list[_Routed] = []
         for index, command in enumerate(commands):
-            name = _raw(command[0]).upper()
+            name = raw(command[0]).upper()
             encoded = pack(tuple(command))  # type: ignore[arg-type]
-            routed.append(_Routed(index, name, _key_of(name, command[1:]), encoded))
+            routed.append(_Routed(index, name, key_of(name, command[1:]), encoded))
         return await self._run(routed)
 
     async def close(self) -> None:
@@ -213,7 +163,7 @@ class ClusterLink(RedisLink):
     async def _scan(self, command: _Routed) -> list[Any]:
         """``SCAN`` with a cursor ``<master>-<cursor>`` walking the masters in turn."""
         await self._slot_map()
-        parts = _parse_arguments(command.encoded)
+        parts = parse_arguments(command.encoded)
         cursor = parts[1].decode()
         position, _, node_cursor = cursor.partition("-") if "-" in cursor else ("0", "", cursor)
         master = int(position)
@@ -245,7 +195,7 @@ class ClusterLink(RedisLink):
             redirected: list[_Routed] = []
             moved = False
             for command, reply in await self._send_all(pending):
-                target = _redirection(reply)
+                target = redirection(reply)
                 if target is None:
                     replies[command.index] = reply
                     continue
@@ -400,57 +350,3 @@ class ClusterLink(RedisLink):
         self._slots = slots
         self._masters = sorted(masters)
         self._stale = False
-
-
-def _redirection(reply: Any) -> tuple[str, int, str] | None:
-    """``(MOVED|ASK|TRYAGAIN, slot, address)`` of a redirection reply; None for anything else."""
-    if not isinstance(reply, hiredis.ReplyError):
-        return None
-    text = str(reply)
-    if text.startswith(("MOVED ", "ASK ")):
-        kind, slot, address = text.split(" ", 2)
-        return kind, int(slot), address
-    if text.startswith("TRYAGAIN"):
-        return "TRYAGAIN", -1, ""
-    return None
-
-
-def _parse(payload: bytes, expected: int) -> list[tuple[bytes, bytes | None, bytes]]:
-    """Split ``expected`` RESP-encoded commands: (name, routing key, the command's bytes)."""
-    commands = []
-    position = 0
-    for number in range(expected):
-        start = position
-        if payload[position : position + 1] != b"*":
-            raise StoreUnavailable("online store cluster: a command not in the RESP array form")
-        end = payload.index(b"\r\n", position)
-        count = int(payload[position + 1 : end])
-        position = end + 2
-        # the last command runs to the payload's end: only what may hold its key is read
-        wanted = min(count, 4) if number == expected - 1 else count
-        arguments: list[bytes] = []
-        for _ in range(wanted):
-            end = payload.index(b"\r\n", position)
-            length = int(payload[position + 1 : end])
-            if len(arguments) < 4:  # the name, and what may hold the key (EVALSHA: the 4th)
-                arguments.append(payload[end + 2 : end + 2 + length])
-            position = end + 2 + length + 2
-        if wanted < count:
-            position = len(payload)
-        name = arguments[0].upper()
-        commands.append((name, _key_of(name, arguments[1:]), payload[start:position]))
-    return commands
-
-
-def _parse_arguments(encoded: bytes) -> list[bytes]:
-    """Every argument of one RESP-encoded command."""
-    end = encoded.index(b"\r\n")
-    count = int(encoded[1:end])
-    position = end + 2
-    arguments = []
-    for _ in range(count):
-        end = encoded.index(b"\r\n", position)
-        length = int(encoded[position + 1 : end])
-        arguments.append(encoded[end + 2 : end + 2 + length])
-        position = end + 2 + length + 2
-    return arguments

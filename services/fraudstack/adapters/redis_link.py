@@ -41,6 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from fraudstack.adapters.cluster_slots import is_cluster_url
 from fraudstack.errors import ScriptNotLoaded, StoreError, StoreRefused, StoreUnavailable
 
 
@@ -177,7 +178,7 @@ class RedisLink:
     """
 
     def __new__(cls, url: str, **options: float) -> RedisLink:
-        if cls is RedisLink and url.split("://", 1)[0].endswith("+cluster"):
+        if cls is RedisLink and is_cluster_url(url):
             from fraudstack.adapters.redis_cluster import ClusterLink
 
             return super().__new__(ClusterLink)
