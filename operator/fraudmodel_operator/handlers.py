@@ -35,14 +35,14 @@ import httpx
 import kopf
 import urllib3
 from kubernetes import client, config
-from redis.asyncio import Redis
 
 from fraudmodel_operator import rollout
 from fraudmodel_operator.gates import PrometheusGates
-from fraudmodel_operator.publish import ConfigMapMirror, Outcome, RoutingPublisher
+from fraudmodel_operator.publish import ConfigMapMirror, Outcome, RoutingPublisher, Store
 from fraudmodel_operator.registry_check import RegistryCheck
 from fraudmodel_operator.resource import Problem, Spec, Split, Status
 from fraudmodel_operator.settings import OperatorSettings, get_settings
+from fraudstack.adapters.redis_clients import async_redis_client
 from fraudstack.errors import StoreUnavailable
 from fraudstack.routing import RoutingDocument
 
@@ -56,7 +56,7 @@ class Services:
     """The clients every handler shares; made once at start-up, kept in the operator's memo."""
 
     settings: OperatorSettings
-    redis: Redis
+    redis: Store
     http: httpx.AsyncClient
     api: client.ApiClient
     publisher: RoutingPublisher
@@ -66,7 +66,7 @@ class Services:
 
     @classmethod
     def build(cls, settings: OperatorSettings) -> Services:
-        redis = Redis.from_url(
+        redis = async_redis_client(  # a single server or a cluster, by the URL
             settings.require("redis_url"), socket_timeout=5, socket_connect_timeout=5
         )
         http = httpx.AsyncClient(timeout=settings.prometheus_timeout_seconds)

@@ -25,6 +25,7 @@ import kopf
 from kubernetes import client
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisError, WatchError
 
 from fraudstack.errors import StoreUnavailable
@@ -34,6 +35,9 @@ _ATTEMPTS = 5  # WATCH retries when the key changes under us (another writer, by
 _NAME_LIMIT = 253
 _SUFFIX = "-routing"
 T = TypeVar("T")
+#: A single server's client or a Redis Cluster's (``redis+cluster://``): WATCH works on both.
+Store = Redis | RedisCluster
+Watched = Pipeline | ClusterPipeline
 
 
 class Outcome(StrEnum):
@@ -52,7 +56,7 @@ class PublishResult:
 class RoutingPublisher:
     """The routing document at one Redis key."""
 
-    def __init__(self, redis: Redis, key: str) -> None:
+    def __init__(self, redis: Store, key: str) -> None:
         self.redis = redis
         self.key = key
 
@@ -68,7 +72,7 @@ class RoutingPublisher:
         """Store ``document`` unless the same routing is stored, or another source's is
         (``take_over`` overwrites that one: its FraudModel is gone)."""
 
-        async def write(pipe: Pipeline) -> PublishResult:
+        async def write(pipe: Watched) -> PublishResult:
             stored = _parse(await pipe.get(self.key))
             if stored is not None and stored.source != document.source and not take_over:
                 return PublishResult(Outcome.CONFLICT, stored)
@@ -88,7 +92,7 @@ class RoutingPublisher:
     async def withdraw(self, source: str) -> bool:
         """Delete the key if ``source`` published what it holds; True when it was deleted."""
 
-        async def delete(pipe: Pipeline) -> bool:
+        async def delete(pipe: Watched) -> bool:
             stored = _parse(await pipe.get(self.key))
             if stored is None or stored.source != source:
                 return False
@@ -99,7 +103,7 @@ class RoutingPublisher:
 
         return await self._check_and_set("withdraw", delete)
 
-    async def _check_and_set(self, what: str, act: Callable[[Pipeline], Awaitable[T]]) -> T:
+    async def _check_and_set(self, what: str, act: Callable[[Watched], Awaitable[T]]) -> T:
         """``act`` on a pipeline that WATCHes the key, again when the key changed meanwhile."""
         for _ in range(_ATTEMPTS):
             try:

@@ -443,3 +443,14 @@ def test_every_value_is_documented_where_it_is_declared() -> None:
         enclosing.append((indent, previous.startswith("# --")))
         previous = stripped
     assert not undocumented
+
+
+def test_an_external_redis_cluster_gets_a_cluster_url(helm: Helm) -> None:
+    manifest = helm.template(
+        CHART / "ci" / "external-deps-values.yaml", sets=["redis.cluster=true"]
+    )
+    url = env_of(manifest, "aggregate")["FRAUDSTACK_REDIS_URL"]["value"]
+    assert url.startswith("redis+cluster://:$(FRAUDSTACK_REDIS_PASSWORD)@")
+    assert env_of(manifest, "inference")["FRAUDSTACK_REDIS_URL"]["value"] == url
+    result = helm.run("template", RELEASE, str(CHART), "--set", "redis.cluster=true", check=False)
+    assert result.returncode != 0 and "external Redis Cluster" in result.stderr

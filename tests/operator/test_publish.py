@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis.asyncio
 
 from fraudmodel_operator.publish import Outcome, RoutingPublisher, configmap_name
+from fraudstack.adapters.redis_clients import async_redis_client
+from fraudstack.devstack.redis_server import PrivateRedisCluster
 from fraudstack.routing import RoutingDocument
 
 
@@ -23,9 +24,23 @@ def document(source: str = "ns/a", share: float = 10.0, generation: int = 1) -> 
     )
 
 
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of three masters: the operator takes a ``redis+cluster://`` URL too."""
+    servers = PrivateRedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield servers.url
+    servers.stop()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The devstack's Redis, then a cluster (synchronous: starting them runs event loops)."""
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url"))
+
+
 @pytest.fixture
-async def publisher(redis_url: str) -> AsyncIterator[RoutingPublisher]:
-    connection = redis.asyncio.Redis.from_url(redis_url)
+async def publisher(store_url: str) -> AsyncIterator[RoutingPublisher]:
+    connection = async_redis_client(store_url)
     key = f"fraudstack:routing:publish-{uuid.uuid4().hex[:8]}"
     try:
         yield RoutingPublisher(connection, key)

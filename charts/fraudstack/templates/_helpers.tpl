@@ -154,7 +154,17 @@ it is declared before the URL, so the password never sits in the ConfigMap.
       name: {{ include "fraudstack.redisSecretName" . }}
       key: {{ .Values.redis.auth.existingSecretPasswordKey }}
 - name: FRAUDSTACK_REDIS_URL
+{{- if .Values.redis.cluster }}
+{{- if .Values.redis.enabled }}
+{{- fail "redis.cluster needs an external Redis Cluster: set redis.enabled=false and redis.host" }}
+{{- end }}
+{{- if ne (int .Values.redis.database) 0 }}
+{{- fail "redis.cluster: a Redis Cluster has only database 0" }}
+{{- end }}
+  value: {{ printf "redis+cluster://:$(FRAUDSTACK_REDIS_PASSWORD)@%s:%d" (include "fraudstack.redisHost" .) (int .Values.redis.port) | quote }}
+{{- else }}
   value: {{ printf "redis://:$(FRAUDSTACK_REDIS_PASSWORD)@%s:%d/%d" (include "fraudstack.redisHost" .) (int .Values.redis.port) (int .Values.redis.database) | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "fraudstack.envFrom" -}}

@@ -18,7 +18,9 @@ Failure semantics (every failure is :class:`~fraudstack.errors.StoreUnavailable`
   fails (a connection whose oldest command does not answer is stuck for all the others too).
 * an error reply (``-ERR``...): that request fails; the connection stays.
 
-URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path[?db=N]``.
+URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS), ``unix:///path[?db=N]``;
+``redis+cluster://[[user]:password@]host:port[,host:port...]`` (``rediss+cluster://``) for a Redis
+Cluster, served by :mod:`fraudstack.adapters.redis_cluster` behind the same interface.
 A user and password authenticate the session (``HELLO 3 AUTH``: an ACL user, or ``default`` for
 a ``requirepass`` server). TLS takes the query parameters redis-py takes, so one URL serves every
 client of the store: ``ssl_ca_certs`` (the CA file that signed the server's certificate; the
@@ -39,6 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import hiredis
 
+from fraudstack.adapters.cluster_slots import is_cluster_url
 from fraudstack.errors import ScriptNotLoaded, StoreError, StoreRefused, StoreUnavailable
 
 
@@ -166,7 +169,20 @@ class _Protocol(asyncio.Protocol):
 
 
 class RedisLink:
-    """A pipelined connection to one Redis server; create it and use it in one event loop."""
+    """A pipelined connection to one Redis server; create it and use it in one event loop.
+
+    A Redis Cluster URL (``redis+cluster://host:port,...``) makes a
+    :class:`~fraudstack.adapters.redis_cluster.ClusterLink` instead (as ``Path`` makes a
+    ``PosixPath``), so every user of the link runs unchanged on a cluster while this class's
+    request path stays as it is.
+    """
+
+    def __new__(cls, url: str, **options: float) -> RedisLink:
+        if cls is RedisLink and is_cluster_url(url):
+            from fraudstack.adapters.redis_cluster import ClusterLink
+
+            return super().__new__(ClusterLink)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -200,6 +216,14 @@ class RedisLink:
             if isinstance(reply, hiredis.ReplyError):
                 raise refusal(reply)
         return replies
+
+    async def send(self, payload: bytes, expected: int = 1) -> list[Any]:
+        """:meth:`execute`, with error replies returned among the others, not raised (for the
+        cluster link, which follows ``MOVED`` and ``ASK`` replies)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._connection()
+        return await protocol.send(payload, expected)
 
     async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
         """Send a batch of commands in one write and return every reply, in order."""

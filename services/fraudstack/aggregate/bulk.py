@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import redis
 
 from fraudstack.adapters.online_store.codecs import LastTransaction, TerminalSnapshot
 from fraudstack.adapters.online_store.writer import customer_replacement, terminal_replacement
+from fraudstack.adapters.redis_clients import redis_client
 from fraudstack.adapters.redis_link import Command
 from fraudstack.features.online import (
     CustomerHistory,
@@ -61,7 +61,7 @@ def load_table(
             txn_id, True, reported, when
         )
 
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client(redis_url)  # a single server or a cluster, by the URL
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     queued = 0

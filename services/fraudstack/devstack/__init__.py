@@ -1,10 +1,12 @@
 """The local stack: real servers run as local processes on loopback.
 
-``fraudstack devstack up`` starts Redis, a Kafka broker (KRaft) and Prometheus on free ports and
-records them in ``<state dir>/devstack.json`` (see :mod:`fraudstack.paths`), with their addresses
-as ``FRAUDSTACK_*`` variables in ``<state dir>/devstack.env``: every role's settings read that
-file after the environment, so a role finds the devstack without importing it, and a variable
-set in the environment names another server. ``up`` is idempotent (servers that answer are
+``fraudstack devstack up`` starts Redis (``--redis-cluster``: a Redis Cluster of three masters,
+its ``redis+cluster://`` URL recorded as ``FRAUDSTACK_REDIS_URL``), a Kafka broker (KRaft) and
+Prometheus on free ports and records them in ``<state dir>/devstack.json`` (see
+:mod:`fraudstack.paths`), with their addresses as ``FRAUDSTACK_*`` variables in
+``<state dir>/devstack.env``: every role's settings read that file after the environment, so a
+role finds the devstack without importing it, and a variable set in the environment names another
+server. ``up`` is idempotent (servers that answer are
 kept), ``down`` stops only the processes ``up`` recorded, ``status`` asks each server for a real
 answer.
 """
@@ -23,14 +25,15 @@ from fraudstack.devstack.base import Context, Server, ServerInfo
 from fraudstack.devstack.kafka_server import KafkaServer
 from fraudstack.devstack.process import is_ours, stop
 from fraudstack.devstack.prometheus_server import PrometheusServer
-from fraudstack.devstack.redis_server import RedisServer
+from fraudstack.devstack.redis_server import RedisClusterServer, RedisServer
 from fraudstack.paths import cache_dir, devstack_env_file, state_dir
 
 STATE_FILE = "devstack.json"
 
 
-def default_servers(kafka_brokers: int = 1) -> list[Server]:
-    return [RedisServer(), KafkaServer(kafka_brokers), PrometheusServer()]
+def default_servers(kafka_brokers: int = 1, redis_cluster: bool = False) -> list[Server]:
+    redis = RedisClusterServer() if redis_cluster else RedisServer()
+    return [redis, KafkaServer(kafka_brokers), PrometheusServer()]
 
 
 def optional_servers() -> dict[str, Server]:
@@ -52,15 +55,21 @@ class ServerStatus:
 
 class Devstack:
     def __init__(
-        self, state: Path | None = None, cache: Path | None = None, kafka_brokers: int = 1
+        self,
+        state: Path | None = None,
+        cache: Path | None = None,
+        kafka_brokers: int = 1,
+        redis_cluster: bool = False,
     ) -> None:
         self.context = Context(state_dir=state or state_dir(), cache_dir=cache or cache_dir())
         self.kafka_brokers = kafka_brokers
+        #: a three-master Redis Cluster in place of the one Redis (``up --redis-cluster``)
+        self.redis_cluster = redis_cluster
         self.state_path = self.context.state_dir / STATE_FILE
         self.env_path = self.context.state_dir / devstack_env_file().name
 
     def servers(self, names: list[str] | None = None) -> list[Server]:
-        defaults = default_servers(self.kafka_brokers)
+        defaults = default_servers(self.kafka_brokers, self.redis_cluster)
         everything = defaults + list(optional_servers().values())
         wanted = {server.name for server in defaults} | set(names or [])
         return [server for server in everything if server.name in wanted]

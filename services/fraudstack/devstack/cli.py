@@ -21,10 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="Kafka nodes: 1, or a cluster of 3 (replication factor 3, min.insync.replicas=2)",
     )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="Redis as a cluster of three masters (redis+cluster:// URL) instead of one server",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    stack = Devstack(kafka_brokers=args.kafka_brokers)
+    stack = Devstack(kafka_brokers=args.kafka_brokers, redis_cluster=args.redis_cluster)
     if args.action == "up":
         print(f"devstack: state in {stack.state_path}")
         stack.up(extra=["kube"] if args.kube else None)
@@ -38,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_status(stack: Devstack) -> int:
     rows = stack.status()
-    print(f"{'server':<12}{'address':<36}{'pids':<16}answering")
+    width = max([36, *(len(row.address) + 2 for row in rows)])  # a cluster's URL is long
+    print(f"{'server':<12}{'address':<{width}}{'pids':<16}answering")
     for row in rows:
         pids = ",".join(str(pid) for pid in row.pids) or "-"
-        print(f"{row.name:<12}{row.address:<36}{pids:<16}{'yes' if row.answering else 'no'}")
+        answering = "yes" if row.answering else "no"
+        print(f"{row.name:<12}{row.address:<{width}}{pids:<16}{answering}")
     return 0 if rows and all(row.answering for row in rows) else 1
