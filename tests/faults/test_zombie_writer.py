@@ -94,3 +94,5 @@ def test_a_paused_then_resumed_aggregator_changes_nothing_its_successor_wrote(
     print(f"\nhot terminal: {hot:,} of {skewed.transactions.num_rows:,} transactions")
     online_equals_offline(run, skewed, "skewed, one of two paused past its session", share)
     print(f"writes refused to the zombie: {refused:.0f}")
+    # it woke up holding a fetched poll and wrote it before it heard of the rebalance
+    assert refused > 0, "the zombie wrote nothing stale: the pause did not catch it mid-stream"
