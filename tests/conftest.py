@@ -27,7 +27,12 @@ from fraudstack.devstack import Devstack  # noqa: E402  (after the environment i
 from fraudstack.devstack.base import ServerInfo  # noqa: E402
 
 #: Shared fixtures and helpers (``tests/support``), available to every folder.
-pytest_plugins = ["support.serving", "support.crowd", "support.kube"]
+pytest_plugins = [
+    "support.serving",
+    "support.crowd",
+    "support.kube",
+    "support.aggregation",
+]
 
 
 @pytest.fixture(scope="session")

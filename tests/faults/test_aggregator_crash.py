@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -36,18 +33,10 @@ def stream() -> Stream:
     return Stream(transactions, make_labels(transactions, seed=31))
 
 
-@pytest.fixture
-def run(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Run]:
-    run = Run.create(kafka_bootstrap, tmp_path, f"crash-{uuid.uuid4().hex[:6]}.")
-    try:
-        yield run
-    finally:
-        run.redis.stop()
-
-
 def test_a_lone_aggregator_killed_mid_stream_and_restarted_loses_and_doubles_nothing(
-    run: Run, stream: Stream
+    aggregation_run: Run, stream: Stream
 ) -> None:
+    run = aggregation_run
     run.produce(stream)
     first = run.start_aggregator("first")
     try:
@@ -63,8 +52,9 @@ def test_a_lone_aggregator_killed_mid_stream_and_restarted_loses_and_doubles_not
 
 
 def test_one_of_two_aggregators_killed_mid_stream_the_other_takes_over(
-    run: Run, stream: Stream
+    aggregation_run: Run, stream: Stream
 ) -> None:
+    run = aggregation_run
     survivor = run.start_aggregator("survivor")
     victim = run.start_aggregator("victim")
     try:

@@ -15,9 +15,6 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -56,18 +53,10 @@ def skewed() -> Stream:
     return Stream(table, make_labels(table, seed=41))
 
 
-@pytest.fixture
-def run(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Run]:
-    run = Run.create(kafka_bootstrap, tmp_path, f"zombie-{uuid.uuid4().hex[:6]}.")
-    try:
-        yield run
-    finally:
-        run.redis.stop()
-
-
 def test_a_paused_then_resumed_aggregator_changes_nothing_its_successor_wrote(
-    run: Run, skewed: Stream
+    aggregation_run: Run, skewed: Stream
 ) -> None:
+    run = aggregation_run
     session_s = SESSION_TIMEOUT_MS / 1000
     ports = {"survivor": metrics_port(), "zombie": metrics_port()}
     survivor = run.start_aggregator("survivor", ports["survivor"])

@@ -1,6 +1,7 @@
 """Aggregation as it runs in production, for the fault tests: a stream in Kafka under topics of
 its own, ``fraudstack aggregate`` processes in one consumer group, a private Redis; and how far
-the group has got, read from the broker."""
+the group has got, read from the broker. A plugin (``tests/conftest.py``): the fixture
+``aggregation_run`` gives each test a :class:`Run` of its own."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pyarrow as pa
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -183,6 +187,16 @@ def metric(port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name) and not line.startswith("#")
     )
+
+
+@pytest.fixture
+def aggregation_run(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Run]:
+    """Empty topics of this test's own on the session's broker, and a private Redis."""
+    run = Run.create(kafka_bootstrap, tmp_path, f"faults-{uuid.uuid4().hex[:6]}.")
+    try:
+        yield run
+    finally:
+        run.redis.stop()
 
 
 def metrics_port() -> int:

@@ -25,15 +25,8 @@ local first_summary = first_expired + tonumber(ARGV[5])
 local fence = tonumber(redis.call('HGET', key, EPOCH) or '0')
 if fence > epoch then return 0 end
 
--- (ts, txn_id) before (other_ts, other), txn ids compared byte by byte as Python compares them
-local function before(other, other_ts)
-  if ts ~= other_ts then return ts < other_ts end
-  for i = 1, math.min(#txn, #other) do
-    local mine, theirs = string.byte(txn, i), string.byte(other, i)
-    if mine ~= theirs then return mine < theirs end
-  end
-  return #txn < #other
-end
+-- this write's transaction before (other_ts, other)
+local function before(other, other_ts) return txn_before(txn, ts, other, other_ts) end
 
 -- in slices: Lua unpacks a few thousand values at most
 for i = 7, first_expired - 1, 1000 do

@@ -1,7 +1,7 @@
 """The store's Lua scripts: ``.lua`` files of this package, loaded once at start.
 
 Each source gets the names of :mod:`.layout` prepended (:func:`~.layout.lua_header`), so a field
-is named in one place. Commands call a script by its SHA-1 (``EVALSHA``); a Redis that does not
+is named in one place, and then ``common.lua``, the functions the scripts share. Commands call a script by its SHA-1 (``EVALSHA``); a Redis that does not
 have it (it restarted, or was flushed) answers ``NOSCRIPT``, which the link raises as
 :class:`~fraudstack.errors.ScriptNotLoaded`, and :func:`execute` loads the scripts and sends the
 batch again (every command the store sends is idempotent).
@@ -27,8 +27,9 @@ class Script:
 
     @classmethod
     def load(cls, name: str) -> Script:
-        body = files("fraudstack.adapters.online_store").joinpath(f"{name}.lua").read_text()
-        source = lua_header() + body
+        folder = files("fraudstack.adapters.online_store")
+        body = folder.joinpath(f"{name}.lua").read_text()
+        source = lua_header() + folder.joinpath("common.lua").read_text() + body
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
 
     def call(self, keys: tuple[str, ...], *args: str | int | float) -> list[str | int | float]:

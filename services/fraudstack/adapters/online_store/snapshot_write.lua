@@ -12,16 +12,8 @@
 local txn, ts, seq = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local epoch = tonumber(ARGV[6] or '-1')
 if epoch >= 0 and tonumber(redis.call('HGET', KEYS[1], EPOCH) or '0') > epoch then return 2 end
--- (ts, txn_id) before (other_ts, other), txn ids compared byte by byte as Python compares them
--- (Lua's < on strings follows the server's locale)
-local function before(other, other_ts)
-  if ts ~= other_ts then return ts < other_ts end
-  for i = 1, math.min(#txn, #other) do
-    local mine, theirs = string.byte(txn, i), string.byte(other, i)
-    if mine ~= theirs then return mine < theirs end
-  end
-  return #txn < #other
-end
+-- this write's transaction before (other_ts, other)
+local function before(other, other_ts) return txn_before(txn, ts, other, other_ts) end
 local last = redis.call('HGET', KEYS[1], LAST_TXN)
 if last then
   local id, last_ts = string.match(last, '^([^:]*):(%d+):')

@@ -32,14 +32,7 @@ local now, horizon, ttl, low = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], to
 local page = tonumber(ARGV[5])
 local first_label = 7 + 4 * tonumber(ARGV[6])
 local function text(number) return string.format('%.0f', number) end
--- txn id a after b, byte by byte as Python compares them (Lua's < follows the server's locale)
-local function after_id(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x > y end
-  end
-  return #a > #b
-end
+local function after_id(a, b) return id_before(b, a) end
 
 local stored = redis.call(
   'HMGET', hash, EVENT_TS, PRUNED_AT, SEQ, DROPPED, UPDATED_AT, RECOUNT_AFTER, RECOUNT_THROUGH)
