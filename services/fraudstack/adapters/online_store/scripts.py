@@ -1,10 +1,11 @@
 """The store's Lua scripts: ``.lua`` files of this package, loaded once at start.
 
 Each source gets the names of :mod:`.layout` prepended (:func:`~.layout.lua_header`), so a field
-is named in one place, and then ``common.lua``, the functions the scripts share. Commands call a script by its SHA-1 (``EVALSHA``); a Redis that does not
-have it (it restarted, or was flushed) answers ``NOSCRIPT``, which the link raises as
-:class:`~fraudstack.errors.ScriptNotLoaded`, and :func:`execute` loads the scripts and sends the
-batch again (every command the store sends is idempotent).
+is named in one place, and then ``common.lua``, the functions the scripts share. Commands call a
+script by its SHA-1 (``EVALSHA``); a Redis that does not have it (it restarted, or was flushed)
+answers ``NOSCRIPT``, which the link raises as :class:`~fraudstack.errors.ScriptNotLoaded`, and
+:func:`execute` loads the scripts and sends the batch again (every command the store sends is
+idempotent).
 """
 
 from __future__ import annotations
