@@ -143,11 +143,6 @@ class Devstack:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def addresses(state: Path | None = None) -> dict[str, ServerInfo]:
-    """The recorded servers of the running devstack (empty when it is not up)."""
-    return Devstack(state=state).read_state()
-
-
 def _replace(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
