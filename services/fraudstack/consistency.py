@@ -82,7 +82,9 @@ async def compare(
     link = RedisLink(redis_url, timeout=30.0)
     try:
         store = OnlineStoreReader(link)
-        return await _compare(store, FeatureLookup(link), transactions, labels, concurrency)
+        # a store being rebuilt is compared as it is
+        lookup = FeatureLookup(link, require_ready=False)
+        return await _compare(store, lookup, transactions, labels, concurrency)
     finally:
         await link.close()
 

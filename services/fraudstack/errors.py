@@ -13,6 +13,8 @@ Every error this project raises on purpose derives from one root, so a caller ca
     │                             sends it to the dead-letter topic)
     ├── StoreError
     │   ├── StoreUnavailable      Redis or Kafka cannot be reached (HTTP 503)
+    │   ├── StoreNotReady         the online store is being rebuilt: it came back empty and the
+    │   │                         aggregators replay the topics into it (HTTP 503)
     │   ├── StoreRefused          Redis answered a command with an error reply
     │   │   └── ScriptNotLoaded   ``NOSCRIPT``: Redis does not have the script (it restarted)
     │   └── EntityNotFound        no features stored for a customer (HTTP 404)
@@ -50,6 +52,11 @@ class StoreError(FraudstackError):
 
 class StoreUnavailable(StoreError):
     """The store (Redis, Kafka) cannot be reached right now; retrying later may work."""
+
+
+class StoreNotReady(StoreError):
+    """The online store does not hold every event yet (it came back empty and is being rebuilt,
+    or no aggregator has filled it): its features would be wrong, not merely old."""
 
 
 class StoreRefused(StoreError):

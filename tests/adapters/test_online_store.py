@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from fraudstack.adapters.online_store.layout import (
     customer_id_of,
     customer_key,
     event_field,
+    owners_key,
     terminal_keys,
     watermarks_key,
 )
@@ -252,6 +254,29 @@ async def test_an_older_epoch_is_refused_by_the_customer_and_the_watermarks(
         await link.close()
         client.close()
     assert published == {b"0": str(T).encode(), b"1": str(T).encode()}  # never back, never ahead
+
+
+async def test_an_epoch_claimed_after_the_store_was_lost_is_newer_than_any_before(
+    store: PrivateRedis,
+) -> None:
+    """The epoch counter goes with a store that comes back empty; counted from 1 again, a new
+    owner would be older than a stalled writer's epoch of before the loss, and refused by what
+    that writer put back. The counter never goes below the server's clock (ms), so it is not."""
+    link = RedisLink(store.url, timeout=10.0)
+    writer = OnlineStoreWriter(link, "lost-topic", 0)
+    client = redis.Redis.from_url(store.url)
+    try:
+        before = [await writer.claim([0]) for _ in range(3)]
+        assert before == sorted(set(before))  # strictly increasing
+        # what a Redis back empty holds of it, a restart later (the counter runs ahead of the
+        # clock only with more than one claim a millisecond)
+        await asyncio.sleep(0.01)
+        client.delete(owners_key("lost-topic"))
+        after = await writer.claim([0])
+    finally:
+        await link.close()
+        client.close()
+    assert after > before[-1]
 
 
 async def test_a_recount_goes_a_page_at_a_time_and_misses_no_customer(

@@ -15,9 +15,15 @@ import pytest
 import redis
 
 from fraudstack.adapters.online_store.codecs import TerminalSnapshot
-from fraudstack.adapters.online_store.layout import TERMINAL_SNAPSHOT_FIELD, customer_key
+from fraudstack.adapters.online_store.layout import (
+    READY_FIELD,
+    STORE_KEY,
+    TERMINAL_SNAPSHOT_FIELD,
+    customer_key,
+)
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.devstack.redis_server import PrivateRedis
+from fraudstack.errors import StoreNotReady
 from fraudstack.events import Transaction
 from fraudstack.features.definitions import FEATURE_NAMES, MS_PER_DAY
 from fraudstack.features.offline import compute_features
@@ -146,7 +152,8 @@ def _calls(client: redis.Redis) -> dict[str, int]:
 async def test_predict_reads_one_hash_in_one_round_trip(
     lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: PrivateRedis
 ) -> None:
-    """The terminal windows stored with the newest transaction are its own: no terminal read."""
+    """The terminal windows stored with the newest transaction are its own: no terminal read,
+    and the store's ready mark read in the same round trip."""
     newest = busiest_customer(transactions)
     row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
     assert offline_features["terminal_nb_tx_30d"][row].as_py() > 0  # a read would show
@@ -158,7 +165,7 @@ async def test_predict_reads_one_hash_in_one_round_trip(
     client.close()
     for own in ("config|resetstat", "info"):  # this test's
         calls.pop(own, None)
-    assert calls == {"hmget": 1}
+    assert calls == {"hmget": 1, "hget": 1}
     assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
 
 
@@ -185,3 +192,30 @@ async def test_predict_reads_the_terminal_when_the_stored_windows_are_of_another
     assert calls["hmget"] == 1 and calls["zcount"] == 6 and "hgetall" not in calls
     row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
     assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
+
+
+async def test_a_store_without_its_ready_mark_answers_not_ready_not_features(
+    lookup: FeatureLookup, transactions: pa.Table, store: PrivateRedis
+) -> None:
+    """A store that came back empty and is being rebuilt holds some customers already: their
+    features would be wrong (windows short), so both reads refuse until the store is ready."""
+    newest = busiest_customer(transactions)
+    client = redis.Redis.from_url(store.url)
+    assert client.hdel(STORE_KEY, READY_FIELD) == 1
+    txn = Transaction(
+        txn_id="not-ready-1",
+        ts=newest["ts"] + 1,
+        customer_id=newest["customer_id"],
+        terminal_id=newest["terminal_id"],
+        amount=1.0,
+    )
+    try:
+        with pytest.raises(StoreNotReady, match="being rebuilt"):
+            await lookup.newest(newest["customer_id"])
+        with pytest.raises(StoreNotReady, match="being rebuilt"):
+            await lookup.transaction(txn)
+    finally:
+        client.hset(STORE_KEY, READY_FIELD, 1)
+        client.close()
+    last, _ = await lookup.newest(newest["customer_id"])
+    assert last.txn_id == newest["txn_id"]

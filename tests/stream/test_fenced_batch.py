@@ -10,8 +10,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer
+from fraudstack.adapters.online_store.generation import GenerationMarker
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate.processor import Processor
+from fraudstack.aggregate.rebuild import Rebuild
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
 
@@ -76,7 +78,8 @@ async def test_a_fenced_batch_is_read_again_from_the_last_commit(
         await owner.process([Record(topic, tp.partition, 2, b"c-zombie", value)])
 
         # the stalled instance finishes its batch (z1, z2)
-        await Aggregator(settings)._apply(consumer, producer, stale, records[1:])  # type: ignore[arg-type]
+        rebuild = Rebuild(GenerationMarker(links[0]), ())  # no generation read: no check
+        await Aggregator(settings)._apply(consumer, producer, stale, rebuild, records[1:])  # type: ignore[arg-type]
         committed = await consumer.committed(tp)
         position = await consumer.position(tp)
     finally:

@@ -2,7 +2,8 @@
 
 For benchmarks, demos and tests that need a populated store without streaming it: the end state
 is the one the streaming aggregator reaches for the same events (the same histories, the same
-layout), built in one pass and written in pipelined batches.
+layout), built in one pass and written in pipelined batches, and marked ready last (see
+:mod:`fraudstack.adapters.online_store.generation`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from fraudstack.adapters.online_store.codecs import LastTransaction, TerminalSnapshot
+from fraudstack.adapters.online_store.generation import ready_commands
 from fraudstack.adapters.online_store.writer import customer_replacement, terminal_replacement
 from fraudstack.adapters.redis_clients import redis_client
 from fraudstack.adapters.redis_link import Command
@@ -79,6 +81,8 @@ def load_table(
         dropped = terminal_history.prune(terminal_history.ts[-1]) if terminal_history.ts else 0
         commands = terminal_replacement(terminal, terminal_history, dropped, now_ms)
         queued = _queue(pipe, commands, queued, batch)
+    # last, once everything else is written: the store is whole, in a generation of its own
+    _queue(pipe, ready_commands(), queued, batch)
     pipe.execute()
     client.close()
     return len(customer_histories), len(terminal_histories)

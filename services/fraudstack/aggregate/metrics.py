@@ -81,3 +81,12 @@ REBALANCES = Counter(
     "(assigned, revoked); a steady group sees one assignment at start and none after.",
     ["event"],
 )
+STORE_REBUILDS = Counter(
+    "aggregate_store_rebuilds_total",
+    "Times this instance found the online store without its generation marker (Redis came back "
+    "empty, or was never filled) and replayed its partitions from their first offset.",
+)
+REPLAYING = Gauge(
+    "aggregate_store_replaying_partitions",
+    "Partitions this instance is replaying into a store being rebuilt; 0 once caught up.",
+)

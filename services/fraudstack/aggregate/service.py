@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -30,14 +31,16 @@ from aiokafka import (
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from fraudstack.adapters.kafka import ensure_topics, make_producer, send_dead_letter
+from fraudstack.adapters.online_store.generation import GenerationMarker
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate import metrics
 from fraudstack.aggregate.loop_monitor import LoopMonitor
 from fraudstack.aggregate.pacing import StepSizer
 from fraudstack.aggregate.processor import BatchResult, Processor, count_by_kind
+from fraudstack.aggregate.rebuild import Rebuild, StoreLost
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.collector import collect_less_often
-from fraudstack.errors import StoreUnavailable
+from fraudstack.errors import StoreError, StoreUnavailable
 from fraudstack.histograms import Tally
 
 log = logging.getLogger(__name__)
@@ -55,11 +58,16 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
     calls it with nothing before the first assignment)."""
 
     def __init__(
-        self, processor: Processor, aggregator: Aggregator, consumer: AIOKafkaConsumer
+        self,
+        processor: Processor,
+        aggregator: Aggregator,
+        consumer: AIOKafkaConsumer,
+        rebuild: Rebuild,
     ) -> None:
         self.processor = processor
         self.aggregator = aggregator
         self.consumer = consumer
+        self.rebuild = rebuild
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         self.processor.forget()
@@ -81,6 +89,9 @@ class _ForgetOnRebalance(ConsumerRebalanceListener):
         )
         if partitions:  # known once the topic's metadata is
             self.processor.assign(len(partitions))
+        # checked against the store's generation marker before the next poll is applied (a
+        # seek from here would wait on the fetcher this rebalance holds)
+        self.rebuild.pending = True
 
 
 class Aggregator:
@@ -140,6 +151,7 @@ class Aggregator:
         # a batch of thousands of commands may take a while; only a stuck one is given up on
         link = RedisLink(redis_url, timeout=30.0, connect_timeout=5.0)
         processor = self.make_processor(link)
+        rebuild = Rebuild(GenerationMarker(link), (topics.transactions, topics.labels))
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             group_id=self.settings.aggregate_group_id,
@@ -161,7 +173,7 @@ class Aggregator:
         )
         consumer.subscribe(
             [topics.transactions, topics.labels],
-            listener=_ForgetOnRebalance(processor, self, consumer),
+            listener=_ForgetOnRebalance(processor, self, consumer, rebuild),
         )
         producer = make_producer(bootstrap)
         await consumer.start()
@@ -176,14 +188,22 @@ class Aggregator:
                 now = time.monotonic()
                 if now - last_lag > 1.0:
                     await _update_lag(consumer)
+                    # a store lost while no record comes is noticed within a second too
+                    await _try(rebuild.check(), "checking the store's generation")
                     last_lag = now
+                if rebuild.pending and consumer.assignment():
+                    # what this poll fetched is dropped: the partitions may be replayed
+                    await self._check_generation(consumer, processor, rebuild)
+                    continue
+                if rebuild.targets and not batches:
+                    await _try(rebuild.committed({}), "marking replayed partitions caught up")
                 if not batches:
                     if stop_after_idle_s is not None and now - last_progress > stop_after_idle_s:
                         break
                     continue
                 if not self.first_batch_at:
                     self.first_batch_at = time.monotonic()
-                await self._apply_poll(consumer, producer, processor, batches)
+                await self._apply_poll(consumer, producer, processor, rebuild, batches)
                 last_progress = self.last_batch_at = time.monotonic()
         finally:
             await consumer.stop()
@@ -196,6 +216,7 @@ class Aggregator:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         processor: Processor,
+        rebuild: Rebuild,
         batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
     ) -> None:
         """Apply one poll's records in steps of about the CPU budget, one after another (each
@@ -217,7 +238,7 @@ class Aggregator:
                 return
             step = records[start : start + self.step_sizer.size]
             cpu_before = time.thread_time()
-            await self._apply(consumer, producer, processor, step)
+            await self._apply(consumer, producer, processor, rebuild, step)
             self.step_sizer.record(len(step), time.thread_time() - cpu_before)
             start += len(step)
             await asyncio.sleep(0)  # heartbeats and the fetcher run here, however long the poll
@@ -227,10 +248,18 @@ class Aggregator:
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
         processor: Processor,
+        rebuild: Rebuild,
         records: list[ConsumerRecord[bytes, bytes]],
     ) -> None:
         started = time.perf_counter()
-        result = await self._with_retry(processor, records)
+        try:
+            result = await self._with_retry(processor, rebuild, records)
+        except StoreLost as exc:
+            # nothing of the step was written or committed; the rest of the poll is dropped and
+            # the partitions are replayed into the new generation (see _check_generation)
+            log.error("%s; the step is dropped", exc)
+            self.generation += 1
+            return
         metrics.WRITE_LATENCY.observe(time.perf_counter() - started)
         if result.dead_letters:
             sends = [
@@ -265,6 +294,7 @@ class Aggregator:
         try:
             if offsets:
                 await consumer.commit(offsets)
+                await _try(rebuild.committed(offsets), "marking replayed partitions caught up")
         except (CommitFailedError, IllegalStateError):
             # The group rebalanced meanwhile; the new owner replays, idempotently.
             log.info("commit after a rebalance refused; the batch will be replayed")
@@ -291,13 +321,38 @@ class Aggregator:
         metrics.BATCH_SIZE.observe(len(records))
         self.processed += len(records)
 
+    async def _check_generation(
+        self, consumer: AIOKafkaConsumer, processor: Processor, rebuild: Rebuild
+    ) -> None:
+        """After an assignment or a loss: read the store's generation marker (make it if it is
+        missing) and replay what it lacks (:mod:`fraudstack.aggregate.rebuild`). Retried at the
+        next poll while Redis is away."""
+        lost = rebuild.generation is not None
+        try:
+            if lost:  # the owners' epochs went with the store: claimed again, newer
+                transactions = self.settings.topics.transactions
+                await processor.claim(
+                    [tp.partition for tp in consumer.assignment() if tp.topic == transactions]
+                )
+            replayed = await rebuild.start(consumer)
+        except StoreError as exc:
+            log.warning("could not read the store's generation marker (%s); trying again", exc)
+            rebuild.pending = True
+            await asyncio.sleep(0.5)
+            return
+        if replayed:
+            processor.forget()  # built again from the first offset, in order
+            self.generation += 1
+
     async def _with_retry(
-        self, processor: Processor, records: list[ConsumerRecord[bytes, bytes]]
+        self, processor: Processor, rebuild: Rebuild, records: list[ConsumerRecord[bytes, bytes]]
     ) -> BatchResult:
         deadline = time.monotonic() + self.settings.aggregate_broker_timeout_s
         delay = 0.1
         while True:
             try:
+                # a store that came back empty while Redis was away is not written into
+                await rebuild.check()
                 return await processor.process(records)
             except StoreUnavailable as exc:
                 if time.monotonic() > deadline:
@@ -324,6 +379,15 @@ async def _claim(processor: Processor, partitions: list[int], attempts: int = 8)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def _try(marking: Awaitable[None], what: str) -> None:
+    """Await ``marking``; a store away or lost is logged, not raised: the next poll retries
+    (a partition's mark) or notices (a loss, through Rebuild.pending)."""
+    try:
+        await marking
+    except (StoreError, StoreLost) as exc:
+        log.warning("%s failed: %s", what, exc)
 
 
 async def _update_lag(consumer: AIOKafkaConsumer) -> None:

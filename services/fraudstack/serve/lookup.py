@@ -49,9 +49,11 @@ class Scored:
 
 
 class FeatureLookup:
-    def __init__(self, link: RedisLink) -> None:
+    def __init__(self, link: RedisLink, require_ready: bool = True) -> None:
+        """``require_ready``: answer StoreNotReady (503) from a store being rebuilt; only the
+        consistency check, which compares a store as it is, reads without it."""
         self.link = link
-        self.store = OnlineStoreReader(link)
+        self.store = OnlineStoreReader(link, require_ready)
 
     async def newest(self, customer_id: str) -> tuple[LastTransaction, Scored]:
         """The customer's newest transaction and its features; EntityNotFound if none."""

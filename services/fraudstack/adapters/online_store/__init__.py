@@ -5,7 +5,9 @@
 * :mod:`.codecs`: stored values as bytes or text, and back;
 * ``terminal_write.lua`` and ``snapshot_write.lua``, loaded at start by :mod:`.scripts`;
 * :mod:`.writer`: the writes of the aggregator and of the bulk loader;
-* :mod:`.reader`: the reads of the inference service, the snapshots and the consistency check.
+* :mod:`.reader`: the reads of the inference service, the snapshots and the consistency check;
+* :mod:`.generation`: the store's generation marker, which tells a Redis that came back empty
+  from a full one (``caught_up.lua`` marks the partitions replayed into it).
 
 Every read and write costs O(log n) or better in an entity's event count, except a customer's,
 which is bounded by its 30-day horizon.

@@ -36,6 +36,12 @@ one slot::
                                             transaction at this terminal
     fs:{terminal:<id>}:latest_txn     HASH  customer_id -> that transaction's id
 
+    fs:{store}                        HASH  the store's generation marker (see :mod:`.generation`)
+      generation     an id of this life of the store, made when it was found missing
+      partitions     how many partitions the aggregators replay into it
+      caught_up:<topic>:<partition>  a partition replayed to its end in this generation
+      ready          set once every partition is: the store holds everything the topics do
+
     fs:{watermarks:<transactions topic>}  HASH  partition -> newest event time read (ms)
     fs:{watermarks:<transactions topic>}:owners  HASH  the ownership epochs (same slot)
       _counter       bumped by every assignment of partitions to an instance
@@ -108,6 +114,13 @@ RECOUNT_THROUGH_FIELD: Final = "_recount_through"
 EPOCH_FIELD: Final = "_epoch"
 #: Owners hash field: the epoch counter.
 EPOCH_COUNTER_FIELD: Final = "_counter"
+
+#: The store's generation marker, in a slot of its own, and its fields.
+STORE_KEY: Final = KEY_PREFIX + "{store}"
+GENERATION_FIELD: Final = "generation"
+PARTITIONS_FIELD: Final = "partitions"
+CAUGHT_UP_PREFIX: Final = "caught_up:"
+READY_FIELD: Final = "ready"
 
 #: Keys live a little longer than the furthest window reaches back.
 CUSTOMER_TTL_SECONDS: Final = 32 * 86_400
@@ -209,6 +222,10 @@ def lua_header() -> str:
         "RECOUNT_THROUGH": RECOUNT_THROUGH_FIELD,
         "EPOCH": EPOCH_FIELD,
         "EPOCH_COUNTER": EPOCH_COUNTER_FIELD,
+        "GENERATION": GENERATION_FIELD,
+        "PARTITIONS": PARTITIONS_FIELD,
+        "CAUGHT_UP_PREFIX": CAUGHT_UP_PREFIX,
+        "READY": READY_FIELD,
     }
     lines = [f"local {name} = '{value}'" for name, value in names.items()]
     lines.append(f"local DELAY_MS = {TERMINAL_DELAY_MS}")

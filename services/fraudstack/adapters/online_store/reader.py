@@ -7,6 +7,10 @@ What each read costs, in an entity's event count n (see :mod:`.layout`):
   history, bounded by the 30-day horizon) and six ``ZCOUNT`` on the terminal, O(log n), sent in
   one write: one round trip, each command on one key, so each on one Redis Cluster slot.
 
+Both, when asked to (the inference service does), also read the store's generation marker in the
+same round trip, and raise :class:`~fraudstack.errors.StoreNotReady` rather than answer from a
+store that came back empty and is being rebuilt (see :mod:`.generation`).
+
 Every failure is the link's :class:`~fraudstack.errors.StoreError` (``StoreUnavailable`` when
 Redis cannot be reached), mapped at the link.
 """
@@ -22,6 +26,7 @@ from fraudstack.adapters.online_store.codecs import (
     LastTransaction,
     customer_record,
 )
+from fraudstack.adapters.online_store.generation import READY_READ
 from fraudstack.adapters.online_store.layout import (
     CUSTOMER_PATTERN,
     EVENT_TS_FIELD,
@@ -40,6 +45,7 @@ from fraudstack.adapters.redis_link import (
     encode_commands,
     hash_reply,
 )
+from fraudstack.errors import StoreNotReady
 from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import terminal_window_bounds
 
@@ -47,6 +53,11 @@ _NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, TERMINAL_SNAPSHOT_FIELD, *CUST
 # the constant parts of "HMGET <key> <fields...>", encoded once (the request path's hottest read)
 _NEWEST_HEAD = command_head(len(_NEWEST_FIELDS) + 2) + bulk_string("HMGET")
 _NEWEST_TAIL = b"".join(map(bulk_string, _NEWEST_FIELDS))
+_READY_READ = encode_commands([READY_READ])
+NOT_READY = (
+    "the online store is being rebuilt (it came back empty; the aggregators are replaying the "
+    "topics into it): its features would be wrong"
+)
 #: Commands of one terminal's window counts (an events and a frauds count per window).
 _COUNT_COMMANDS = 2 * len(terminal_window_bounds(0))
 
@@ -78,12 +89,15 @@ def terminal_count_commands(terminal_id: str, ts_ms: int) -> list[Command]:
 class OnlineStoreReader:
     """Reads over one pipelined :class:`~fraudstack.adapters.redis_link.RedisLink`."""
 
-    def __init__(self, link: RedisLink) -> None:
+    def __init__(self, link: RedisLink, require_ready: bool = False) -> None:
         self.link = link
+        #: raise StoreNotReady from the requests' reads while the store is not ready
+        self.require_ready = require_ready
 
     @classmethod
     def from_url(cls, url: str, timeout: float = 30.0) -> OnlineStoreReader:
-        """A reader with a link of its own (for batch jobs; close it with :meth:`close`)."""
+        """A reader with a link of its own (for batch jobs; close it with :meth:`close`). It
+        reads a store that is not ready too: the consistency check compares one as it is."""
         return cls(RedisLink(url, timeout=timeout))
 
     async def close(self) -> None:
@@ -91,8 +105,13 @@ class OnlineStoreReader:
 
     async def newest(self, customer_id: str) -> NewestRecord | None:
         """The customer's newest transaction as stored, in ONE ``HMGET``; None if unknown."""
-        key = bulk_string(customer_key(customer_id))
-        (values,) = await self.link.execute(_NEWEST_HEAD + key + _NEWEST_TAIL)
+        payload = _NEWEST_HEAD + bulk_string(customer_key(customer_id)) + _NEWEST_TAIL
+        if self.require_ready:
+            values, ready = await self.link.execute(payload + _READY_READ, 2)
+            if ready is None:
+                raise StoreNotReady(NOT_READY)
+        else:
+            (values,) = await self.link.execute(payload)
         raw_last, raw_event_ts, raw_snapshot = values[0], values[1], values[2]
         if raw_last is None:
             return None
@@ -143,7 +162,11 @@ class OnlineStoreReader:
         ``ts_ms``, in ONE round trip."""
         commands: list[Command] = [("HGETALL", customer_key(customer_id))]
         commands += terminal_count_commands(terminal_id, ts_ms)
+        if self.require_ready:
+            commands.append(READY_READ)
         replies: list[Any] = await self.link.execute_many(commands)
+        if self.require_ready and replies.pop() is None:
+            raise StoreNotReady(NOT_READY)
         return customer_record(hash_reply(replies[0])), tuple(replies[1:])
 
     async def customer_ids(self, batch: int = 1_000) -> AsyncIterator[list[str]]:

@@ -43,7 +43,8 @@ TERMINAL_WRITE = Script.load("terminal_write")
 SNAPSHOT_WRITE = Script.load("snapshot_write")
 WATERMARKS_WRITE = Script.load("watermarks_write")
 CLAIM = Script.load("claim")
-ALL = (CUSTOMER_WRITE, TERMINAL_WRITE, SNAPSHOT_WRITE, WATERMARKS_WRITE, CLAIM)
+CAUGHT_UP = Script.load("caught_up")
+ALL = (CUSTOMER_WRITE, TERMINAL_WRITE, SNAPSHOT_WRITE, WATERMARKS_WRITE, CLAIM, CAUGHT_UP)
 
 
 async def execute(link: RedisLink, commands: list[Command]) -> list[Any]:
