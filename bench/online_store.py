@@ -44,6 +44,7 @@ from typing import Any
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fraudstack.adapters.online_store.generation import ready_commands
 from fraudstack.adapters.online_store.layout import terminal_events_key
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.aggregate.processor import Processor
@@ -187,6 +188,7 @@ async def bench_sizes(url: str, redis_pid: int, sizes: tuple[int, ...]) -> list[
             processor = Processor(link, ALLOWED_LATENESS_MS, topics)
             processor.assign(PARTITIONS)
             fill_rate = await _fill(processor, topics, size)
+            await link.execute_many(ready_commands())  # filled whole, as the service expects
             # read while the terminal holds exactly its N events, then write more
             read = await _lookups(FeatureLookup(link), redis_pid, size)
             key = terminal_events_key(TERMINAL)

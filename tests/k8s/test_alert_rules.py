@@ -28,7 +28,7 @@ def alert_names(groups: list[dict[str, Any]]) -> set[str]:
 def test_promtool_check_rules() -> None:
     result = promtool("check", "rules", str(ALERTS))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -46,6 +46,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
         "FraudstackAggregationLagHigh",
         "FraudstackAggregationRebalancing",
         "FraudstackAggregationLoopStalled",
+        "FraudstackOnlineStoreRebuilding",
     }
     fires: set[str] = set()
     quiet: set[str] = set()
