@@ -52,6 +52,9 @@ class Rebuild:
         #: set when the assigned partitions must be checked against the marker (an assignment,
         #: a loss) before anything more is written
         self.pending = True
+        #: set when the store was found lost: the partitions are claimed again (the owners'
+        #: epochs went with it) before the marker is read
+        self.lost = False
         #: partitions replaying for this generation -> the offset that makes them caught up
         self.targets: dict[TopicPartition, int] = {}
         #: the offsets committed since the replay began, per replaying partition
@@ -64,7 +67,7 @@ class Rebuild:
             return
         found = await self.marker.generation()
         if found != self.generation:
-            self.pending = True
+            self.pending = self.lost = True
             raise StoreLost(
                 f"the online store's generation is {found or 'missing'}, "
                 f"not {self.generation}: it was lost"
@@ -87,7 +90,7 @@ class Rebuild:
                 state.generation,
             )
         self.generation = state.generation
-        self.pending = False
+        self.pending = self.lost = False
         self.targets = {}
         self.reached = {}
         replay = sorted(
@@ -126,7 +129,7 @@ class Rebuild:
             self.generation, (partition_name(tp.topic, tp.partition) for tp in done)
         )
         if reply < 0:
-            self.pending = True
+            self.pending = self.lost = True
             raise StoreLost("the online store was lost again during its rebuild")
         for tp in done:
             del self.targets[tp]

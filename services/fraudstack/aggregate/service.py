@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -192,9 +192,12 @@ class Aggregator:
                     await _try(rebuild.check(), "checking the store's generation")
                     last_lag = now
                 if rebuild.pending and consumer.assignment():
-                    # what this poll fetched is dropped: the partitions may be replayed
-                    await self._check_generation(consumer, processor, rebuild)
-                    continue
+                    replayed = await self._check_generation(consumer, processor, rebuild)
+                    if replayed is None:  # Redis away: read again from the last commit
+                        await _rewind(consumer, batches)
+                        continue
+                    # what was fetched of a partition sought back to its first offset is dropped
+                    batches = {tp: got for tp, got in batches.items() if tp not in replayed}
                 if rebuild.targets and not batches:
                     await _try(rebuild.committed({}), "marking replayed partitions caught up")
                 if not batches:
@@ -256,9 +259,11 @@ class Aggregator:
             result = await self._with_retry(processor, rebuild, records)
         except StoreLost as exc:
             # nothing of the step was written or committed; the rest of the poll is dropped and
-            # the partitions are replayed into the new generation (see _check_generation)
+            # read again from the last commit, or replayed into the new generation (see
+            # _check_generation)
             log.error("%s; the step is dropped", exc)
             self.generation += 1
+            await _rewind(consumer, consumer.assignment())
             return
         metrics.WRITE_LATENCY.observe(time.perf_counter() - started)
         if result.dead_letters:
@@ -288,8 +293,7 @@ class Aggregator:
             # says what is ours (idempotent writes; a revoked partition is the new owner's);
             # the rest of the poll is not applied either
             self.generation += 1
-            if offsets:
-                await consumer.seek_to_committed(*offsets)
+            await _rewind(consumer, consumer.assignment())
             offsets = {}
         try:
             if offsets:
@@ -323,13 +327,13 @@ class Aggregator:
 
     async def _check_generation(
         self, consumer: AIOKafkaConsumer, processor: Processor, rebuild: Rebuild
-    ) -> None:
+    ) -> set[TopicPartition] | None:
         """After an assignment or a loss: read the store's generation marker (make it if it is
-        missing) and replay what it lacks (:mod:`fraudstack.aggregate.rebuild`). Retried at the
-        next poll while Redis is away."""
-        lost = rebuild.generation is not None
+        missing) and replay what it lacks (:mod:`fraudstack.aggregate.rebuild`); return the
+        partitions sought back to their first offset, or None if Redis is away (tried again at
+        the next poll)."""
         try:
-            if lost:  # the owners' epochs went with the store: claimed again, newer
+            if rebuild.lost:  # the owners' epochs went with the store: claimed again, newer
                 transactions = self.settings.topics.transactions
                 await processor.claim(
                     [tp.partition for tp in consumer.assignment() if tp.topic == transactions]
@@ -339,10 +343,11 @@ class Aggregator:
             log.warning("could not read the store's generation marker (%s); trying again", exc)
             rebuild.pending = True
             await asyncio.sleep(0.5)
-            return
+            return None
         if replayed:
             processor.forget()  # built again from the first offset, in order
             self.generation += 1
+        return set(replayed)
 
     async def _with_retry(
         self, processor: Processor, rebuild: Rebuild, records: list[ConsumerRecord[bytes, bytes]]
@@ -388,6 +393,21 @@ async def _try(marking: Awaitable[None], what: str) -> None:
         await marking
     except (StoreError, StoreLost) as exc:
         log.warning("%s failed: %s", what, exc)
+
+
+async def _rewind(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Fetch these partitions again from their last commit (from their first offset if none):
+    what was fetched of them and not committed is read again, not skipped. (aiokafka's
+    ``seek_to_committed`` leaves a partition with no commit where it is.)"""
+    owned = consumer.assignment()
+    for tp in partitions:
+        if tp not in owned:
+            continue  # its new owner reads it from the commit
+        committed = await consumer.committed(tp)
+        if committed:
+            consumer.seek(tp, committed)
+        else:
+            await consumer.seek_to_beginning(tp)
 
 
 async def _update_lag(consumer: AIOKafkaConsumer) -> None:
