@@ -19,12 +19,14 @@ Prints a Markdown table; writes ``bench/results/stream.md`` and ``bench/results/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -221,17 +223,23 @@ def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
     return lower_bound
 
 
-def main() -> int:
+@contextlib.contextmanager
+def local_stack() -> Iterator[dict[str, ServerInfo]]:
+    """The local stack, up; stopped at the end only if it was started here: a later benchmark
+    should not share the cores with an idle Kafka, and a stack someone else started is theirs."""
     devstack = Devstack()
-    # stopped at the end only if we started it: a later benchmark should not share the cores
-    # with an idle Kafka, and a stack someone else started is theirs
     started_here = not any(server.answering for server in devstack.status())
     try:
-        return run(devstack.up(progress=True))
+        yield devstack.up(progress=True)
     finally:
         if started_here:
             print("stopping the local stack", flush=True)
             devstack.down()
+
+
+def main() -> int:
+    with local_stack() as stack:
+        return run(stack)
 
 
 def run(stack: dict[str, ServerInfo]) -> int:
