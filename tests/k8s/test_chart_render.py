@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from fraudstack.cli import build_parser
+from fraudstack.devstack.kafka_server import KAFKA_VERSION
 from support.kube import CHART, CI_VALUES, Helm, Manifest
 
 RELEASE = "fraudstack"
@@ -154,7 +155,7 @@ def test_every_pod_is_locked_down(default: Manifest) -> None:
 
 def test_fraudstack_pods_run_as_uid_10001_with_checksum(default: Manifest) -> None:
     for name, spec in pod_specs(default).items():
-        if name.endswith(("-redis", "-redpanda")):
+        if name.endswith(("-redis", "-kafka")):
             continue
         assert spec["securityContext"]["runAsUser"] == 10001, name
     for component in (*SERVICES, "operator"):
@@ -337,6 +338,76 @@ def test_external_dependencies_replace_the_in_chart_ones(helm: Helm) -> None:
     assert image["image"] == "registry.example.com/fraudstack/fraudstack-aggregate:0.1.0"
 
 
+def images(manifest: Manifest) -> dict[str, str]:
+    """The image of every container the chart renders, by container name."""
+    return {
+        container["name"]: container["image"]
+        for spec in pod_specs(manifest).values()
+        for container in spec["containers"] + spec.get("initContainers", [])
+    }
+
+
+def test_one_registry_for_every_image_including_redis_and_kafka(
+    helm: Helm, default: Manifest
+) -> None:
+    # `make images` builds all of these; by default they are named as it tags them
+    assert images(default) == {
+        "ingest": "fraudstack-ingest:0.1.0",
+        "aggregate": "fraudstack-aggregate:0.1.0",
+        "snapshot": "fraudstack-snapshot:0.1.0",
+        "inference": "fraudstack-serve:0.1.0",
+        "train": "fraudstack-train:0.1.0",
+        "operator": "fraudstack-operator:0.1.0",
+        "redis": "fraudstack-redis:7.0.15",
+        "kafka": f"fraudstack-kafka:{KAFKA_VERSION}",
+    }
+    private = helm.template(sets=["image.registry=registry.example.com:5000/fraud/"])
+    assert all(
+        image.startswith("registry.example.com:5000/fraud/fraudstack-")
+        for image in images(private).values()
+    ), images(private)
+    # one image may still come from elsewhere
+    mixed = helm.template(
+        sets=[
+            "image.registry=registry.example.com:5000/fraud",
+            "redis.image.registry=mirror.example.com/library",
+            "redis.image.repository=redis",
+            "redis.image.tag=7.4.2",
+        ]
+    )
+    assert images(mixed)["redis"] == "mirror.example.com/library/redis:7.4.2"
+    assert (
+        images(mixed)["kafka"]
+        == f"registry.example.com:5000/fraud/fraudstack-kafka:{KAFKA_VERSION}"
+    )
+
+
+def test_bundled_kafka_is_a_kraft_node_clients_reach_by_its_service(default: Manifest) -> None:
+    spec = one(default, "StatefulSet", "kafka")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {variable["name"]: variable["value"] for variable in container["env"]}
+    service = one(default, "Service", "kafka")
+    assert service["spec"]["clusterIP"] == "None"
+    # clients are sent back to the name the headless Service gives the pod
+    assert env["KAFKA_ADVERTISED_HOST"] == f"{service['metadata']['name']}.fraudstack.svc"
+    assert settings(default)["FRAUDSTACK_KAFKA_BOOTSTRAP"] == f"{service['metadata']['name']}:9092"
+    assert env["KAFKA_PARTITIONS"] == "4"
+    # ready once the broker lists itself in a metadata answer, not when the port opens
+    assert container["readinessProbe"]["exec"]["command"] == ["/usr/local/bin/kafka-ready"]
+    # the image's own user; it writes only to its data volume and /tmp
+    assert spec["securityContext"]["runAsUser"] == 1001
+    assert {mount["mountPath"] for mount in container["volumeMounts"]} == {
+        "/var/lib/kafka/data",
+        "/tmp",
+    }
+    assert (
+        one(default, "StatefulSet", "redis")["spec"]["template"]["spec"]["securityContext"][
+            "runAsUser"
+        ]
+        == 999
+    )
+
+
 def test_node_ports_match_kind_config(helm: Helm) -> None:
     manifest = helm.template(sets=["nodePorts.enabled=true"])
     kind = yaml.safe_load((CHART.parents[1] / "kind-config.yaml").read_text())
@@ -386,6 +457,9 @@ def test_operator_rbac_is_least_privilege(default: Manifest) -> None:
         ("ingest.auth.apikey=x", "additional properties 'apikey' not allowed"),
         ("networkPolicy.enable=false", "additional properties 'enable' not allowed"),
         ("networkPolicy.apiAllowedFrom[0].podSelectr.a=b", "additional properties 'podSelectr'"),
+        # the bundled broker is Apache Kafka now; an old values file fails loudly
+        ("redpanda.enabled=false", "additional properties 'redpanda' not allowed"),
+        ("kafka.image.tag=", "/kafka/image/tag"),
     ],
 )
 def test_schema_refuses_bad_values(helm: Helm, assignment: str, message: str) -> None:

@@ -78,10 +78,9 @@ def test_only_their_clients_reach_redis_and_kafka(
 ) -> None:
     manifest = helm.template(sets=sets)
     assert reachers(manifest, "redis", 6379) == redis_clients
-    assert reachers(manifest, "redpanda", 9092) == kafka_clients
-    # The admin port serves only the readiness probe (from the node); the RPC port only brokers.
-    assert reachers(manifest, "redpanda", 9644) == set()
-    assert reachers(manifest, "redpanda", 33145) == {"redpanda"}
+    assert reachers(manifest, "kafka", 9092) == kafka_clients
+    # The KRaft controller listens on the pod's loopback only: nobody reaches it from outside.
+    assert reachers(manifest, "kafka", 9093) == set()
     assert reachers(manifest, "redis", 6380) == set()
 
 
@@ -126,7 +125,7 @@ def test_restricted_api_and_metrics_peers(helm: Helm) -> None:
 def test_network_policies_can_be_turned_off(helm: Helm) -> None:
     assert not network_policies(helm.template(sets=["networkPolicy.enabled=false"]))
     external = helm.template(CHART / "ci" / "external-deps-values.yaml")
-    # No in-chart Redis or Redpanda: no policy for them, the rest as usual.
+    # No in-chart Redis or Kafka: no policy for them, the rest as usual.
     components = {
         p["metadata"]["labels"].get("app.kubernetes.io/component")
         for p in network_policies(external)

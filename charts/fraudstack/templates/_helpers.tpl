@@ -87,16 +87,19 @@ ServiceAccount of the data-plane pods.
 {{- end }}
 
 {{/*
-Image reference of a fraudstack component. Usage: include "fraudstack.image" (list . .Values.inference.image)
-A tag that holds a digest ("1.2.3@sha256:...", as skaffold writes) is used as is.
+Image reference. Usage: include "fraudstack.image" (list . .Values.inference.image)
+Every image of the chart, fraudstack's own and the bundled Redis and Kafka, goes through here:
+its own registry, else image.registry; its own tag, else image.tag, else the chart's appVersion
+(the bundled Redis and Kafka set their own tags). A tag that holds a digest ("1.2.3@sha256:...",
+as skaffold writes) is used as is.
 */}}
 {{- define "fraudstack.image" -}}
 {{- $root := index . 0 }}
 {{- $image := index . 1 }}
 {{- $tag := $image.tag | default $root.Values.image.tag | default $root.Chart.AppVersion }}
 {{- $repository := $image.repository }}
-{{- with $root.Values.image.registry }}
-{{- $repository = printf "%s/%s" . $repository }}
+{{- with ($image.registry | default $root.Values.image.registry) }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
 {{- end }}
 {{- printf "%s:%s" $repository (toString $tag) }}
 {{- end }}
@@ -113,10 +116,10 @@ Addresses of the data services: in-chart when enabled, external otherwise.
 {{- end }}
 
 {{- define "fraudstack.kafkaBootstrap" -}}
-{{- if .Values.redpanda.enabled }}
-{{- printf "%s:9092" (include "fraudstack.componentName" (list . "redpanda")) }}
+{{- if .Values.kafka.enabled }}
+{{- printf "%s:9092" (include "fraudstack.componentName" (list . "kafka")) }}
 {{- else }}
-{{- required "kafka.bootstrap (host:port) is required when redpanda.enabled is false" .Values.kafka.bootstrap }}
+{{- required "kafka.bootstrap (host:port) is required when kafka.enabled is false" .Values.kafka.bootstrap }}
 {{- end }}
 {{- end }}
 
