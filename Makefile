@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml setup.py services/fraudstack/_treewalk.c | cksum | cut -d' ' -f1)
 
-.PHONY: install tools test lint demo bench bench-stream bench-soak devstack-up devstack-down clean
+.PHONY: install tools test lint demo bench bench-stream bench-soak devstack-up devstack-down images clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ bench-stream: install
 # Five minutes at 80 % of the inference maximum while the aggregator writes 1,000 events/s.
 bench-soak: install tools
 	$(BIN)/python bench/soak.py
+
+# Every image the chart needs (the six roles, Redis, Kafka, Prometheus), built with podman from
+# package registries alone; images/build.sh says how. IMAGES="serve operator" builds some,
+# REGISTRY=host:port/path pushes them too. Not part of `make test`.
+images:
+	IMAGES="$(IMAGES)" REGISTRY="$(REGISTRY)" images/build.sh
 
 devstack-up: install
 	$(BIN)/fraudstack devstack up

@@ -11,12 +11,14 @@ extra's requirements pulls it in (read from the installed distributions' metadat
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import sys
 import tomllib
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 import grimp
 import pytest
@@ -160,3 +162,36 @@ def _inside_function(module: str, library: str) -> bool:
 @pytest.mark.parametrize(("module", "library"), sorted(LAZY))
 def test_excused_imports_are_lazy(module: str, library: str) -> None:
     assert _inside_function(module, library), f"{module} imports {library} at module level"
+
+
+def _requirements_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "requirements", ROOT / "images" / "requirements.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_image_requirement_files_are_base_plus_the_role_extra(tmp_path: Path) -> None:
+    _requirements_module().main(str(ROOT / "pyproject.toml"), str(tmp_path), *ROLES)
+    for role in ROLES:
+        lines = (tmp_path / f"{role}.txt").read_text().splitlines()
+        assert {Requirement(line).name for line in lines} == {
+            requirement.name for requirement in _expanded(role)
+        }
+    serve = (tmp_path / "serve.txt").read_text()
+    assert "onnxruntime" in serve and "scikit-learn" not in serve and "kopf" not in serve
+
+
+def test_the_dockerfile_builds_one_image_per_role_extra() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    targets = set(re.findall(r"^FROM runtime AS (\S+)$", dockerfile, re.MULTILINE))
+    extras = set(PYPROJECT["optional-dependencies"]) - {"all", "dev"}
+    assert targets == extras == set(ROLES)
+    # every loop over the roles (requirements, virtual environments, the wheel) names them all
+    for loop in re.findall(r"for role in ([a-z ]+); do", dockerfile):
+        assert set(loop.split()) == extras
+    for name in re.findall(r"COPY --from=dependencies /venvs/(\S+) /opt/venv", dockerfile):
+        assert name in extras
