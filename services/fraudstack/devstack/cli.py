@@ -15,6 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also start etcd and a kube-apiserver (for the chart and the operator)",
     )
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also start a real single-node Kubernetes cluster (needs root; see devstack.cluster)",
+    )
+    parser.add_argument(
         "--kafka-brokers",
         type=int,
         choices=[1, 3],
@@ -32,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     stack = Devstack(kafka_brokers=args.kafka_brokers, redis_cluster=args.redis_cluster)
     if args.action == "up":
         print(f"devstack: state in {stack.state_path}")
-        stack.up(extra=["kube"] if args.kube else None)
+        extra = (["kube"] if args.kube else []) + (["cluster"] if args.cluster else [])
+        stack.up(extra=extra)
         return _print_status(stack)
     if args.action == "down":
         stopped = stack.down()
