@@ -17,7 +17,10 @@ host would forward elsewhere: nothing in the cluster reaches an address outside 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from fraudstack.errors import DevstackError
@@ -214,13 +217,33 @@ def list_netns() -> list[str]:
     return sorted(entry.name for entry in folder.iterdir()) if folder.exists() else []
 
 
-def remove_pod_cgroups() -> None:
-    """The ``kubepods`` cgroups the kubelet made under every cgroup v1 controller."""
-    for root in Path("/sys/fs/cgroup").iterdir():
-        top = root / "kubepods"
-        if not top.is_dir():
-            continue
-        folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-        for folder in [*folders, top]:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+def remove_pod_cgroups(timeout: float = 15.0) -> None:
+    """The ``kubepods`` cgroups the kubelet made under every cgroup v1 controller.
+
+    A process still in one (a container whose shim is gone) is killed first: only pods of this
+    node live there. A cgroup can be removed once its last process has been reaped.
+    """
+    tops = [root / "kubepods" for root in Path("/sys/fs/cgroup").iterdir()]
+    tops = [top for top in tops if top.is_dir()]
+    deadline = time.monotonic() + timeout
+    while tops and time.monotonic() < deadline:
+        members = {pid for top in tops for pid in _cgroup_members(top)}
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for top in tops:
+            folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            for folder in [*folders, top]:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        tops = [top for top in tops if top.exists()]
+        if tops:
+            time.sleep(0.2)
+
+
+def _cgroup_members(top: Path) -> set[int]:
+    members: set[int] = set()
+    for procs in top.rglob("cgroup.procs"):
+        with contextlib.suppress(OSError, ValueError):
+            members.update(int(line) for line in procs.read_text().split())
+    return members
