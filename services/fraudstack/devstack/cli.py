@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
 def _print_status(stack: Devstack) -> int:
     rows = stack.status()
     width = max([36, *(len(row.address) + 2 for row in rows)])  # a cluster's URL is long
-    print(f"{'server':<12}{'address':<{width}}{'pids':<16}answering")
+    pids = {row.name: ",".join(str(pid) for pid in row.pids) or "-" for row in rows}
+    pids_width = max([16, *(len(text) + 2 for text in pids.values())])  # the cluster has 8
+    print(f"{'server':<12}{'address':<{width}}{'pids':<{pids_width}}answering")
     for row in rows:
-        pids = ",".join(str(pid) for pid in row.pids) or "-"
         answering = "yes" if row.answering else "no"
-        print(f"{row.name:<12}{row.address:<{width}}{pids:<16}{answering}")
+        print(f"{row.name:<12}{row.address:<{width}}{pids[row.name]:<{pids_width}}{answering}")
     return 0 if rows and all(row.answering for row in rows) else 1

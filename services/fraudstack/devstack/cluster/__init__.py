@@ -268,6 +268,7 @@ class ClusterServer(Server):
         _kill_containers(folder)  # also when containerd was already gone
         for pid in processes:
             stop(pid, marker)
+        network.remove_pod_cgroups()  # kills what is left in them: mounts and netns then free
         network.remove_kube_chains()
         network.unmount_under(folder)
         network.remove_netns(
@@ -278,7 +279,6 @@ class ClusterServer(Server):
             ]
         )
         network.tear_down_network()
-        network.remove_pod_cgroups()
         network.restore_sysctls(info.get("sysctls", {}))
         for cached in Path("/var/lib/cni/results").glob("fraudstack-*"):
             with contextlib.suppress(OSError):
@@ -401,14 +401,14 @@ def _name_of(pid: int) -> str:
 
 def _kill_containers(folder: Path) -> None:
     """Kill every container runc runs for this node, then the shims that watched them."""
-    root = runc_root(folder / "node" / "containerd")
-    if root.exists():
+    # The shim keeps runc's state per containerd namespace: <Root>/k8s.io/<container>.
+    top = runc_root(folder / "node" / "containerd")
+    roots = [path for path in top.iterdir() if path.is_dir()] if top.exists() else []
+    for root in roots:
         listing = network.run(["runc", "--root", str(root), "list", "-q"], check=False).stdout
         for container in listing.split():
-            network.run(
-                ["runc", "--root", str(root), "kill", "--all", container, "KILL"], check=False
-            )
-            network.run(["runc", "--root", str(root), "delete", "--force", container], check=False)
+            for action in (["kill", "--all", container, "KILL"], ["delete", "--force", container]):
+                network.run(["runc", "--root", str(root), *action], check=False)
     socket = str(containerd_socket(folder / "node" / "containerd"))
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
