@@ -171,16 +171,19 @@ def test_down_leaves_nothing_behind_and_up_comes_back(cluster: Cluster) -> None:
     sysctls = cluster.info["sysctls"]
     folder = Path(cluster.info["marker"])
     pids = list(cluster.info["pids"])
+    before = list(cluster.info["cni_results_before"])
     try:
         cluster.down()
-        _assert_nothing_left(folder, pids, sysctls)
+        _assert_nothing_left(folder, pids, sysctls, before)
     finally:
         # Back up, so a later test (the chart install) finds the cluster running.
         info = cluster.up()
     assert info["ready_seconds"] < 120
 
 
-def _assert_nothing_left(folder: Path, pids: list[int], sysctls: dict[str, str]) -> None:
+def _assert_nothing_left(
+    folder: Path, pids: list[int], sysctls: dict[str, str], cni_results_before: list[str]
+) -> None:
     assert not network.link_exists(network.NODE_BRIDGE)
     assert not network.link_exists(network.POD_BRIDGE)
     for command in ("iptables-save", "ip6tables-save"):
@@ -192,6 +195,8 @@ def _assert_nothing_left(folder: Path, pids: list[int], sysctls: dict[str, str])
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     assert not list(Path("/sys/fs/cgroup").glob("*/kubepods"))
     assert network.read_sysctls() == sysctls
+    results = {path.name for path in Path("/var/lib/cni/results").glob("*")}
+    assert results <= set(cni_results_before)
     assert not folder.exists()
 
 

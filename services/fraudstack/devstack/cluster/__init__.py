@@ -80,6 +80,7 @@ DEBIAN_PACKAGES = {  # binary -> package
     "docker-registry": "docker-registry",
 }
 READY_TIMEOUT_SECONDS = 180.0
+CNI_RESULTS = Path("/var/lib/cni/results")
 _DEPLOY = Path(__file__).resolve().parents[4] / "deploy"
 
 
@@ -116,6 +117,7 @@ class ClusterServer(Server):
             "address": "-",
             "sysctls": network.read_sysctls(),
             "netns_before": network.list_netns(),
+            "cni_results_before": _cni_results(),
         }
 
         def step(what: str) -> None:
@@ -280,9 +282,12 @@ class ClusterServer(Server):
         )
         network.tear_down_network()
         network.restore_sysctls(info.get("sysctls", {}))
-        for cached in Path("/var/lib/cni/results").glob("fraudstack-*"):
-            with contextlib.suppress(OSError):
-                cached.unlink()
+        # The CNI library's cache of each sandbox's results (ours: loopback and fraudstack).
+        before = set(info.get("cni_results_before", []))
+        for name in _cni_results():
+            if name not in before and name.startswith(("cni-loopback-", "fraudstack-")):
+                with contextlib.suppress(OSError):
+                    (CNI_RESULTS / name).unlink()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -392,6 +397,10 @@ def _kubelet_client_cert(openssl: str, folder: Path, log: Path) -> tuple[Path, P
         run_checked([openssl, *words], f"openssl {words[0]}", log, cwd=folder)
     key.chmod(0o600)
     return cert, key
+
+
+def _cni_results() -> list[str]:
+    return sorted(path.name for path in CNI_RESULTS.iterdir()) if CNI_RESULTS.exists() else []
 
 
 def _name_of(pid: int) -> str:
