@@ -24,7 +24,6 @@ import contextlib
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from fraudstack.devstack.cluster.addons import (
     COREDNS_VERSION,
     coredns_manifest,
 )
+from fraudstack.devstack.cluster.api import api_get, deployment_available, kubectl, node_ready
 from fraudstack.devstack.cluster.node import (
     NODE_NAME,
     PAUSE_REPOSITORY,
@@ -79,6 +79,8 @@ DEBIAN_PACKAGES = {  # binary -> package
     "conntrack": "conntrack",
     "docker-registry": "docker-registry",
 }
+__all__ = ["ClusterServer", "api_get", "kubectl"]
+
 READY_TIMEOUT_SECONDS = 180.0
 CNI_RESULTS = Path("/var/lib/cni/results")
 _DEPLOY = Path(__file__).resolve().parents[4] / "deploy"
@@ -227,7 +229,7 @@ class ClusterServer(Server):
             [str(bin_dir / f"kube-proxy-{KUBE_VERSION}"), f"--config={proxy_file}", "--v=1"],
         )
         wait_until(
-            lambda: _node_ready(info),
+            lambda: node_ready(info),
             "the node to turn Ready",
             READY_TIMEOUT_SECONDS,
             kubelet_pid,
@@ -241,7 +243,7 @@ class ClusterServer(Server):
 
         kubectl(info, "apply", "-f", str(coredns_manifest(node / "coredns.json")))
         wait_until(
-            lambda: _deployment_available(info, "kube-system", "coredns"),
+            lambda: deployment_available(info, "kube-system", "coredns"),
             "CoreDNS to be available",
             READY_TIMEOUT_SECONDS,
             None,
@@ -289,48 +291,6 @@ class ClusterServer(Server):
                 with contextlib.suppress(OSError):
                     (CNI_RESULTS / name).unlink()
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def kubectl(info: ServerInfo, *arguments: str, timeout: float = 120) -> str:
-    """Run the cached kubectl against the cluster; its output, or a DevstackError."""
-    result = subprocess.run(
-        [info["kubectl"], f"--kubeconfig={info['kubeconfig']}", *arguments],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise DevstackError(f"kubectl {' '.join(arguments)} failed: {result.stderr.strip()[:400]}")
-    return result.stdout
-
-
-def api_get(info: ServerInfo, path: str) -> dict[str, Any] | None:
-    """GET an API path as the admin; None when it is not there (yet)."""
-    try:
-        response = httpx.get(
-            f"{info['url']}{path}",
-            headers={"Authorization": f"Bearer {info['token']}"},
-            verify=ssl.create_default_context(cafile=info["ca"]),
-            timeout=5,
-        )
-    except (httpx.HTTPError, OSError):
-        return None
-    if response.status_code != 200:
-        return None
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def _node_ready(info: ServerInfo) -> bool:
-    node = api_get(info, f"/api/v1/nodes/{NODE_NAME}")
-    conditions = (node or {}).get("status", {}).get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def _deployment_available(info: ServerInfo, namespace: str, name: str) -> bool:
-    deployment = api_get(info, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    return bool((deployment or {}).get("status", {}).get("availableReplicas"))
 
 
 def _push_image(repository: str, tag: str, binary: Path, path_in_image: str) -> None:
