@@ -17,10 +17,11 @@ $(STAMP): pyproject.toml setup.py services/fraudstack/_treewalk.c
 	@$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-# Go tools (helm, vegeta) and the local kube-apiserver, built once into the cache.
+# Go tools (helm, vegeta) and every deploy/*/build.sh (kube-apiserver, the node components
+# and kubectl, CoreDNS, pause), built once into the cache; a cached binary returns at once.
 tools: install
 	@if [ -x deploy/tools.sh ]; then deploy/tools.sh; fi
-	@if [ -x deploy/kube-apiserver/build.sh ]; then deploy/kube-apiserver/build.sh; fi
+	@for script in deploy/*/build.sh; do [ -x "$$script" ] && "$$script" >/dev/null || exit 1; done
 
 # The code is checked before it is run: style, types and the layer contracts (pyproject.toml).
 test: lint tools

@@ -32,6 +32,7 @@ pytest_plugins = [
     "support.crowd",
     "support.kube",
     "support.aggregation",
+    "support.cluster",
 ]
 
 

@@ -37,12 +37,13 @@ def default_servers(kafka_brokers: int = 1, redis_cluster: bool = False) -> list
 
 
 def optional_servers() -> dict[str, Server]:
-    """Servers started only on request (``up --kube``)."""
+    """Servers started only on request (``up --kube``, ``up --cluster``)."""
     try:
+        from fraudstack.devstack.cluster import ClusterServer
         from fraudstack.devstack.kube import KubeServer
     except ImportError:  # the Kubernetes part is optional
         return {}
-    return {"kube": KubeServer()}
+    return {"kube": KubeServer(), "cluster": ClusterServer()}
 
 
 @dataclass(frozen=True)
@@ -68,24 +69,30 @@ class Devstack:
         self.state_path = self.context.state_dir / STATE_FILE
         self.env_path = self.context.state_dir / devstack_env_file().name
 
-    def servers(self, names: list[str] | None = None) -> list[Server]:
-        defaults = default_servers(self.kafka_brokers, self.redis_cluster)
-        everything = defaults + list(optional_servers().values())
-        wanted = {server.name for server in defaults} | set(names or [])
+    def servers(self, names: list[str] | None = None, defaults: bool = True) -> list[Server]:
+        standard = default_servers(self.kafka_brokers, self.redis_cluster)
+        everything = standard + list(optional_servers().values())
+        wanted = {server.name for server in standard if defaults} | set(names or [])
         return [server for server in everything if server.name in wanted]
 
-    def up(self, extra: list[str] | None = None, progress: bool = True) -> dict[str, ServerInfo]:
-        """Start every server that does not answer yet; return the recorded state."""
+    def up(
+        self, extra: list[str] | None = None, progress: bool = True, defaults: bool = True
+    ) -> dict[str, ServerInfo]:
+        """Start every server that does not answer yet; return the recorded state.
+
+        ``defaults=False`` starts only the ``extra`` servers (a test that needs the cluster
+        alone).
+        """
         with self._locked():
             state = self.read_state()
-            for server in self.servers(extra):
+            for server in self.servers(extra, defaults):
                 info = state.get(server.name)
                 if info and _alive(info) and server.fits(info) and server.answers(info):
                     if progress:
                         print(f"  {server.name:<11} already up at {info['address']}", flush=True)
                     continue
                 if info:
-                    _stop_info(info)
+                    server.stop(info)
                 if progress:
                     print(f"  {server.name:<11} starting...", flush=True)
                 server.prepare(self.context)
@@ -95,15 +102,28 @@ class Devstack:
                     print(f"  {server.name:<11} up at {state[server.name]['address']}", flush=True)
             return state
 
-    def down(self) -> list[str]:
-        """Stop what ``up`` started (by recorded process id); return the names stopped."""
+    def down(self, names: list[str] | None = None) -> list[str]:
+        """Stop what ``up`` started (by recorded process id); return the names stopped.
+
+        ``names`` stops only those servers and keeps the others running.
+        """
         with self._locked():
             state = self.read_state()
-            for info in reversed(list(state.values())):
-                _stop_info(info)
-            self.state_path.unlink(missing_ok=True)
-            self.env_path.unlink(missing_ok=True)
-            return list(state)
+            known = {server.name: server for server in self.servers(list(state))}
+            chosen = [name for name in state if names is None or name in names]
+            for name in reversed(chosen):
+                server = known.get(name)
+                if server is None:
+                    _stop_info(state[name])
+                else:
+                    server.stop(state[name])
+            remaining = {name: info for name, info in state.items() if name not in chosen}
+            if remaining:
+                self._write_state(remaining)
+            else:
+                self.state_path.unlink(missing_ok=True)
+                self.env_path.unlink(missing_ok=True)
+            return chosen
 
     def status(self) -> list[ServerStatus]:
         state = self.read_state()

@@ -41,6 +41,13 @@ class Server(ABC):
     def answers(self, info: ServerInfo) -> bool:
         """One cheap real request: does the server answer right now?"""
 
+    def stop(self, info: ServerInfo) -> None:
+        """Stop what ``start`` recorded; a server that sets up more than processes undoes it."""
+        from fraudstack.devstack.process import stop
+
+        for pid in info["pids"]:
+            stop(pid, info["marker"])
+
     def fits(self, info: ServerInfo) -> bool:
         """Whether the recorded server is the one asked for (a restart otherwise)."""
         return True

@@ -39,7 +39,8 @@ KUBE_VERSION = "v1.34.4"
 """Keep in step with ``KUBE_VERSION`` in ``deploy/kube-apiserver/build.sh`` and its go.mod."""
 
 ADMIN_USER = "admin"
-SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"  # a range to allocate Service IPs from; no traffic
+# RFC 2544 benchmarking space, never a private range; the cluster (``up --cluster``) routes it.
+SERVICE_CLUSTER_IP_RANGE = "198.19.0.0/17"
 START_TIMEOUT_SECONDS = 120.0
 
 _BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "deploy" / "kube-apiserver" / "build.sh"
@@ -81,7 +82,21 @@ def ensure_apiserver(cache_dir: Path) -> Path:
 
 
 class KubeServer(Server):
+    """etcd and the API server; ``bind_address`` and ``extra_args`` serve the cluster's node."""
+
     name = "kube"
+
+    def __init__(
+        self,
+        bind_address: str = "127.0.0.1",
+        extra_sans: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
+        folder_name: str = "kube",
+    ) -> None:
+        self.bind_address = bind_address
+        self.extra_sans = extra_sans
+        self.extra_args = extra_args
+        self.folder_name = folder_name
 
     def prepare(self, context: Context) -> None:
         self.etcd = ensure_binary("etcd", "etcd-server")
@@ -89,8 +104,8 @@ class KubeServer(Server):
         self.apiserver = ensure_apiserver(context.cache_dir)
 
     def start(self, context: Context) -> ServerInfo:
-        folder = context.server_dir(self.name)
-        pki = make_pki(self.openssl, folder / "pki", folder / "openssl.log")
+        folder = context.server_dir(self.folder_name)
+        pki = make_pki(self.openssl, folder / "pki", folder / "openssl.log", self.extra_sans)
         token = _admin_token(folder / "tokens.csv")
 
         etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
@@ -117,14 +132,14 @@ class KubeServer(Server):
             stop(etcd_pid, str(folder))
             raise
 
-        url = f"https://127.0.0.1:{api_port}"
+        url = f"https://{self.bind_address}:{api_port}"
         api_log = folder / "kube-apiserver.log"
         api_pid = spawn(
             [
                 str(self.apiserver),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.bind_address}",
+                f"--advertise-address={self.bind_address}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={pki['apiserver.crt']}",
                 f"--tls-private-key-file={pki['apiserver.key']}",
@@ -139,6 +154,7 @@ class KubeServer(Server):
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
+                *self.extra_args,
             ],
             api_log,
         )
@@ -203,7 +219,9 @@ def stop_kube(info: ServerInfo) -> None:
         stop(pid, info["marker"])
 
 
-def make_pki(openssl: str, folder: Path, log: Path) -> dict[str, Path]:
+def make_pki(
+    openssl: str, folder: Path, log: Path, extra_sans: tuple[str, ...] = ()
+) -> dict[str, Path]:
     """A CA, the API server's serving certificate and the service-account key (reused if there)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {
@@ -226,7 +244,8 @@ def make_pki(openssl: str, folder: Path, log: Path) -> dict[str, Path]:
         "keyUsage=digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
         "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
-        "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
+        "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        "DNS:kubernetes.default.svc.cluster.local" + "".join(f",{san}" for san in extra_sans) + "\n"
     )
     openssl_run(
         "req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr"

@@ -1,0 +1,3 @@
+module fraudstack.io/deploy/pause
+
+go 1.24.0
