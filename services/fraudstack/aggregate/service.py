@@ -399,15 +399,20 @@ async def _rewind(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartitio
     """Fetch these partitions again from their last commit (from their first offset if none):
     what was fetched of them and not committed is read again, not skipped. (aiokafka's
     ``seek_to_committed`` leaves a partition with no commit where it is.)"""
-    owned = consumer.assignment()
-    for tp in partitions:
-        if tp not in owned:
+    for tp in list(partitions):
+        if tp not in consumer.assignment():
             continue  # its new owner reads it from the commit
         committed = await consumer.committed(tp)
-        if committed:
-            consumer.seek(tp, committed)
-        else:
-            await consumer.seek_to_beginning(tp)
+        # Asked again after the await: a rebalance may have taken the partition meanwhile.
+        if tp not in consumer.assignment():
+            continue
+        try:
+            if committed:
+                consumer.seek(tp, committed)
+            else:
+                await consumer.seek_to_beginning(tp)
+        except IllegalStateError:
+            continue  # revoked between the check and the seek: the new owner has it
 
 
 async def _update_lag(consumer: AIOKafkaConsumer) -> None:
