@@ -248,7 +248,8 @@ Usage: include "fraudstack.componentPeers" (list . (list "aggregate" "inference"
 Pod template shared by the fraudstack services. Usage:
   include "fraudstack.podTemplate" (dict "root" $ "component" "ingest" "values" .Values.ingest
     "args" (list "ingest") "port" 8000 "portName" "http" "data" false "dataReadOnly" false "extraEnv" (list)
-    "extraVolumes" (list) "restartPolicy" "" "topologySpreadConstraints" (list))
+    "extraVolumes" (list) "restartPolicy" "" "topologySpreadConstraints" (list) "initArgs" (list))
+"initArgs": the arguments of an init container of the same image, when the service must wait.
 */}}
 {{- define "fraudstack.podTemplate" -}}
 {{- $root := .root }}
@@ -272,6 +273,34 @@ spec:
     {{- toYaml $root.Values.podSecurityContext | nindent 4 }}
   {{- with .restartPolicy }}
   restartPolicy: {{ . }}
+  {{- end }}
+  {{- with .initArgs }}
+  # Waits for what the service cannot start without (inference: a published model), so the
+  # pod stays not Ready meanwhile instead of crash-looping into ever longer back-offs.
+  initContainers:
+    - name: {{ printf "%s-wait" $.component }}
+      image: {{ include "fraudstack.image" (list $root $values.image) | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      command: ["fraudstack"]
+      args:
+        {{- toYaml . | nindent 8 }}
+      envFrom:
+        {{- include "fraudstack.envFrom" $root | nindent 8 }}
+      env:
+        {{- include "fraudstack.env" $root | nindent 8 }}
+      resources:
+        requests: {cpu: 10m, memory: 64Mi}
+        limits: {memory: 256Mi}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        {{- if $.data }}
+        - name: data
+          mountPath: /data
+          readOnly: true
+        {{- end }}
   {{- end }}
   containers:
     - name: {{ .component }}
