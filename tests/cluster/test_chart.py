@@ -473,22 +473,30 @@ def test_deleting_an_inference_pod_the_service_keeps_answering(
     cluster.kubectl("delete", "pod", "-n", NAMESPACE, victim, "--wait=false")
 
     answered = failed = 0
+    failures: list[str] = []
     deadline = time.monotonic() + 240
     replaced = False
     while time.monotonic() < deadline:
-        if predict(inference, customer) is None:
-            failed += 1
+        try:
+            status = httpx.get(f"{inference}/predict/{customer}", timeout=5).status_code
+        except httpx.HTTPError as exc:
+            status, reason = 0, repr(exc)
         else:
+            reason = f"HTTP {status}"
+        if status == 200:
             answered += 1
+        else:
+            failed += 1
+            failures.append(reason)
         current = pods(cluster, NAMESPACE, "app.kubernetes.io/component=inference")
         names = {p["metadata"]["name"] for p in current}
         if victim not in names and len(current) >= 2 and all(is_ready(p) for p in current):
             replaced = True
             break
         time.sleep(0.2)
-    print(f"\nduring the replacement: {answered} answers, {failed} failures")
+    print(f"\nduring the replacement: {answered} answers, {failed} failures {failures}")
     assert replaced, describe_pods(cluster, NAMESPACE)
-    assert failed == 0
+    assert failed == 0, failures
     assert answered > 0
 
 

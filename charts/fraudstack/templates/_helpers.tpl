@@ -250,6 +250,7 @@ Pod template shared by the fraudstack services. Usage:
     "args" (list "ingest") "port" 8000 "portName" "http" "data" false "dataReadOnly" false "extraEnv" (list)
     "extraVolumes" (list) "restartPolicy" "" "topologySpreadConstraints" (list) "initArgs" (list))
 "initArgs": the arguments of an init container of the same image, when the service must wait.
+"preStopSleep": seconds a Service-backed pod keeps serving after it is told to stop.
 */}}
 {{- define "fraudstack.podTemplate" -}}
 {{- $root := .root }}
@@ -324,6 +325,14 @@ spec:
         {{- end }}
       {{- if .port }}
       {{- include "fraudstack.probes" .portName | nindent 6 }}
+      {{- end }}
+      {{- if .preStopSleep }}
+      # A deleted pod leaves the Service's endpoints while it gets SIGTERM; until kube-proxy
+      # on every node has dropped it, connections still arrive. Keep serving them meanwhile.
+      lifecycle:
+        preStop:
+          exec:
+            command: ["sleep", {{ .preStopSleep | quote }}]
       {{- end }}
       resources:
         {{- toYaml $values.resources | nindent 8 }}
