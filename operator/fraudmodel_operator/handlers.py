@@ -140,7 +140,13 @@ async def startup(
     objects_logger = logging.getLogger("kopf.objects")
     if not any(isinstance(f, _QuietTimer) for f in objects_logger.filters):
         objects_logger.addFilter(_QuietTimer())
-    memo.services = Services.build(param or get_settings())
+    operator_settings = param or get_settings()
+    if operator_settings.namespace:
+        # One namespace, named exactly: nothing to discover. Otherwise kopf lists and watches
+        # every namespace of the cluster, which the chart's namespaced RBAC rightly refuses
+        # (nine Forbidden errors at each start, then a warning). CRDs are still scanned once.
+        settings.scanning.disabled = True
+    memo.services = Services.build(operator_settings)
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -356,6 +356,7 @@ def test_one_registry_for_every_image_including_redis_and_kafka(
         "aggregate": "fraudstack-aggregate:0.1.0",
         "snapshot": "fraudstack-snapshot:0.1.0",
         "inference": "fraudstack-serve:0.1.0",
+        "inference-wait": "fraudstack-serve:0.1.0",  # waits for a published model
         "train": "fraudstack-train:0.1.0",
         "operator": "fraudstack-operator:0.1.0",
         "redis": "fraudstack-redis:7.0.15",

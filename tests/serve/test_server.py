@@ -164,3 +164,42 @@ def test_a_corrupt_model_stops_start_up_with_a_clear_message(
     missing = run_check(str(copy), "--model-version", "no-such-version")
     assert missing.returncode == 1
     assert "no-such-version is not in the registry" in missing.stderr
+
+
+def test_wait_for_model_waits_until_one_is_published(tmp_path: Path, registry_root: str) -> None:
+    """What the chart's init container runs: before the first training the pod waits, then
+    starts as soon as a model is there (instead of a CrashLoopBackOff)."""
+    import shutil
+
+    empty = tmp_path / "registry"
+    assert "no model in the registry" in run_check(str(empty)).stderr
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fraudstack.cli",
+            "serve",
+            "--check",
+            "--wait-for-model",
+            "--registry",
+            str(empty),
+            "--redis-url",
+            "redis://127.0.0.1:1/0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stdout is not None
+        assert "waiting for it" in waiting.stdout.readline()
+        assert waiting.poll() is None
+        # published at once, as the registry does it: a version folder appears complete
+        shutil.copytree(registry_root, tmp_path / "staging")
+        empty.mkdir(exist_ok=True)
+        (tmp_path / "staging" / "models").rename(empty / "models")
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    assert "verified" in out

@@ -53,13 +53,15 @@ class Helm:
         if kubeconfig:
             self.env["KUBECONFIG"] = kubeconfig
 
-    def run(self, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *arguments: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(self.binary), *arguments],
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         if check and result.returncode != 0:

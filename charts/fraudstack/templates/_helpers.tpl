@@ -248,7 +248,9 @@ Usage: include "fraudstack.componentPeers" (list . (list "aggregate" "inference"
 Pod template shared by the fraudstack services. Usage:
   include "fraudstack.podTemplate" (dict "root" $ "component" "ingest" "values" .Values.ingest
     "args" (list "ingest") "port" 8000 "portName" "http" "data" false "dataReadOnly" false "extraEnv" (list)
-    "extraVolumes" (list) "restartPolicy" "" "topologySpreadConstraints" (list))
+    "extraVolumes" (list) "restartPolicy" "" "topologySpreadConstraints" (list) "initArgs" (list))
+"initArgs": the arguments of an init container of the same image, when the service must wait.
+"preStopSleep": seconds a Service-backed pod keeps serving after it is told to stop.
 */}}
 {{- define "fraudstack.podTemplate" -}}
 {{- $root := .root }}
@@ -273,6 +275,34 @@ spec:
   {{- with .restartPolicy }}
   restartPolicy: {{ . }}
   {{- end }}
+  {{- with .initArgs }}
+  # Waits for what the service cannot start without (inference: a published model), so the
+  # pod stays not Ready meanwhile instead of crash-looping into ever longer back-offs.
+  initContainers:
+    - name: {{ printf "%s-wait" $.component }}
+      image: {{ include "fraudstack.image" (list $root $values.image) | quote }}
+      imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+      command: ["fraudstack"]
+      args:
+        {{- toYaml . | nindent 8 }}
+      envFrom:
+        {{- include "fraudstack.envFrom" $root | nindent 8 }}
+      env:
+        {{- include "fraudstack.env" $root | nindent 8 }}
+      resources:
+        requests: {cpu: 10m, memory: 64Mi}
+        limits: {memory: 256Mi}
+      securityContext:
+        {{- toYaml $root.Values.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        {{- if $.data }}
+        - name: data
+          mountPath: /data
+          readOnly: true
+        {{- end }}
+  {{- end }}
   containers:
     - name: {{ .component }}
       image: {{ include "fraudstack.image" (list $root $values.image) | quote }}
@@ -295,6 +325,14 @@ spec:
         {{- end }}
       {{- if .port }}
       {{- include "fraudstack.probes" .portName | nindent 6 }}
+      {{- end }}
+      {{- if .preStopSleep }}
+      # A deleted pod leaves the Service's endpoints while it gets SIGTERM; until kube-proxy
+      # on every node has dropped it, connections still arrive. Keep serving them meanwhile.
+      lifecycle:
+        preStop:
+          exec:
+            command: ["sleep", {{ .preStopSleep | quote }}]
       {{- end }}
       resources:
         {{- toYaml $values.resources | nindent 8 }}

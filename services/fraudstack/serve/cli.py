@@ -5,17 +5,31 @@ Options override the matching ``FRAUDSTACK_SERVE_*`` variables (see
 checked against the sha256 in their ``metadata.json``, so a missing or corrupt artifact stops
 the command with one clear line instead of a worker traceback; the stable version is then pinned,
 so every worker serves the same one even if a newer model is published meanwhile.
+
+``--wait-for-model`` waits for a model that is not published yet instead of failing: the chart
+runs ``serve --check --wait-for-model`` as the inference pods' init container, so before the
+first training a pod stays not Ready (``Init:0/1``), and starts as soon as a model appears,
+rather than exiting into a CrashLoopBackOff whose back-off would outlast the training.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.app.base import BaseApplication
 
 from fraudstack.adapters.registry import ModelRegistry
+from fraudstack.errors import ModelNotFound
+
+if TYPE_CHECKING:
+    from fraudstack.serve.models import RoutingSpec
+    from fraudstack.serve.settings import ServeSettings
+
+#: How often ``--wait-for-model`` looks at the registry again.
+WAIT_INTERVAL_SECONDS = 2.0
 
 # option -> the variable it overrides
 _OVERRIDES = {
@@ -42,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check", action="store_true", help="only check the settings and the models, then exit"
     )
+    parser.add_argument(
+        "--wait-for-model",
+        action="store_true",
+        help="wait until the registry holds the model(s) instead of failing",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,16 +70,12 @@ def run(args: argparse.Namespace) -> int:
             os.environ[variable] = str(value)
 
     # not the app: prometheus_client must not be imported before gunicorn_conf sets its folder
-    from fraudstack.serve.models import routing_spec
     from fraudstack.serve.settings import get_settings
 
     get_settings.cache_clear()
     settings = get_settings()
     settings.require("redis_url")
-    spec = routing_spec(settings)
-    registry = ModelRegistry(settings.model_registry_uri)
-    for version in filter(None, (spec.stable, spec.candidate)):
-        registry.verify(version)
+    spec = _verified_routing(settings, wait=args.wait_for_model)
     os.environ["FRAUDSTACK_SERVE_MODEL_VERSION"] = spec.stable
     get_settings.cache_clear()
     print(
@@ -72,6 +87,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _Gunicorn().run()  # exits the process when gunicorn stops
     return 0
+
+
+def _verified_routing(settings: ServeSettings, wait: bool) -> RoutingSpec:
+    """The routing's models, checked; with ``wait``, once they are published."""
+    from fraudstack.serve.models import routing_spec
+
+    registry = ModelRegistry(settings.model_registry_uri)
+    announced = False
+    while True:
+        try:
+            spec = routing_spec(settings)
+            for version in filter(None, (spec.stable, spec.candidate)):
+                registry.verify(version)
+            return spec
+        except ModelNotFound as exc:
+            if not wait:
+                raise
+            if not announced:
+                print(f"fraudstack serve: {exc}; waiting for it", flush=True)
+                announced = True
+            time.sleep(WAIT_INTERVAL_SECONDS)
 
 
 class _Gunicorn(BaseApplication):

@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from fraudstack.adapters.kafka import make_producer, send_dead_letter
+from fraudstack.adapters.kafka import ensure_topics, make_producer, send_dead_letter
 from fraudstack.adapters.offline_store import (
     EVENT_SCHEMA,
     EVENTS,
@@ -46,7 +46,7 @@ from fraudstack.adapters.offline_store import (
     OffsetRange,
 )
 from fraudstack.errors import InvalidEvent, StoreUnavailable
-from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS
+from fraudstack.settings import TOPIC_DEAD_LETTER, TOPIC_LABELS, TOPIC_TRANSACTIONS, Topics
 from fraudstack.snapshot.metrics import SnapshotMetrics
 from fraudstack.snapshot.records import (
     Row,
@@ -117,6 +117,12 @@ class SnapshotConsumer:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Subscribing to topics that do not exist yet assigns nothing until the next metadata
+        # refresh (five minutes): the snapshot pods, up before the ingest pod created them, sat
+        # idle while the first transactions arrived. The aggregator does the same.
+        config = self.config
+        topics = Topics(config.transactions_topic, config.labels_topic, config.dead_letter_topic)
+        await ensure_topics(config.bootstrap, topics)
         try:
             await self.producer.start()
             await self.consumer.start()

@@ -10,7 +10,9 @@ Debian (installed when missing):
   kube-scheduler;
 * containerd 1.6 + runc (cgroupfs) with the CNI bridge plugin, pulling from a local
   ``docker-registry`` on 127.0.0.1:5000 over plain HTTP;
-* the kubelet, kube-proxy (iptables), and CoreDNS as a Deployment in kube-system.
+* the kubelet, kube-proxy (iptables), and CoreDNS as a Deployment in kube-system;
+* a default StorageClass with hostPath volumes under ``<state>/cluster/node/volumes``, so a
+  chart's claims bind as they would on kind.
 
 Addresses and the guard that keeps the cluster on this machine: :mod:`.network`. Everything
 the node writes lives in ``<state>/cluster/``; ``down`` stops only what ``up`` started, then
@@ -37,6 +39,7 @@ from fraudstack.devstack.cluster.addons import (
     COREDNS_REPOSITORY,
     COREDNS_VERSION,
     coredns_manifest,
+    storage_manifest,
 )
 from fraudstack.devstack.cluster.api import api_get, deployment_available, kubectl, node_ready
 from fraudstack.devstack.cluster.node import (
@@ -242,6 +245,7 @@ class ClusterServer(Server):
         step(f"node {NODE_NAME} Ready")
 
         kubectl(info, "apply", "-f", str(coredns_manifest(node / "coredns.json")))
+        kubectl(info, "apply", "-f", str(storage_manifest(node / "storage.json", node / "volumes")))
         wait_until(
             lambda: deployment_available(info, "kube-system", "coredns"),
             "CoreDNS to be available",

@@ -137,3 +137,53 @@ def coredns_manifest(path: Path) -> Path:
     ]
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
     return path
+
+
+#: The default StorageClass: static hostPath volumes, made by ``up``, bound to any claim.
+STORAGE_CLASS = "local-hostpath"
+VOLUME_COUNT = 4
+VOLUME_SIZE = "20Gi"
+
+
+def storage_manifest(path: Path, volumes: Path) -> Path:
+    """Write a default StorageClass and :data:`VOLUME_COUNT` hostPath volumes of that class.
+
+    A chart's claims (no ``storageClassName``) get the default class and bind to one of these
+    volumes, as they would to kind's provisioner. hostPath ignores a pod's ``fsGroup``, so each
+    folder is world-writable (mode 0777, as local-path-provisioner makes them): pods running as
+    any uid can write it. The folders live under the cluster's state, which ``down`` removes.
+    """
+    items: list[dict[str, Any]] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": STORAGE_CLASS,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            "reclaimPolicy": "Retain",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for number in range(1, VOLUME_COUNT + 1):
+        folder = volumes / f"pv-{number}"
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o777)
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"{STORAGE_CLASS}-{number}"},
+                "spec": {
+                    "storageClassName": STORAGE_CLASS,
+                    "capacity": {"storage": VOLUME_SIZE},
+                    # one node: every pod of a claim shares the folder, whatever the mode
+                    "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(folder), "type": "Directory"},
+                },
+            }
+        )
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}, indent=2))
+    return path
