@@ -1,12 +1,14 @@
 """``fraudstack train``: train, evaluate and register a model.
 
     fraudstack train [--store URI] [--registry URI] [--end YYYY-MM-DD] [--train-days 7] ...
-    fraudstack train --protocol handbook [--results bench/results] [--folds 4]
+    fraudstack train --protocol handbook [--seeds 0-4] [--results bench/results] [--folds 4]
 
 The default protocol reads the offline store, compares the candidates on a validation window
 and publishes the best one as ``models/<version>/`` in the registry; it prints the version on
 the last line of stdout. ``--protocol handbook`` runs the Fraud Detection Handbook's protocol on
-the book's simulation and writes ``model_quality.md`` and ``model_quality.json``.
+the book's simulation of each seed of ``--seeds`` (default: ``--seed``) and writes each metric
+per seed and as mean ± standard deviation, beside the book's figures, to ``model_quality.md``,
+``model_quality.json`` and ``model_quality.png`` (PR curves, per-seed spread).
 
 Settings: ``FRAUDSTACK_OFFLINE_STORE_URI`` and ``FRAUDSTACK_MODEL_REGISTRY_URI`` (see
 :mod:`fraudstack.settings`); the flags win over them.
@@ -30,6 +32,15 @@ def _models(text: str) -> list[str]:
             f"unknown model(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODELS)}"
         )
     return names
+
+
+def _seeds(text: str) -> list[int]:
+    from fraudstack.train.seeds import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +87,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     handbook = parser.add_argument_group("handbook protocol")
     handbook.add_argument("--folds", type=int, default=4, help="prequential validation folds")
     handbook.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        metavar="SEEDS",
+        help="simulator seeds, a range or a list: 0-4, 0,3,7 (default: --seed)",
+    )
+    handbook.add_argument(
         "--results",
         default="bench/results",
         metavar="FOLDER",
@@ -86,24 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.protocol == "handbook":
-        from fraudstack.train import report
-        from fraudstack.train.handbook import run_protocol
-
-        results = run_protocol(
-            models=args.models or HANDBOOK_MODELS,
-            folds=args.folds,
-            seed=args.seed,
-            jobs=args.jobs,
-            progress=progress,
-        )
-        print(report.table(results))
-        print(
-            f"selected: {results['selected']}; offline features "
-            f"{results['offline_features_seconds']:.1f} s"
-        )
-        for path in report.write(results, args.results):
-            print(f"wrote {path}")
-        return 0
+        return _handbook(args, progress)
 
     from fraudstack.adapters.offline_store import OfflineStore, epoch_ms
     from fraudstack.settings import get_settings
@@ -139,4 +140,35 @@ def run(args: argparse.Namespace) -> int:
         f"CP@100 {validation['card_precision_at_100']:.3f}"
     )
     print(version)
+    return 0
+
+
+def _handbook(args: argparse.Namespace, progress: bool) -> int:
+    from fraudstack.train import report
+    from fraudstack.train.plots import model_quality_png
+    from fraudstack.train.seeds import run_seeds
+
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    outcome = run_seeds(
+        models=args.models or HANDBOOK_MODELS,
+        seeds=seeds,
+        folds=args.folds,
+        jobs=args.jobs,
+        progress=progress,
+    )
+    results = outcome.report
+    curves = {
+        name: [run.test_scores[name] for run in outcome.runs]
+        for name in outcome.runs[0].test_scores
+    }
+    spread = {
+        entry["model"]: {metric: entry[metric]["per_seed"] for metric in report.METRICS}
+        for entry in results["summary"]
+    }
+    picture = model_quality_png(curves, spread, results["book_bar"], seeds)
+    print(report.table(results))
+    print(report.per_seed_table(results))
+    print(f"selected: {results['selected']}")
+    for path in report.write(results, args.results, picture):
+        print(f"wrote {path}")
     return 0
