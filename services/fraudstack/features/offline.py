@@ -203,13 +203,14 @@ def _history_columns(
     position = np.arange(len(cents))
     start_30d = starts[len(CUSTOMER_HISTORY_WINDOWS) - 1]
     whole = _whole_numbers(cents, position - start_30d)
-    big_cents = cents.astype(whole)
-    squares = np.concatenate(([0], np.cumsum(big_cents * big_cents))).astype(whole)
+    big_cents: npt.NDArray[Any] = cents.astype(whole)
+    squares: npt.NDArray[Any] = np.concatenate(([0], np.cumsum(big_cents * big_cents)))
+    squares = squares.astype(whole)
     out: dict[str, Floats] = {}
     # the history windows are the first (day) windows of CUSTOMER_WINDOWS, in the same order
     for (over_prev, zscore, over_avg), start in zip(CUSTOMER_HISTORY_WINDOWS, starts, strict=False):
-        count = (position - start).astype(whole)
-        total = (cumulative[position] - cumulative[start]).astype(whole)
+        count: npt.NDArray[Any] = (position - start).astype(whole)
+        total: npt.NDArray[Any] = (cumulative[position] - cumulative[start]).astype(whole)
         out[over_prev] = _ratio(big_cents * count, total)
         out[over_avg] = _ratio(big_cents * (count + 1), total + big_cents)
         if zscore is not None:
