@@ -2,6 +2,7 @@
 
     fraudstack train [--store URI] [--registry URI] [--end YYYY-MM-DD] [--train-days 7] ...
     fraudstack train --protocol handbook [--seeds 0-4] [--results bench/results] [--folds 4]
+    fraudstack train [--protocol handbook] --events PATH ...
 
 The default protocol reads the offline store, compares the candidates on a validation window
 and publishes the best one as ``models/<version>/`` in the registry; it prints the version on
@@ -10,6 +11,13 @@ the book's simulation of each seed of ``--seeds`` (default: ``--seed``) and writ
 per seed and as mean ± standard deviation, beside the book's figures, to ``model_quality.md``,
 ``model_quality.json`` and ``model_quality.png`` (PR curves, per-seed spread).
 
+``--events PATH`` takes the transactions from a table in the simulator's schema (Parquet file or
+folder, or CSV; see :mod:`fraudstack.train.events` and the README) instead of the offline store
+or the simulation: the handbook protocol then tests on the table's last week, the store
+protocol trains and validates on the weeks before the table's last one. A table that cannot be
+used (a missing column, a wrong type, too few days, a period without frauds) stops the command
+with one line naming the problem (exit code 1).
+
 Settings: ``FRAUDSTACK_OFFLINE_STORE_URI`` and ``FRAUDSTACK_MODEL_REGISTRY_URI`` (see
 :mod:`fraudstack.settings`); the flags win over them.
 """
@@ -17,9 +25,15 @@ Settings: ``FRAUDSTACK_OFFLINE_STORE_URI`` and ``FRAUDSTACK_MODEL_REGISTRY_URI``
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraudstack.train.models import DEFAULT_MODELS, HANDBOOK_MODELS, MODELS
+
+if TYPE_CHECKING:
+    from fraudstack.train.seeds import SeedsRun
 
 SELECTABLE = ("average_precision", "auc_roc", "card_precision_at_100")
 
@@ -61,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="CPU cores for the forest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--events",
+        metavar="PATH",
+        help="a transaction table in the simulator's schema (Parquet file or folder, or CSV) "
+        "instead of the offline store or the simulation",
+    )
     store = parser.add_argument_group("store protocol")
     store.add_argument("--store", metavar="URI", help="offline store root")
     store.add_argument("--registry", metavar="URI", help="model registry root")
@@ -111,11 +131,24 @@ def run(args: argparse.Namespace) -> int:
     from fraudstack.train.job import plan_window, train_and_register
 
     settings = get_settings()
-    store_uri = args.store or settings.offline_store_uri
     registry = args.registry or settings.model_registry_uri
     as_of_ms = epoch_ms(args.as_of) - 1 if args.as_of else None
+    events = None
+    if args.events:
+        from fraudstack.train.dataset import build
+        from fraudstack.train.events import read_events
+
+        table = read_events(args.events)
+        if as_of_ms is None:  # the table's labels are all known now
+            as_of_ms = int(max(table.column("ts").to_numpy()))
+        else:
+            table = table.filter(table.column("ts").to_numpy() <= as_of_ms)
+        events = build(table, progress=progress)
+        store_uri = args.events
+    else:
+        store_uri = args.store or settings.offline_store_uri
     window = plan_window(
-        OfflineStore(store_uri),
+        OfflineStore(store_uri) if events is None else None,
         args.end,
         as_of_ms,
         args.train_days,
@@ -132,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         genuine_fraction=args.genuine_fraction,
         progress=progress,
+        events=events,
     )
     validation = metrics["validation"]
     print(
@@ -149,13 +183,13 @@ def _handbook(args: argparse.Namespace, progress: bool) -> int:
     from fraudstack.train.seeds import run_seeds
 
     seeds = args.seeds if args.seeds is not None else [args.seed]
-    outcome = run_seeds(
-        models=args.models or HANDBOOK_MODELS,
-        seeds=seeds,
-        folds=args.folds,
-        jobs=args.jobs,
-        progress=progress,
-    )
+    models = args.models or HANDBOOK_MODELS
+    if args.events:
+        outcome = _handbook_on_events(args.events, models, seeds, args.folds, args.jobs, progress)
+    else:
+        outcome = run_seeds(
+            models=models, seeds=seeds, folds=args.folds, jobs=args.jobs, progress=progress
+        )
     results = outcome.report
     curves = {
         name: [run.test_scores[name] for run in outcome.runs]
@@ -172,3 +206,31 @@ def _handbook(args: argparse.Namespace, progress: bool) -> int:
     for path in report.write(results, args.results, picture):
         print(f"wrote {path}")
     return 0
+
+
+def _handbook_on_events(
+    path: str, models: Sequence[str], seeds: list[int], folds: int, jobs: int, progress: bool
+) -> SeedsRun:
+    """The handbook protocol on a user's table: the test week is its last; each seed is a new
+    random state for the models on the same data."""
+    import time
+
+    from fraudstack.train.dataset import build
+    from fraudstack.train.events import protocol_start, read_events
+    from fraudstack.train.handbook import evaluate_dataset
+    from fraudstack.train.seeds import SeedsRun, summarize
+
+    table = read_events(path)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    data = build(table, progress=progress, timings=timings)
+    timings["build_seconds"] = time.perf_counter() - started
+    train_start = protocol_start(data, folds, path)
+    description = f"{Path(path).name}: {len(data):,} transactions, {data.frauds:,} frauds"
+    runs = [
+        evaluate_dataset(
+            data, description, models, folds, seed, jobs, progress, timings, train_start=train_start
+        )
+        for seed in seeds
+    ]
+    return SeedsRun(summarize(runs, seeds), runs, seeds)
