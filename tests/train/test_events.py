@@ -50,8 +50,8 @@ def test_a_missing_column_is_named(
     table: pa.Table, tmp_path: Path, capsys: pytest.CaptureFixture[str], protocol: str
 ) -> None:
     path = _write(table.drop_columns(["amount", "is_fraud"]), tmp_path / "events.parquet")
-    argv = ["train", "--protocol", protocol, "--events", path, "--no-progress"]
-    _fails(argv + ["--registry", str(tmp_path / "r")], capsys, "missing column(s) amount, is_fraud")
+    argv = ["train", "--protocol", protocol, "--events", path, "--registry", str(tmp_path / "r")]
+    _fails(argv, capsys, "missing column(s) amount, is_fraud")
 
 
 @pytest.mark.parametrize(

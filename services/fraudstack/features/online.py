@@ -19,6 +19,7 @@ nothing here knows a key, a field or a byte.
 from __future__ import annotations
 
 import math
+import operator
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -245,27 +246,28 @@ def customer_features(
     if before < end:
         amount_cents = amounts[before]  # the stored event wins, as the table's first row does
     features: dict[str, float] = {}
-    starts: list[int] = []
+    previous: list[tuple[int, int]] = []  # (count, cents) of the events before, per window
     for count_name, amount_name, window_ms, is_mean in CUSTOMER_WINDOWS:
         start = bisect_right(ts, ts_ms - window_ms, 0, end)
-        count = before - start + 1
-        cents = sum(amounts[start:before]) + amount_cents
-        features[count_name] = float(count)
-        features[amount_name] = cents / count / 100 if is_mean else cents / 100
-        starts.append(start)
+        count, cents = before - start, sum(amounts[start:before])
+        features[count_name] = float(count + 1)
+        total = cents + amount_cents
+        features[amount_name] = total / (count + 1) / 100 if is_mean else total / 100
+        previous.append((count, cents))
     # the history windows are the first (day) windows of CUSTOMER_WINDOWS, in the same order
-    for (over_prev, zscore, over_avg), start in zip(CUSTOMER_HISTORY_WINDOWS, starts, strict=False):
-        previous = amounts[start:before]
-        count, total = len(previous), sum(previous)
-        features[over_prev] = _ratio(amount_cents * count, total)
-        features[over_avg] = _ratio(amount_cents * (count + 1), total + amount_cents)
+    for (over_prev, zscore, over_avg), (count, cents) in zip(
+        CUSTOMER_HISTORY_WINDOWS, previous, strict=False
+    ):
+        features[over_prev] = _ratio(amount_cents * count, cents)
+        features[over_avg] = _ratio(amount_cents * (count + 1), cents + amount_cents)
         if zscore is not None:
-            squares = sum(cents * cents for cents in previous)
-            features[zscore] = _zscore(amount_cents, count, total, squares)
-    start_30d = starts[len(CUSTOMER_HISTORY_WINDOWS) - 1]
-    if before > start_30d:
+            window = amounts[before - count : before]
+            squares = sum(map(operator.mul, window, window))
+            features[zscore] = _zscore(amount_cents, count, cents, squares)
+    count_30d = previous[len(CUSTOMER_HISTORY_WINDOWS) - 1][0]
+    if count_30d:
         features[SECONDS_SINCE_PREV] = float(ts_ms - ts[before - 1]) / 1000.0
-        features[OVER_PREV_MAX] = _ratio(amount_cents, max(amounts[start_30d:before]))
+        features[OVER_PREV_MAX] = _ratio(amount_cents, max(amounts[before - count_30d : before]))
     else:
         features[SECONDS_SINCE_PREV] = NO_HISTORY
         features[OVER_PREV_MAX] = NO_HISTORY

@@ -114,6 +114,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="simulator seeds, a range or a list: 0-4, 0,3,7 (default: --seed)",
     )
     handbook.add_argument(
+        "--keep-seeds",
+        metavar="FOLDER",
+        help="save each seed's run in FOLDER as it finishes and reuse those already there "
+        "(resume a long run, or split its seeds across processes)",
+    )
+    handbook.add_argument(
         "--results",
         default="bench/results",
         metavar="FOLDER",
@@ -188,7 +194,12 @@ def _handbook(args: argparse.Namespace, progress: bool) -> int:
         outcome = _handbook_on_events(args.events, models, seeds, args.folds, args.jobs, progress)
     else:
         outcome = run_seeds(
-            models=models, seeds=seeds, folds=args.folds, jobs=args.jobs, progress=progress
+            models=models,
+            seeds=seeds,
+            folds=args.folds,
+            jobs=args.jobs,
+            progress=progress,
+            keep=args.keep_seeds,
         )
     results = outcome.report
     curves = {

@@ -9,12 +9,16 @@ seeds (prequential validation on the training periods); the test weeks are never
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fraudstack.features.definitions import FEATURE_SET_VERSION
 from fraudstack.train.handbook import (
     BOOK_BAR,
     BOOK_BEST,
@@ -61,13 +65,25 @@ def run_seeds(
     jobs: int = 2,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    keep: str | os.PathLike[str] | None = None,
 ) -> SeedsRun:
-    """The handbook protocol on the simulation of each seed."""
+    """The handbook protocol on the simulation of each seed.
+
+    ``keep``: a folder where each seed's run is saved as soon as it is done (its report and
+    test scores) and taken from when it is already there for the same models, folds and
+    feature set, so that a long run can be resumed or split across processes."""
     runs: list[SeedRun] = []
     chosen = list(seeds)
     for seed in chosen:
+        kept = _load(keep, seed, models, folds) if keep is not None else None
+        if kept is not None:
+            log(f"seed {seed}: taken from {keep}")
+            runs.append(kept)
+            continue
         log(f"seed {seed}: simulating and running the protocol")
         run = run_seed(models, folds, seed=seed, jobs=jobs, progress=progress, log=log)
+        if keep is not None:
+            _save(keep, seed, models, folds, run)
         runs.append(run)
         row = {item["model"]: item for item in run.report["rows"]}
         log(
@@ -79,6 +95,45 @@ def run_seeds(
             )
         )
     return SeedsRun(summarize(runs, chosen), runs, chosen)
+
+
+def _paths(folder: str | os.PathLike[str], seed: int) -> tuple[Path, Path]:
+    base = Path(folder) / f"seed-{seed}"
+    return base.with_suffix(".json"), base.with_suffix(".npz")
+
+
+def _key(models: Sequence[str], folds: int) -> dict[str, Any]:
+    return {"models": list(models), "folds": folds, "feature_set_version": FEATURE_SET_VERSION}
+
+
+def _save(
+    folder: str | os.PathLike[str], seed: int, models: Sequence[str], folds: int, run: SeedRun
+) -> None:
+    report_path, scores_path = _paths(folder, seed)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, (truth, score) in run.test_scores.items():
+        arrays[f"{name}.truth"], arrays[f"{name}.score"] = truth, score
+    with open(scores_path.with_suffix(".tmp.npz"), "wb") as file:
+        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy stub: **arrays
+    os.replace(scores_path.with_suffix(".tmp.npz"), scores_path)
+    document = {"key": _key(models, folds), "report": run.report}
+    report_path.with_suffix(".tmp").write_text(json.dumps(document))
+    os.replace(report_path.with_suffix(".tmp"), report_path)  # last: it marks the run done
+
+
+def _load(
+    folder: str | os.PathLike[str], seed: int, models: Sequence[str], folds: int
+) -> SeedRun | None:
+    report_path, scores_path = _paths(folder, seed)
+    if not report_path.exists() or not scores_path.exists():
+        return None
+    document = json.loads(report_path.read_text())
+    if document.get("key") != _key(models, folds):
+        return None
+    with np.load(scores_path, allow_pickle=False) as arrays:
+        scores = {name: (arrays[f"{name}.truth"], arrays[f"{name}.score"]) for name in models}
+    return SeedRun(document["report"], scores)
 
 
 def summarize(runs: Sequence[SeedRun], seeds: Sequence[int]) -> dict[str, Any]:
