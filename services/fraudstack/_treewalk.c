@@ -14,6 +14,13 @@
  *   link <  0: a leaf; value is the tree's contribution to the score.
  * The score of a row is base + the sum of its leaves, through the logistic function if asked,
  * rounded to float32; features and thresholds are float32, as onnxruntime compares them.
+ *
+ * A blend adds a logistic-regression term (a soft-voting ensemble of the forest and a
+ * standardised logistic regression, as skl2onnx exports it):
+ *   score = forest_weight * forest(x)
+ *         + linear_weight * 1 / (1 + exp(-(intercept + sum_i coef_i * (x_i - offset_i) * scale_i)))
+ * with offset, scale and coef given as one buffer of 3 * feature_count doubles. The term costs
+ * one pass over the row, a few nanoseconds beside the walk.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -40,16 +47,24 @@ typedef struct {
     Py_ssize_t feature_count;
     double base;
     int logistic;
+    double forest_weight;
+    double *linear; /* offset, scale, coef: 3 * feature_count doubles; NULL: no linear term */
+    double linear_weight;
+    double intercept;
 } Forest;
 
 static void Forest_clear(Forest *self) {
     PyMem_Free(self->nodes);
     PyMem_Free(self->roots);
+    PyMem_Free(self->linear);
     self->nodes = NULL;
     self->roots = NULL;
+    self->linear = NULL;
     self->node_count = self->tree_count = self->feature_count = 0;
     self->base = 0.0;
     self->logistic = 0;
+    self->forest_weight = 1.0;
+    self->linear_weight = self->intercept = 0.0;
 }
 
 static void Forest_dealloc(Forest *self) {
@@ -88,13 +103,16 @@ static int check_layout(Forest *self) {
 }
 
 static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"nodes", "roots", "feature_count", "base", "logistic", NULL};
-    Py_buffer nodes, roots;
+    static char *keywords[] = {"nodes",  "roots",         "feature_count", "base",
+                               "logistic", "forest_weight", "linear",        "linear_weight",
+                               "intercept", NULL};
+    Py_buffer nodes, roots, linear = {0};
     Py_ssize_t feature_count;
-    double base = 0.0;
+    double base = 0.0, forest_weight = 1.0, linear_weight = 0.0, intercept = 0.0;
     int logistic = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*n|dp", keywords, &nodes, &roots,
-                                     &feature_count, &base, &logistic)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*y*n|dpdy*dd", keywords, &nodes, &roots,
+                                     &feature_count, &base, &logistic, &forest_weight, &linear,
+                                     &linear_weight, &intercept)) {
         return -1;
     }
     /* an object whose __init__ failed holds no trees: it scores nothing, and reads nothing */
@@ -118,6 +136,19 @@ static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
         PyErr_NoMemory();
         goto done;
     }
+    if (linear.buf != NULL && linear.len != 0) {
+        if (linear.len != 3 * feature_count * (Py_ssize_t)sizeof(double)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "linear: 3 * feature_count doubles (offset, scale, coef)");
+            goto done;
+        }
+        self->linear = PyMem_Malloc(linear.len);
+        if (self->linear == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        memcpy(self->linear, linear.buf, linear.len);
+    }
     memcpy(self->nodes, nodes.buf, nodes.len);
     memcpy(self->roots, roots.buf, roots.len);
     self->node_count = nodes.len / (Py_ssize_t)sizeof(Node);
@@ -125,6 +156,9 @@ static int Forest_init(Forest *self, PyObject *args, PyObject *kwargs) {
     self->feature_count = feature_count;
     self->base = base;
     self->logistic = logistic;
+    self->forest_weight = forest_weight;
+    self->linear_weight = linear_weight;
+    self->intercept = intercept;
     status = check_layout(self);
 done:
     if (status < 0) {
@@ -132,6 +166,9 @@ done:
     }
     PyBuffer_Release(&nodes);
     PyBuffer_Release(&roots);
+    if (linear.obj != NULL) {
+        PyBuffer_Release(&linear);
+    }
     return status;
 }
 
@@ -185,7 +222,18 @@ static double walk(const Forest *self, const float *x) {
         sum += leaf(nodes + roots[t], x)->value;
     }
     /* summed in double, answered in float32 as onnxruntime answers (0.99999998 is 1.0 there) */
-    return (float)(self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum);
+    float trees = (float)(self->logistic ? 1.0 / (1.0 + exp(-sum)) : sum);
+    if (self->linear == NULL) {
+        return trees;
+    }
+    const Py_ssize_t count = self->feature_count;
+    const double *offset = self->linear, *scale = offset + count, *coef = scale + count;
+    double logit = self->intercept;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        logit += coef[i] * (((double)x[i] - offset[i]) * scale[i]);
+    }
+    double linear = 1.0 / (1.0 + exp(-logit));
+    return (float)(self->forest_weight * trees + self->linear_weight * linear);
 }
 
 /* A float32 the way numpy casts a double: round to nearest, and infinite beyond float's range
@@ -282,6 +330,11 @@ static PyObject *Forest_get_sizes(Forest *self, void *closure) {
     return Py_BuildValue("(nnn)", self->tree_count, self->node_count, self->feature_count);
 }
 
+static PyObject *Forest_get_blended(Forest *self, void *closure) {
+    (void)closure;
+    return PyBool_FromLong(self->linear != NULL);
+}
+
 static PyMethodDef Forest_methods[] = {
     {"score", (PyCFunction)Forest_score, METH_O, "score(row) -> float: the score of one row."},
     {"score_many", (PyCFunction)Forest_score_many, METH_O,
@@ -291,13 +344,15 @@ static PyMethodDef Forest_methods[] = {
 
 static PyGetSetDef Forest_getset[] = {
     {"sizes", (getter)Forest_get_sizes, NULL, "(trees, nodes, features)", NULL},
+    {"blended", (getter)Forest_get_blended, NULL, "whether a linear term is added", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyTypeObject ForestType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "fraudstack._treewalk.Forest",
-    .tp_doc = PyDoc_STR("Forest(nodes, roots, feature_count, base=0.0, logistic=False)"),
+    .tp_doc = PyDoc_STR("Forest(nodes, roots, feature_count, base=0.0, logistic=False, "
+                        "forest_weight=1.0, linear=b'', linear_weight=0.0, intercept=0.0)"),
     .tp_basicsize = sizeof(Forest),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_new = PyType_GenericNew,

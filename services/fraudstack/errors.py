@@ -11,6 +11,7 @@ Every error this project raises on purpose derives from one root, so a caller ca
     ├── DevstackError             a local server could not be installed, started or reached
     ├── InvalidEvent              an event failed validation (ingestion answers 422; the stream
     │                             sends it to the dead-letter topic)
+    ├── InvalidTable              a user's transaction table (``--events``) cannot be used
     ├── StoreError
     │   ├── StoreUnavailable      Redis or Kafka cannot be reached (HTTP 503)
     │   ├── StoreNotReady         the online store is being rebuilt: it came back empty and the
@@ -44,6 +45,11 @@ class InvalidEvent(FraudstackError):
     def __init__(self, reasons: list[str]) -> None:
         super().__init__("; ".join(reasons))
         self.reasons = reasons
+
+
+class InvalidTable(FraudstackError):
+    """A transaction table given by the user cannot be used; the message, one line, names the
+    problem (a missing column, a wrong type, too few days, a period without frauds)."""
 
 
 class StoreError(FraudstackError):

@@ -15,6 +15,12 @@ through the logistic function); for anything else :func:`compile_forest` returns
 model is served by onnxruntime. It is published next to ``model.onnx`` as ``forest.npz`` and
 checked against onnxruntime twice, when published and whenever it is loaded
 (:func:`checked_forest`, on rows that sit on the split thresholds).
+
+A blend, the soft-voting ensemble of a random forest and a standardised logistic regression
+that skl2onnx exports as ``TreeEnsembleClassifier`` and ``Scaler`` -> ``LinearClassifier``
+weighted by two ``Mul`` and added by a ``Sum``, is compiled too: the forest as above, and the
+linear term's offsets, scales, coefficients, intercept and both weights beside it, which the
+walker adds after the trees (see ``_treewalk.c``).
 """
 
 from __future__ import annotations
@@ -37,6 +43,19 @@ MAX_JUMP = 2**23 - 1
 
 _NODE = np.dtype([("value", "<f4"), ("link", "<i4")])
 _PASSING = {"TreeEnsembleClassifier", "Identity"}
+#: What a blend's graph is made of (the ArgMax..Cast chain computes the unused ``label``).
+_BLEND_OPS = {
+    "TreeEnsembleClassifier",
+    "Scaler",
+    "LinearClassifier",
+    "Mul",
+    "Sum",
+    "Identity",
+    "ArgMax",
+    "ArrayFeatureExtractor",
+    "Cast",
+    "Reshape",
+}
 _SIDES = ("nodes_truenodeids", "nodes_falsenodeids")
 
 __all__ = [
@@ -53,34 +72,96 @@ __all__ = [
 
 
 def compile_forest(onnx_model: bytes) -> bytes | None:
-    """``forest.npz`` for an ONNX graph made of one supported ``TreeEnsembleClassifier``, or
-    None when the graph is anything else (the model is then served by onnxruntime)."""
+    """``forest.npz`` for an ONNX graph made of one supported ``TreeEnsembleClassifier``, or of
+    a forest and logistic-regression blend, or None when the graph is anything else (the model
+    is then served by onnxruntime)."""
     import onnx
-    from onnx import helper
 
-    nodes = onnx.load_from_string(onnx_model).graph.node
+    graph = onnx.load_from_string(onnx_model).graph
+    nodes = graph.node
     ensembles = [node for node in nodes if node.op_type == "TreeEnsembleClassifier"]
-    # the exporter may rename an output with Identity nodes; anything else computes something
-    if len(ensembles) != 1 or any(node.op_type not in _PASSING for node in nodes):
+    if len(ensembles) != 1:
         return None
-    attributes = {item.name: helper.get_attribute_value(item) for item in ensembles[0].attribute}
+    blend: dict[str, npt.NDArray[Any]] | None = {}
+    # the exporter may rename an output with Identity nodes; anything else computes something
+    if any(node.op_type not in _PASSING for node in nodes):
+        if any(node.op_type not in _BLEND_OPS for node in nodes):
+            return None
+        try:
+            blend = _blend(graph, ensembles[0])
+        except (KeyError, IndexError, ValueError):
+            return None
+        if blend is None:
+            return None
     try:
-        layout = _layout(attributes)
+        layout = _layout(_attributes(ensembles[0]))
     except (KeyError, IndexError, ValueError):  # attributes this exporter does not write
         return None
     if layout is None:
         return None
+    if blend:
+        linear_features = len(blend["linear"]) // 3
+        if linear_features > MAX_FEATURES:
+            return None
+        layout["feature_count"] = np.asarray(max(int(layout["feature_count"]), linear_features))
+        layout.update(blend)
     buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        values=layout["values"],
-        links=layout["links"],
-        roots=layout["roots"],
-        feature_count=layout["feature_count"],
-        base=layout["base"],
-        logistic=layout["logistic"],
-    )
+    np.savez(buffer, **layout)  # type: ignore[arg-type]  # numpy's stub misreads **arrays
     return buffer.getvalue()
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    from onnx import helper
+
+    return {item.name: helper.get_attribute_value(item) for item in node.attribute}
+
+
+def _blend(graph: Any, ensemble: Any) -> dict[str, npt.NDArray[Any]] | None:
+    """The linear term and the weights of a forest + logistic-regression soft vote, or None
+    when the graph is not exactly that."""
+    from onnx import numpy_helper
+
+    nodes = list(graph.node)
+    constants = {item.name: numpy_helper.to_array(item) for item in graph.initializer}
+    (source,) = [item.name for item in graph.input]
+    linears = [node for node in nodes if node.op_type == "LinearClassifier"]
+    scalers = [node for node in nodes if node.op_type == "Scaler"]
+    sums = [node for node in nodes if node.op_type == "Sum"]
+    if len(linears) != 1 or len(scalers) != 1 or len(sums) != 1:
+        return None
+    linear, scaler = _attributes(linears[0]), _attributes(scalers[0])
+    if (
+        list(scalers[0].input) != [source]
+        or list(linears[0].input) != [scalers[0].output[0]]
+        or list(ensemble.input) != [source]
+        or linear.get("post_transform", b"NONE") != b"LOGISTIC"
+        or list(linear.get("classlabels_ints", [])) != [0, 1]
+        or sums[0].output[0] != "probabilities"
+    ):
+        return None
+    weights: dict[str, float] = {}
+    for node in nodes:
+        if node.op_type != "Mul" or node.output[0] not in sums[0].input:
+            continue
+        product, weight = node.input
+        if product not in (ensemble.output[1], linears[0].output[1]) or weight not in constants:
+            return None
+        weights[product] = float(np.asarray(constants[weight]).reshape(-1)[0])
+    if set(weights) != {ensemble.output[1], linears[0].output[1]} or len(sums[0].input) != 2:
+        return None
+    offset = np.asarray(scaler["offset"], dtype=np.float64)
+    scale = np.asarray(scaler["scale"], dtype=np.float64)
+    coefficients = np.asarray(linear["coefficients"], dtype=np.float64)
+    count = len(offset)
+    if len(scale) != count or len(coefficients) != 2 * count:
+        return None
+    # two score rows, one per class, each through the logistic function: P(fraud) is class 1's
+    return {
+        "forest_weight": np.asarray(weights[ensemble.output[1]], dtype=np.float64),
+        "linear_weight": np.asarray(weights[linears[0].output[1]], dtype=np.float64),
+        "linear": np.concatenate([offset, scale, coefficients[count:]]),
+        "intercept": np.asarray(float(linear["intercepts"][1]), dtype=np.float64),
+    }
 
 
 def _layout(attributes: dict[str, Any]) -> dict[str, npt.NDArray[Any]] | None:
@@ -178,12 +259,27 @@ def load_forest(data: bytes, feature_count: int) -> Forest:
         nodes = np.empty(len(arrays["values"]), dtype=_NODE)
         nodes["value"] = arrays["values"]
         nodes["link"] = arrays["links"]
+        blend: dict[str, Any] = {}
+        if "linear" in arrays.files:
+            linear = np.ascontiguousarray(arrays["linear"], dtype="<f8")
+            if len(linear) != 3 * feature_count:
+                raise ValueError(
+                    f"the linear term takes {len(linear) // 3} features, "
+                    f"the model takes {feature_count}"
+                )
+            blend = {
+                "forest_weight": float(arrays["forest_weight"]),
+                "linear": linear.tobytes(),
+                "linear_weight": float(arrays["linear_weight"]),
+                "intercept": float(arrays["intercept"]),
+            }
         return Forest(
             nodes.tobytes(),
             np.ascontiguousarray(arrays["roots"], dtype="<i4").tobytes(),
             feature_count,
             base=float(arrays["base"]),
             logistic=bool(arrays["logistic"]),
+            **blend,
         )
 
 

@@ -315,6 +315,24 @@ def test_timestamp_column_and_empty_table() -> None:
     assert empty.column_names == ["txn_id", *FEATURE_NAMES]
 
 
+def test_huge_amounts_give_the_online_bits() -> None:
+    """Amounts whose count x sum of squares would overflow int64 (billions in cents squared):
+    the table computes those columns with Python integers, as the stream does."""
+    t = 1_700_000_000_000
+    rows = [
+        (f"t{i}", t + i * MS_PER_HOUR, "whale", "k", amount)
+        for i, amount in enumerate([9e9, 1.5e10, 3e9, 2e10, 2e10, 7.25e9])
+    ]
+    offline = compute_features(small_table(rows)).to_pylist()
+    history = CustomerHistory()
+    for (txn_id, ts, _, _, amount), expected in zip(rows, offline, strict=True):
+        cents = amount_to_cents(amount)
+        history.add(txn_id, ts, cents)
+        online = all_features(history, TerminalHistory(), txn_id, ts, cents)
+        assert feature_vector(online) == [expected[name] for name in FEATURE_NAMES], txn_id
+    assert offline[-1]["customer_amount_zscore_prev_30d"] < 0  # a small one after big ones
+
+
 def test_bad_input_raises_value_error() -> None:
     table = small_table([("a", 1, "c", "k", 1.0)])
     with pytest.raises(ValueError, match="missing column"):

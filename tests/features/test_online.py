@@ -22,11 +22,14 @@ from fraudstack.features import (
     transaction_features,
 )
 from fraudstack.features.definitions import (
+    CUSTOMER_HISTORY_WINDOWS,
     CUSTOMER_HORIZON_MS,
     CUSTOMER_WINDOWS,
     MS_PER_DAY,
     MS_PER_HOUR,
     MS_PER_MINUTE,
+    OVER_PREV_MAX,
+    SECONDS_SINCE_PREV,
     TERMINAL_HORIZON_MS,
     TERMINAL_WINDOWS,
 )
@@ -39,7 +42,7 @@ def ms(text: str) -> int:
 
 
 def test_feature_names_and_version() -> None:
-    assert len(FEATURE_NAMES) == 19 == len(set(FEATURE_NAMES))
+    assert len(FEATURE_NAMES) == 29 == len(set(FEATURE_NAMES))
     assert FEATURE_NAMES[:4] == (
         "amount",
         "tx_during_weekend",
@@ -49,6 +52,8 @@ def test_feature_names_and_version() -> None:
     assert FEATURE_NAMES[-1] == "terminal_risk_30d"
     assert FEATURE_SET_VERSION.startswith("fs-")
     from_windows = [name for window in CUSTOMER_WINDOWS for name in window[:2]]
+    from_windows += [name for window in CUSTOMER_HISTORY_WINDOWS for name in window if name]
+    from_windows += [SECONDS_SINCE_PREV, OVER_PREV_MAX]
     from_windows += [name for window in TERMINAL_WINDOWS for name in window[:2]]
     assert list(FEATURE_NAMES) == ["amount", "tx_during_weekend", "tx_during_night", *from_windows]
 
@@ -91,6 +96,52 @@ def test_customer_windows_include_the_transaction_once() -> None:
     assert added["customer_avg_amount_1d"] == 5_000 / 2 / 100
     assert added["customer_nb_tx_7d"] == added["customer_nb_tx_30d"] == 3.0
     assert added["customer_avg_amount_30d"] == 6_000 / 3 / 100
+
+
+def test_amount_against_the_customers_history() -> None:
+    history = CustomerHistory()
+    history.add("a", T - 10 * MS_PER_DAY, 1_000)  # in 30 d only
+    history.add("b", T - 3 * MS_PER_DAY, 3_000)  # in 7 d and 30 d
+    history.add("c", T - 2 * MS_PER_HOUR, 2_000)  # in every day window
+    history.add("later", T + 1, 900_000)  # after the transaction: never counted
+    features = customer_features(history, "x", T, 4_000)
+    assert features["customer_amount_over_prev_avg_1d"] == 4_000 / 2_000
+    assert features["customer_amount_over_prev_avg_7d"] == 4_000 / 2_500
+    assert features["customer_amount_over_prev_avg_30d"] == 4_000 / 2_000
+    assert features["customer_amount_over_avg_1d"] == 4_000 / 3_000
+    assert features["customer_amount_over_avg_30d"] == 4_000 * 4 / 10_000
+    # previous 7 d: 3,000 and 2,000, mean 2,500, population sd 500: z = 3
+    assert features["customer_amount_zscore_prev_7d"] == 3.0
+    mean, sd = 2_000, (2 / 3) ** 0.5 * 1_000
+    assert features["customer_amount_zscore_prev_30d"] == pytest.approx((4_000 - mean) / sd)
+    assert features[SECONDS_SINCE_PREV] == 2 * 3_600.0
+    assert features[OVER_PREV_MAX] == 4_000 / 3_000
+    # the transaction itself in the history changes nothing
+    assert history.add("x", T, 4_000)
+    assert customer_features(history, "x", T, 4_000) == features
+
+
+def test_history_features_without_history() -> None:
+    first = customer_features(CustomerHistory(), "x", T, 4_000)
+    for name in (
+        "customer_amount_over_prev_avg_1d",
+        "customer_amount_over_prev_avg_30d",
+        "customer_amount_zscore_prev_7d",
+        SECONDS_SINCE_PREV,
+        OVER_PREV_MAX,
+    ):
+        assert first[name] == -1.0, name
+    assert first["customer_amount_over_avg_30d"] == 1.0  # the mean is its own amount
+    history = CustomerHistory()
+    history.add("old", T - 30 * MS_PER_DAY, 5_000)  # just outside every window
+    history.add("zero", T - MS_PER_DAY + 1, 0)
+    history.add("zero2", T - 1, 0)
+    features = customer_features(history, "x", T, 4_000)
+    assert features["customer_amount_over_prev_avg_1d"] == -1.0  # previous mean 0
+    assert features["customer_amount_zscore_prev_30d"] == 0.0  # previous amounts all equal
+    assert features[SECONDS_SINCE_PREV] == 0.001
+    assert features[OVER_PREV_MAX] == -1.0  # the largest previous amount is 0
+    assert customer_features(history, "y", T, 0)["customer_amount_over_avg_1d"] == -1.0
 
 
 @pytest.mark.parametrize(

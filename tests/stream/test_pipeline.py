@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
 from fraudstack.adapters.kafka import make_producer
+from fraudstack.adapters.online_store.layout import STORED_FEATURES
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.collector import YOUNG_THRESHOLD
@@ -67,11 +68,11 @@ async def test_month_streamed_equals_offline(
     assert count == len(month.transactions)
     assert within_a_minute == 0 and total > count * 365 * 86_400
     compared = await _online_equals_offline(pipeline_settings, month)
-    # every customer (13 values, and the 19 stored for GET /predict) and every terminal
-    # (6 values) was compared
+    # every customer (its stored transaction and customer features, and the whole vector
+    # GET /predict scores) and every terminal (6 values) was compared
     customers = len(set(month.transactions["customer_id"].to_pylist()))
     terminals = len(set(month.transactions["terminal_id"].to_pylist()))
-    assert compared == customers * (13 + len(FEATURE_NAMES)) + terminals * 6
+    assert compared == customers * (len(STORED_FEATURES) + len(FEATURE_NAMES)) + terminals * 6
 
 
 async def test_two_instances_split_partitions_and_agree(

@@ -22,9 +22,13 @@ def test_onnx_equals_scikit_learn(name: str, fitted: dict, labelled: LabelledSet
     assert max_difference(model, onnx_model, labelled.features) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["decision_tree_depth_2", "random_forest", "gradient_boosting"])
+@pytest.mark.parametrize(
+    "name", ["decision_tree_depth_2", "random_forest", "gradient_boosting", "forest_logistic_blend"]
+)
 def test_tree_thresholds_are_float32_values(name: str, fitted: dict) -> None:
     estimator = final_estimator(fitted[name])
+    if name == "forest_logistic_blend":
+        estimator = estimator.estimators_[0]  # its forest
     trees = [estimator] if hasattr(estimator, "tree_") else list(np.ravel(estimator.estimators_))
     for tree in trees:
         split = tree.tree_.children_left != -1

@@ -30,7 +30,12 @@ from fraudstack.train.export import onnx_probabilities, publish_model, to_onnx
 from .conftest import model_metadata
 
 WIDTH = len(FEATURE_NAMES)
-TREE_MODELS = ("decision_tree_depth_2", "random_forest", "gradient_boosting")
+TREE_MODELS = (
+    "decision_tree_depth_2",
+    "random_forest",
+    "gradient_boosting",
+    "forest_logistic_blend",
+)
 
 
 def _onnx(fitted: dict, name: str) -> bytes:
@@ -55,6 +60,33 @@ def test_walker_equals_onnxruntime_and_scikit_learn(
     assert np.max(np.abs(np.asarray(walker.score_many(rows.tolist())) - expected)) <= 1e-5
     # one row at a time gives exactly the batch's answers
     assert [walker.score(list(row)) for row in rows[:200]] == walker.score_many(rows[:200].tolist())
+
+
+def test_the_blend_adds_its_logistic_term_to_the_trees(fitted: dict, labelled: LabelledSet) -> None:
+    """The blend's compact form is its forest plus the logistic-regression term: without the
+    term the walker scores 0.7 x the forest alone, with it what scikit-learn scores."""
+    blend = fitted["forest_logistic_blend"]
+    compact = compile_forest(_onnx(fitted, "forest_logistic_blend"))
+    assert compact is not None
+    walker = load_forest(compact, WIDTH)
+    assert walker.blended
+    forest, logistic = blend.estimators_
+    rows = labelled.features[:500]
+    with np.load(io.BytesIO(compact)) as arrays:
+        trees_only = {name: arrays[name] for name in arrays.files if name not in ("linear",)}
+        assert float(arrays["forest_weight"]) == pytest.approx(0.7)
+        assert float(arrays["linear_weight"]) == pytest.approx(0.3)
+    buffer = io.BytesIO()
+    np.savez(buffer, **trees_only)
+    forest_part = load_forest(buffer.getvalue(), WIDTH)
+    assert not forest_part.blended
+    np.testing.assert_allclose(
+        forest_part.score_many(rows.tolist()), forest.predict_proba(rows)[:, 1], atol=1e-5
+    )
+    expected = 0.7 * forest.predict_proba(rows)[:, 1] + 0.3 * logistic.predict_proba(rows)[:, 1]
+    np.testing.assert_allclose(walker.score_many(rows.tolist()), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="linear"):
+        load_forest(compact, WIDTH + 1)
 
 
 def test_missing_values_take_the_false_branch_as_in_onnxruntime(fitted: dict) -> None:

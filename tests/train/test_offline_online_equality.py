@@ -40,7 +40,7 @@ def test_offline_features_equal_online_features(
     offline = compute_features(transactions, labels)
     ts = transactions.column("ts").to_numpy()
     first_day = int(ts.min()) // MS_PER_DAY
-    compared = frauds_seen = 0
+    compared = frauds_seen = histories_seen = 0
     for day in (22, 27, 32, 37):
         moment = (first_day + day) * MS_PER_DAY + 14 * 3_600_000
         load_table(
@@ -54,9 +54,12 @@ def test_offline_features_equal_online_features(
             for name in FEATURE_NAMES:
                 assert actual[name] == expected[name], (expected["txn_id"], name)
             frauds_seen += actual["terminal_risk_30d"] > 0
+            histories_seen += actual["customer_amount_zscore_prev_30d"] not in (-1.0, 0.0)
         compared += len(rows)
     assert compared >= 60
     assert frauds_seen > 0  # the terminal risk windows were really exercised
+    # and the amount-vs-history features had histories to compare against
+    assert histories_seen > compared // 2
 
 
 async def _read_online(redis_url: str, rows: list[dict]) -> list[dict[str, float]]:

@@ -57,11 +57,9 @@ def test_train_writes_a_valid_version(
         "score_hist.png",
         *compact,
     }
-    assert set(metadata.metrics["candidates"]) == {
-        "logistic_regression",
-        "random_forest",
-        "gradient_boosting",
-    }
+    # the default model is the forest + logistic-regression blend, served by the walker
+    assert set(metadata.metrics["candidates"]) == {"forest_logistic_blend"}
+    assert metadata.model_type == "forest_logistic_blend (VotingClassifier)"
     assert metadata.metrics["onnx_max_abs_diff"] <= 1e-5
     validation = metadata.metrics["validation"]
     assert validation["auc_roc"] > 0.7

@@ -23,6 +23,26 @@ short customer windows for real-time fraud. For a transaction X at time ``t`` (m
   it to the dead-letter topic. Labels with ``is_fraud`` false are ignored: no label means
   genuine.
 
+* the customer's amount against its own history (feature set ``fs-v2``), from the same
+  windows. With ``n``, ``S`` and ``Q`` the count, the sum of cents and the sum of squared cents
+  of the window's events *before* X (X excluded), ``c`` X's cents, and ``N``, ``S + c`` the
+  window with X:
+
+  - ``customer_amount_over_prev_avg_{1d,7d,30d}`` = ``c * n / S``: the amount over the mean
+    of the previous amounts (-1.0 when ``n = 0`` or ``S = 0``);
+  - ``customer_amount_zscore_prev_{7d,30d}`` = ``(c * n - S) / sqrt(n * Q - S * S)``: the
+    z-score of the amount among the previous amounts (-1.0 when ``n = 0``; 0.0 when they are
+    all equal);
+  - ``customer_amount_over_avg_{1d,7d,30d}`` = ``c * N / (S + c)``: the amount over the
+    window's ``customer_avg_amount`` (-1.0 when that is 0);
+  - ``customer_seconds_since_prev`` = ``(t - ts_prev) / 1000`` for the customer's previous
+    event in the 30-day window (so at most 30 days; -1.0 when there is none);
+  - ``customer_amount_over_prev_max_30d`` = ``c / M``, ``M`` the largest previous amount in 30
+    days (-1.0 when there is none or it is 0).
+
+  Numerators and denominators are whole numbers (cents), each turned into a float64 once and
+  divided (and square-rooted) once, so the stream and the table get the same bits.
+
 Windows are exact to the millisecond; there is no tiling.
 
 Bounded state: a customer needs its events of the last 30 days, a terminal its events and fraud
@@ -36,7 +56,7 @@ from __future__ import annotations
 from typing import Final
 
 #: Changes whenever the definition of any feature changes; recorded with every model.
-FEATURE_SET_VERSION: Final = "fs-v1"
+FEATURE_SET_VERSION: Final = "fs-v2"
 
 MS_PER_SECOND: Final = 1_000
 MS_PER_MINUTE: Final = 60 * MS_PER_SECOND
@@ -58,6 +78,27 @@ CUSTOMER_WINDOWS: Final[tuple[tuple[str, str, int, bool], ...]] = (
     ("customer_nb_tx_10m", "customer_amount_sum_10m", 10 * MS_PER_MINUTE, False),
     ("customer_nb_tx_1h", "customer_amount_sum_1h", 1 * MS_PER_HOUR, False),
 )
+
+#: The amount against the customer's own history (see the module docstring): each is -1.0
+#: when the history it needs is empty. ``(over previous mean, z-score or None, over mean)``
+#: per customer day window, in :data:`CUSTOMER_WINDOWS` order.
+CUSTOMER_HISTORY_WINDOWS: Final[tuple[tuple[str, str | None, str], ...]] = (
+    ("customer_amount_over_prev_avg_1d", None, "customer_amount_over_avg_1d"),
+    (
+        "customer_amount_over_prev_avg_7d",
+        "customer_amount_zscore_prev_7d",
+        "customer_amount_over_avg_7d",
+    ),
+    (
+        "customer_amount_over_prev_avg_30d",
+        "customer_amount_zscore_prev_30d",
+        "customer_amount_over_avg_30d",
+    ),
+)
+SECONDS_SINCE_PREV: Final = "customer_seconds_since_prev"
+OVER_PREV_MAX: Final = "customer_amount_over_prev_max_30d"
+#: What a history feature is when the history it needs is empty.
+NO_HISTORY: Final = -1.0
 
 #: Terminal windows end this long before the transaction: fraud labels are known after it.
 TERMINAL_DELAY_MS: Final = 7 * MS_PER_DAY
@@ -90,6 +131,17 @@ CUSTOMER_FEATURES: Final = (
     "customer_amount_sum_10m",
     "customer_nb_tx_1h",
     "customer_amount_sum_1h",
+    # fs-v2: the amount against the customer's own history
+    "customer_amount_over_prev_avg_1d",
+    "customer_amount_over_avg_1d",
+    "customer_amount_over_prev_avg_7d",
+    "customer_amount_zscore_prev_7d",
+    "customer_amount_over_avg_7d",
+    "customer_amount_over_prev_avg_30d",
+    "customer_amount_zscore_prev_30d",
+    "customer_amount_over_avg_30d",
+    "customer_seconds_since_prev",
+    "customer_amount_over_prev_max_30d",
 )
 TERMINAL_FEATURES: Final = (
     "terminal_nb_tx_1d",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fraudstack.features.definitions import (
+    CUSTOMER_HISTORY_WINDOWS,
     CUSTOMER_HORIZON_MS,
     CUSTOMER_WINDOWS,
     EPOCH_WEEKDAY,
@@ -31,6 +33,9 @@ from fraudstack.features.definitions import (
     MS_PER_DAY,
     MS_PER_HOUR,
     NIGHT_LAST_HOUR,
+    NO_HISTORY,
+    OVER_PREV_MAX,
+    SECONDS_SINCE_PREV,
     TERMINAL_DELAY_MS,
     TERMINAL_HORIZON_MS,
     TERMINAL_WINDOWS,
@@ -173,8 +178,10 @@ def _customer_columns(customer: Ints, ts: Ints, cents: Ints, out: dict[str, Floa
     # stable: equal keys (same customer, same ms) stay in txn_id order
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    cumulative = np.concatenate(([0], np.cumsum(cents[order])))
+    sorted_cents = cents[order]
+    cumulative = np.concatenate(([0], np.cumsum(sorted_cents)))
     position = np.arange(len(order))
+    starts: list[Ints] = []
     for count_name, amount_name, window_ms, is_mean in CUSTOMER_WINDOWS:
         start = np.searchsorted(sorted_keys, sorted_keys - window_ms, side="right")
         count = (position - start + 1).astype(np.float64)
@@ -182,6 +189,95 @@ def _customer_columns(customer: Ints, ts: Ints, cents: Ints, out: dict[str, Floa
         amount = total / count / 100.0 if is_mean else total / 100.0
         out[count_name] = _unsort(count, order)
         out[amount_name] = _unsort(amount, order)
+        starts.append(start)
+    history = _history_columns(sorted_keys, sorted_cents, cumulative, starts)
+    for name, values in history.items():
+        out[name] = _unsort(values, order)
+
+
+def _history_columns(
+    sorted_keys: Ints, cents: Ints, cumulative: Ints, starts: list[Ints]
+) -> dict[str, Floats]:
+    """The amount against the customer's history (see :mod:`.definitions`), rows in key order;
+    ``starts`` are the first row of each window of :data:`CUSTOMER_WINDOWS`."""
+    position = np.arange(len(cents))
+    start_30d = starts[len(CUSTOMER_HISTORY_WINDOWS) - 1]
+    whole = _whole_numbers(cents, position - start_30d)
+    big_cents: npt.NDArray[Any] = cents.astype(whole)
+    squares: npt.NDArray[Any] = np.concatenate(([0], np.cumsum(big_cents * big_cents)))
+    squares = squares.astype(whole)
+    out: dict[str, Floats] = {}
+    # the history windows are the first (day) windows of CUSTOMER_WINDOWS, in the same order
+    for (over_prev, zscore, over_avg), start in zip(CUSTOMER_HISTORY_WINDOWS, starts, strict=False):
+        count: npt.NDArray[Any] = (position - start).astype(whole)
+        total: npt.NDArray[Any] = (cumulative[position] - cumulative[start]).astype(whole)
+        out[over_prev] = _ratio(big_cents * count, total)
+        out[over_avg] = _ratio(big_cents * (count + 1), total + big_cents)
+        if zscore is not None:
+            sum_squares = squares[position] - squares[start]
+            out[zscore] = _zscore(big_cents, count, total, sum_squares)
+    has_previous = start_30d < position
+    since = np.full(len(cents), NO_HISTORY)
+    previous = position[has_previous] - 1
+    since[has_previous] = (sorted_keys[has_previous] - sorted_keys[previous]).astype(
+        np.float64
+    ) / 1000.0
+    out[SECONDS_SINCE_PREV] = since
+    largest = _range_max(cents, start_30d, position)
+    out[OVER_PREV_MAX] = np.where(has_previous, _ratio(big_cents, largest), NO_HISTORY)
+    return out
+
+
+def _whole_numbers(cents: Ints, counts: Ints) -> type:
+    """int64 when ``count * sum of squares`` cannot overflow it, else Python ints (object
+    arrays: slow, but exact as the online path's Python ints are)."""
+    if len(cents) == 0:
+        return np.int64
+    largest = float(np.max(np.abs(cents))) ** 2 * (float(np.max(counts)) + 1) ** 2
+    return np.int64 if largest < 2.0**62 else object
+
+
+def _ratio(numerator: npt.NDArray[Any], denominator: npt.NDArray[Any]) -> Floats:
+    """``numerator / denominator`` (each a float64 first), -1.0 where the denominator is not
+    positive."""
+    top = numerator.astype(np.float64)
+    bottom = denominator.astype(np.float64)
+    result: Floats = np.full(len(top), NO_HISTORY)
+    np.divide(top, bottom, out=result, where=denominator > 0)
+    return result
+
+
+def _zscore(
+    cents: npt.NDArray[Any],
+    count: npt.NDArray[Any],
+    total: npt.NDArray[Any],
+    squares: npt.NDArray[Any],
+) -> Floats:
+    spread = count * squares - total * total
+    result: Floats = np.where(count > 0, 0.0, NO_HISTORY)
+    varied = spread > 0
+    numerator = (cents * count - total)[varied].astype(np.float64)
+    result[varied] = numerator / np.sqrt(spread[varied].astype(np.float64))
+    return result
+
+
+def _range_max(values: Ints, start: Ints, end: Ints) -> Ints:
+    """``max(values[start[i]:end[i]])`` for every i (0 for an empty range), by a sparse table
+    built one level at a time: level k holds the max of each run of 2**k values, and a range of
+    length L is the max of two (overlapping) runs of the largest 2**k <= L."""
+    length = end - start
+    result = np.zeros(len(values), dtype=values.dtype)
+    level = values.copy()
+    size = 1
+    needed = int(length.max()) if len(length) else 0
+    while size <= needed:
+        asked = (length >= size) & (length < 2 * size)
+        if asked.any():
+            result[asked] = np.maximum(level[start[asked]], level[end[asked] - size])
+        if 2 * size <= needed:
+            level = np.maximum(level[:-size], level[size:]) if size < len(level) else level[:0]
+        size *= 2
+    return result
 
 
 def _terminal_columns(

@@ -18,11 +18,15 @@ nothing here knows a key, a field or a byte.
 
 from __future__ import annotations
 
+import math
+import operator
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fraudstack.features.definitions import (
+    CUSTOMER_FEATURES,
+    CUSTOMER_HISTORY_WINDOWS,
     CUSTOMER_HORIZON_MS,
     CUSTOMER_WINDOWS,
     DEFAULT_ALLOWED_LATENESS_MS,
@@ -31,6 +35,9 @@ from fraudstack.features.definitions import (
     MS_PER_DAY,
     MS_PER_HOUR,
     NIGHT_LAST_HOUR,
+    NO_HISTORY,
+    OVER_PREV_MAX,
+    SECONDS_SINCE_PREV,
     TERMINAL_DELAY_MS,
     TERMINAL_HORIZON_MS,
     TERMINAL_WINDOWS,
@@ -224,7 +231,8 @@ def transaction_features(ts_ms: int, amount_cents: int) -> dict[str, float]:
 def customer_features(
     history: CustomerHistory, txn_id: str, ts_ms: int, amount_cents: int
 ) -> dict[str, float]:
-    """The customer windows of transaction ``txn_id`` at ``ts_ms``.
+    """The customer windows of transaction ``txn_id`` at ``ts_ms``, and the amount against the
+    customer's history in them.
 
     The transaction counts once whether or not it is in ``history`` yet (if it is, pass the
     ``ts_ms`` it was added with). Events of the history after ``(ts_ms, txn_id)`` are ignored,
@@ -233,19 +241,53 @@ def customer_features(
     ts = history.ts
     amounts = history.amounts_cents
     end = _insert_position(ts, history.txn_ids, ts_ms, txn_id)
-    if txn_id in history._known:
-        # already in the history: the slice below ends just past it
-        own_count, own_cents = 0, 0
-    else:
-        own_count, own_cents = 1, amount_cents
+    # the previous events end at ``before``: the transaction itself, if stored, is at ``end - 1``
+    before = end - 1 if txn_id in history._known else end
+    if before < end:
+        amount_cents = amounts[before]  # the stored event wins, as the table's first row does
     features: dict[str, float] = {}
+    previous: list[tuple[int, int]] = []  # (count, cents) of the events before, per window
     for count_name, amount_name, window_ms, is_mean in CUSTOMER_WINDOWS:
         start = bisect_right(ts, ts_ms - window_ms, 0, end)
-        count = end - start + own_count
-        cents = sum(amounts[start:end]) + own_cents
-        features[count_name] = float(count)
-        features[amount_name] = cents / count / 100 if is_mean else cents / 100
-    return features
+        count, cents = before - start, sum(amounts[start:before])
+        features[count_name] = float(count + 1)
+        total = cents + amount_cents
+        features[amount_name] = total / (count + 1) / 100 if is_mean else total / 100
+        previous.append((count, cents))
+    # the history windows are the first (day) windows of CUSTOMER_WINDOWS, in the same order
+    for (over_prev, zscore, over_avg), (count, cents) in zip(
+        CUSTOMER_HISTORY_WINDOWS, previous, strict=False
+    ):
+        features[over_prev] = _ratio(amount_cents * count, cents)
+        features[over_avg] = _ratio(amount_cents * (count + 1), cents + amount_cents)
+        if zscore is not None:
+            window = amounts[before - count : before]
+            squares = sum(map(operator.mul, window, window))
+            features[zscore] = _zscore(amount_cents, count, cents, squares)
+    count_30d = previous[len(CUSTOMER_HISTORY_WINDOWS) - 1][0]
+    if count_30d:
+        features[SECONDS_SINCE_PREV] = float(ts_ms - ts[before - 1]) / 1000.0
+        features[OVER_PREV_MAX] = _ratio(amount_cents, max(amounts[before - count_30d : before]))
+    else:
+        features[SECONDS_SINCE_PREV] = NO_HISTORY
+        features[OVER_PREV_MAX] = NO_HISTORY
+    return {name: features[name] for name in CUSTOMER_FEATURES}
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    """``numerator / denominator`` as the table computes it (each a float64 first), or
+    :data:`NO_HISTORY` when the denominator is not positive."""
+    return float(numerator) / float(denominator) if denominator > 0 else NO_HISTORY
+
+
+def _zscore(cents: int, count: int, total: int, squares: int) -> float:
+    """``(c n - S) / sqrt(n Q - S^2)`` in whole numbers, as the table computes it."""
+    if count == 0:
+        return NO_HISTORY
+    spread = count * squares - total * total
+    if spread <= 0:
+        return 0.0
+    return float(cents * count - total) / math.sqrt(float(spread))
 
 
 def terminal_features(history: TerminalHistory, ts_ms: int) -> dict[str, float]:

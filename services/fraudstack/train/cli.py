@@ -1,12 +1,22 @@
 """``fraudstack train``: train, evaluate and register a model.
 
     fraudstack train [--store URI] [--registry URI] [--end YYYY-MM-DD] [--train-days 7] ...
-    fraudstack train --protocol handbook [--results bench/results] [--folds 4]
+    fraudstack train --protocol handbook [--seeds 0-4] [--results bench/results] [--folds 4]
+    fraudstack train [--protocol handbook] --events PATH ...
 
 The default protocol reads the offline store, compares the candidates on a validation window
 and publishes the best one as ``models/<version>/`` in the registry; it prints the version on
 the last line of stdout. ``--protocol handbook`` runs the Fraud Detection Handbook's protocol on
-the book's simulation and writes ``model_quality.md`` and ``model_quality.json``.
+the book's simulation of each seed of ``--seeds`` (default: ``--seed``) and writes each metric
+per seed and as mean ± standard deviation, beside the book's figures, to ``model_quality.md``,
+``model_quality.json`` and ``model_quality.png`` (PR curves, per-seed spread).
+
+``--events PATH`` takes the transactions from a table in the simulator's schema (Parquet file or
+folder, or CSV; see :mod:`fraudstack.train.events` and the README) instead of the offline store
+or the simulation: the handbook protocol then tests on the table's last week, the store
+protocol trains and validates on the weeks before the table's last one. A table that cannot be
+used (a missing column, a wrong type, too few days, a period without frauds) stops the command
+with one line naming the problem (exit code 1).
 
 Settings: ``FRAUDSTACK_OFFLINE_STORE_URI`` and ``FRAUDSTACK_MODEL_REGISTRY_URI`` (see
 :mod:`fraudstack.settings`); the flags win over them.
@@ -15,9 +25,15 @@ Settings: ``FRAUDSTACK_OFFLINE_STORE_URI`` and ``FRAUDSTACK_MODEL_REGISTRY_URI``
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fraudstack.train.models import DEFAULT_MODELS, HANDBOOK_MODELS, MODELS
+
+if TYPE_CHECKING:
+    from fraudstack.train.seeds import SeedsRun
 
 SELECTABLE = ("average_precision", "auc_roc", "card_precision_at_100")
 
@@ -30,6 +46,15 @@ def _models(text: str) -> list[str]:
             f"unknown model(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(MODELS)}"
         )
     return names
+
+
+def _seeds(text: str) -> list[int]:
+    from fraudstack.train.seeds import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="CPU cores for the forest")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--events",
+        metavar="PATH",
+        help="a transaction table in the simulator's schema (Parquet file or folder, or CSV) "
+        "instead of the offline store or the simulation",
+    )
     store = parser.add_argument_group("store protocol")
     store.add_argument("--store", metavar="URI", help="offline store root")
     store.add_argument("--registry", metavar="URI", help="model registry root")
@@ -76,6 +107,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     handbook = parser.add_argument_group("handbook protocol")
     handbook.add_argument("--folds", type=int, default=4, help="prequential validation folds")
     handbook.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        metavar="SEEDS",
+        help="simulator seeds, a range or a list: 0-4, 0,3,7 (default: --seed)",
+    )
+    handbook.add_argument(
+        "--keep-seeds",
+        metavar="FOLDER",
+        help="save each seed's run in FOLDER as it finishes and reuse those already there "
+        "(resume a long run, or split its seeds across processes)",
+    )
+    handbook.add_argument(
         "--results",
         default="bench/results",
         metavar="FOLDER",
@@ -86,35 +130,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.protocol == "handbook":
-        from fraudstack.train import report
-        from fraudstack.train.handbook import run_protocol
-
-        results = run_protocol(
-            models=args.models or HANDBOOK_MODELS,
-            folds=args.folds,
-            seed=args.seed,
-            jobs=args.jobs,
-            progress=progress,
-        )
-        print(report.table(results))
-        print(
-            f"selected: {results['selected']}; offline features "
-            f"{results['offline_features_seconds']:.1f} s"
-        )
-        for path in report.write(results, args.results):
-            print(f"wrote {path}")
-        return 0
+        return _handbook(args, progress)
 
     from fraudstack.adapters.offline_store import OfflineStore, epoch_ms
     from fraudstack.settings import get_settings
     from fraudstack.train.job import plan_window, train_and_register
 
     settings = get_settings()
-    store_uri = args.store or settings.offline_store_uri
     registry = args.registry or settings.model_registry_uri
     as_of_ms = epoch_ms(args.as_of) - 1 if args.as_of else None
+    events = None
+    if args.events:
+        from fraudstack.train.dataset import build
+        from fraudstack.train.events import read_events
+
+        table = read_events(args.events)
+        if as_of_ms is None:  # the table's labels are all known now
+            as_of_ms = int(max(table.column("ts").to_numpy()))
+        else:
+            table = table.filter(table.column("ts").to_numpy() <= as_of_ms)
+        events = build(table, progress=progress)
+        store_uri = args.events
+    else:
+        store_uri = args.store or settings.offline_store_uri
     window = plan_window(
-        OfflineStore(store_uri),
+        OfflineStore(store_uri) if events is None else None,
         args.end,
         as_of_ms,
         args.train_days,
@@ -131,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         genuine_fraction=args.genuine_fraction,
         progress=progress,
+        events=events,
     )
     validation = metrics["validation"]
     print(
@@ -140,3 +181,67 @@ def run(args: argparse.Namespace) -> int:
     )
     print(version)
     return 0
+
+
+def _handbook(args: argparse.Namespace, progress: bool) -> int:
+    from fraudstack.train import report
+    from fraudstack.train.plots import model_quality_png
+    from fraudstack.train.seeds import run_seeds
+
+    seeds = args.seeds if args.seeds is not None else [args.seed]
+    models = args.models or HANDBOOK_MODELS
+    if args.events:
+        outcome = _handbook_on_events(args.events, models, seeds, args.folds, args.jobs, progress)
+    else:
+        outcome = run_seeds(
+            models=models,
+            seeds=seeds,
+            folds=args.folds,
+            jobs=args.jobs,
+            progress=progress,
+            keep=args.keep_seeds,
+        )
+    results = outcome.report
+    curves = {
+        name: [run.test_scores[name] for run in outcome.runs]
+        for name in outcome.runs[0].test_scores
+    }
+    spread = {
+        entry["model"]: {metric: entry[metric]["per_seed"] for metric in report.METRICS}
+        for entry in results["summary"]
+    }
+    picture = model_quality_png(curves, spread, results["book_bar"], seeds)
+    print(report.table(results))
+    print(report.per_seed_table(results))
+    print(f"selected: {results['selected']}")
+    for path in report.write(results, args.results, picture):
+        print(f"wrote {path}")
+    return 0
+
+
+def _handbook_on_events(
+    path: str, models: Sequence[str], seeds: list[int], folds: int, jobs: int, progress: bool
+) -> SeedsRun:
+    """The handbook protocol on a user's table: the test week is its last; each seed is a new
+    random state for the models on the same data."""
+    import time
+
+    from fraudstack.train.dataset import build
+    from fraudstack.train.events import protocol_start, read_events
+    from fraudstack.train.handbook import evaluate_dataset
+    from fraudstack.train.seeds import SeedsRun, summarize
+
+    table = read_events(path)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    data = build(table, progress=progress, timings=timings)
+    timings["build_seconds"] = time.perf_counter() - started
+    train_start = protocol_start(data, folds, path)
+    description = f"{Path(path).name}: {len(data):,} transactions, {data.frauds:,} frauds"
+    runs = [
+        evaluate_dataset(
+            data, description, models, folds, seed, jobs, progress, timings, train_start=train_start
+        )
+        for seed in seeds
+    ]
+    return SeedsRun(summarize(runs, seeds), runs, seeds)

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore, day_of, epoch_ms
 from fraudstack.adapters.registry import new_version
-from fraudstack.errors import StoreError
+from fraudstack.errors import InvalidTable, StoreError
 from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.train.dataset import LabelledSet, load_from_store
 from fraudstack.train.evaluate import Scores, evaluate
@@ -49,7 +49,7 @@ class TrainWindow:
 
 
 def plan_window(
-    store: OfflineStore,
+    store: OfflineStore | None,
     end: date | None = None,
     as_of_ms: int | None = None,
     train_days: int = 7,
@@ -59,6 +59,8 @@ def plan_window(
     if min(train_days, valid_days) < 1 or delay_days < 0:
         raise ValueError("train and validation need at least one day; the delay can't be < 0")
     if as_of_ms is None:
+        if store is None:
+            raise ValueError("plan_window needs a store or as_of_ms")
         as_of_ms = _newest(store)
     if end is None:
         end = day_of(as_of_ms) - timedelta(days=delay_days)
@@ -92,24 +94,31 @@ def train_and_register(
     genuine_fraction: float = 1.0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    events: LabelledSet | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Train every candidate, pick one by validation, publish it; return version and metrics."""
-    store = OfflineStore(store_uri)
-    data = load_from_store(
-        store,
-        epoch_ms(window.train_start),
-        epoch_ms(window.valid_end),
-        window.labels_known_at_ms,
-        progress=progress,
-    )
+    """Train every candidate, pick one by validation, publish it; return version and metrics.
+
+    ``events``: the labelled transactions of a user's table (``--events``) instead of the
+    offline store's."""
+    if events is None:
+        data = load_from_store(
+            OfflineStore(store_uri),
+            epoch_ms(window.train_start),
+            epoch_ms(window.valid_end),
+            window.labels_known_at_ms,
+            progress=progress,
+        )
+    else:
+        data = events.window(epoch_ms(window.train_start), epoch_ms(window.valid_end))
     train = data.window(epoch_ms(window.train_start), epoch_ms(window.train_end))
     valid = data.window(epoch_ms(window.valid_start), epoch_ms(window.valid_end))
     for name, part in (("training", train), ("validation", valid)):
         if part.frauds == 0 or part.frauds == len(part):
-            raise StoreError(
+            message = (
                 f"{window.describe()}: the {name} window has {len(part):,} "
                 f"transactions and {part.frauds:,} known frauds; need both classes"
             )
+            raise StoreError(message) if events is None else InvalidTable(message)
     train = _subsample_genuine(train, genuine_fraction, seed)
     log(
         f"{window.describe()}: {len(train):,} training transactions ({train.frauds:,} frauds), "

@@ -51,3 +51,60 @@ def _png(figure: Figure) -> bytes:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+def model_quality_png(
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    per_seed: dict[str, dict[str, list[float]]],
+    bar: dict[str, float],
+    seeds: list[int],
+) -> bytes:
+    """The test weeks' PR curves per model (one line per seed) and each metric's per-seed
+    spread per model against the book's best (the dashed line)."""
+    models = list(curves)
+    colours = {name: f"C{index}" for index, name in enumerate(models)}
+    figure, axes = plt.subplots(1, 4, figsize=(20, 5), dpi=90)
+    for name in models:
+        for index, (truth, score) in enumerate(curves[name]):
+            precision, recall, _ = precision_recall_curve(truth, score)
+            axes[0].step(
+                recall,
+                precision,
+                where="post",
+                color=colours[name],
+                alpha=0.5,
+                linewidth=1,
+                label=name if index == 0 else None,
+            )
+    axes[0].set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"test-week PR curves, seeds {', '.join(map(str, seeds))}",
+    )
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[0].grid(alpha=0.3)
+    titles = {
+        "auc_roc": "AUC ROC",
+        "average_precision": "average precision",
+        "card_precision_at_100": "Card Precision@100",
+    }
+    for axis, metric in zip(axes[1:], titles, strict=True):
+        for position, name in enumerate(models):
+            values = per_seed[name][metric]
+            axis.scatter([position] * len(values), values, color=colours[name], alpha=0.7, s=20)
+            axis.errorbar(
+                position + 0.2,
+                float(np.mean(values)),
+                yerr=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                fmt="D",
+                color=colours[name],
+                capsize=3,
+            )
+        axis.axhline(bar[metric], color="grey", linestyle="--", label=f"book's best {bar[metric]}")
+        axis.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)
+        axis.set(title=f"{titles[metric]} per seed (◆ mean ± sd)")
+        axis.legend(loc="lower right", fontsize=8)
+        axis.grid(alpha=0.3)
+    return _png(figure)

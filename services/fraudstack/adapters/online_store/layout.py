@@ -7,7 +7,10 @@ one slot::
     fs:{customer:<id>}                HASH, the customer (bounded raw history + newest features)
       e:<txn_id>     "<ts_ms>:<amount_cents>"  one per event of the last 30 days + lateness
       <feature>      the newest transaction's transaction and customer features, finished at
-                     its own time (``amount`` ... ``customer_amount_sum_1h``)
+                     its own time (``amount`` ... ``customer_amount_over_prev_max_30d``,
+                     :data:`STORED_FEATURES`); a hash written before feature set fs-v2
+                     lacks the amount-vs-history ones, and a reader that finds one missing
+                     computes them all from the ``e:`` events instead
       _last_txn      "<txn_id>:<ts_ms>:<amount_cents>:<terminal_id>"  the newest transaction
       _terminal      "<txn_id>:<ts_ms>:<seq>:<events>:<frauds>..."    its terminal windows as
                      whole numbers, counted at terminal write ``seq`` (empty counts: stale)
