@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fraudstack.train.handbook import METRICS
+from fraudstack.train.models import DEFAULT_MODELS
 
 MARKDOWN_FILE = "model_quality.md"
 JSON_FILE = "model_quality.json"
@@ -24,8 +25,8 @@ def table(report: dict[str, Any]) -> str:
     """Mean ± sd over the seeds per model, the validation score and the book's figures."""
     bar = report["book_bar"]
     lines = [
-        "| model | AUC ROC | average precision | Card Precision@100 | validation AP (mean) "
-        "| selected | book (same model): AUC ROC / AP / CP@100 |",
+        "| model | AUC ROC | average precision | Card Precision@100 | validation AUC / AP / "
+        "CP@100 (means) | selected | book (same model): AUC ROC / AP / CP@100 |",
         "|---|---:|---:|---:|---:|:---:|---|",
     ]
     for entry in report["summary"]:
@@ -42,9 +43,12 @@ def table(report: dict[str, Any]) -> str:
             mark = " ✓" if figures["mean"] > bar[metric] else ""
             cells.append(f"{figures['mean']:.3f} ± {figures['std']:.3f}{mark}")
         selected = "**yes**" if entry["model"] == report["selected"] else ""
+        means = entry.get("validation_means") or {}
+        validation = " / ".join(
+            f"{means[metric]:.4f}" if metric in means else "–" for metric in METRICS
+        )
         lines.append(
-            f"| {entry['model']} | {' | '.join(cells)} | "
-            f"{entry['validation_average_precision_mean']:.3f} | {selected} | {reference} |"
+            f"| {entry['model']} | {' | '.join(cells)} | {validation} | {selected} | {reference} |"
         )
     lines.append(
         f"| *book's best* | {bar['auc_roc']:.3f} | {bar['average_precision']:.3f} | "
@@ -103,7 +107,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"- features: the {len(protocol['features'])} of feature set "
             f"{protocol['feature_set_version']}: the book's 15, the 10-minute and 1-hour customer "
             "windows, and 10 of the amount against the customer's own history",
-            f"- model selection: {protocol['selection']}; the test weeks are never used for it",
+            f"- model selection: {protocol['selection']}; the test weeks are never used for it. "
+            f"`fraudstack train` publishes {', '.join(DEFAULT_MODELS)} by default; the "
+            "validation columns show each model's prequential validation means on the three "
+            "metrics",
             "",
             "## Mean ± standard deviation over the seeds",
             "",

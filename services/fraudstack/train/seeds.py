@@ -153,6 +153,11 @@ def summarize(runs: Sequence[SeedRun], seeds: Sequence[int]) -> dict[str, Any]:
             }
         validation = [row["validation"][f"{SELECT_BY}_mean"] for row in rows]
         entry[f"validation_{SELECT_BY}_mean"] = round(float(np.mean(validation)), 4)
+        entry["validation_means"] = {
+            metric: round(float(np.mean([row["validation"][f"{metric}_mean"] for row in rows])), 4)
+            for metric in METRICS
+            if all(f"{metric}_mean" in row["validation"] for row in rows)
+        }
         entry["beats_book_bar"] = {
             metric: bool(entry[metric]["mean"] > BOOK_BAR[metric]) for metric in METRICS
         }
