@@ -12,30 +12,16 @@ set -euo pipefail
 HELM_VERSION="v3.19.0"
 VEGETA_VERSION="v12.13.0"
 
-cache_dir="${FRAUDSTACK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fraudstack}"
-bin_dir="$cache_dir/bin"
-mkdir -p "$bin_dir"
-
 fail() { echo "tools install failed: $*" >&2; exit 1; }
-
-go_bin="$(command -v go || true)"
-[[ -n "$go_bin" ]] || go_bin=/usr/local/go/bin/go
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+mkdir -p "$bin_dir"
 
 install_tool() { # name module version [extra ldflags]
   local name="$1" module="$2" version="$3" ldflags="-s -w ${4:-}"
   local target="$bin_dir/$name-$version"
   if [[ ! -x "$target" ]]; then
-    [[ -x "$go_bin" ]] || fail "no Go toolchain found (looked on PATH and /usr/local/go/bin)"
-    local staging log
-    staging="$(mktemp -d "$bin_dir/.install-$name.XXXXXX")"
-    log="$bin_dir/$name-$version.install.log"
-    echo "installing $name $version (go install $module@$version; log: $log)" >&2
-    local start=$(date +%s)
-    GOBIN="$staging" CGO_ENABLED=0 "$go_bin" install -trimpath -ldflags "$ldflags" "$module@$version" >"$log" 2>&1 \
-      || { rm -rf "$staging"; fail "$name: $(tail -n 3 "$log" | tr '\n' ' ')"; }
-    mv "$staging/$name" "$target"
-    rm -rf "$staging"
-    echo "installed $name $version in $(( $(date +%s) - start ))s" >&2
+    go_install_into "$name" "$module" "$version" "$ldflags" "$target" \
+      "$bin_dir/$name-$version.install.log"
   fi
   ln -sfn "$name-$version" "$bin_dir/$name"
 }
@@ -44,7 +30,8 @@ install_tool() { # name module version [extra ldflags]
 # and `helm lint` assume (the minor of the client-go it is built with); `go install` alone
 # leaves "v3.19" and Kubernetes v1.20, which a chart's kubeVersion constraint then refuses.
 helm_ldflags() {
-  local gomod minor
+  local go_bin gomod minor
+  go_bin="$(go_toolchain)"
   gomod="$("$go_bin" mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
   minor="$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$gomod" | head -n 1)"
   [[ -n "$minor" ]] || fail "cannot read helm's client-go version from $gomod"
@@ -59,7 +46,6 @@ helm_ldflags() {
 if [[ -x "$bin_dir/helm-$HELM_VERSION" ]]; then
   install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 else
-  [[ -x "$go_bin" ]] || fail "no Go toolchain found (looked on PATH and /usr/local/go/bin)"
   install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$(helm_ldflags)"
 fi
 install_tool vegeta github.com/tsenart/vegeta/v12 "$VEGETA_VERSION" "-X main.Version=$VEGETA_VERSION"

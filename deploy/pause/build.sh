@@ -7,8 +7,8 @@ set -euo pipefail
 
 PAUSE_VERSION="3.10-fraudstack.1"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cache_dir="${FRAUDSTACK_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fraudstack}"
-bin_dir="$cache_dir/bin"
+fail() { echo "pause build failed: $*" >&2; exit 1; }
+source "$here/../lib.sh"
 target="$bin_dir/pause-$PAUSE_VERSION"
 
 if [[ -x "$target" ]]; then
@@ -16,12 +16,7 @@ if [[ -x "$target" ]]; then
   exit 0
 fi
 
-go_bin="$(command -v go || true)"
-[[ -n "$go_bin" ]] || go_bin=/usr/local/go/bin/go
-[[ -x "$go_bin" ]] || { echo "pause build failed: no Go toolchain found" >&2; exit 1; }
-
 mkdir -p "$bin_dir"
-(cd "$here" && CGO_ENABLED=0 "$go_bin" build -trimpath -ldflags "-s -w" -o "$target.partial" .)
-mv "$target.partial" "$target"
-echo "built $target" >&2
+go_build_reporting "pause $PAUSE_VERSION" "$here" . "-s -w" "$target" \
+  "$bin_dir/pause-$PAUSE_VERSION.build.log"
 echo "$target"
