@@ -15,7 +15,7 @@ import yaml
 
 from fraudstack.cli import build_parser
 from fraudstack.devstack.kafka_server import KAFKA_VERSION
-from support.kube import CHART, CI_VALUES, Helm, Manifest
+from support.kube import CHART, CI_VALUES, ROOT, Helm, Manifest
 
 RELEASE = "fraudstack"
 SERVICES = ("ingest", "aggregate", "snapshot", "inference")
@@ -394,7 +394,16 @@ def test_bundled_kafka_is_a_kraft_node_clients_reach_by_its_service(default: Man
     assert settings(default)["FRAUDSTACK_KAFKA_BOOTSTRAP"] == f"{service['metadata']['name']}:9092"
     assert env["KAFKA_PARTITIONS"] == "4"
     # ready once the broker lists itself in a metadata answer, not when the port opens
-    assert container["readinessProbe"]["exec"]["command"] == ["/usr/local/bin/kafka-ready"]
+    # (a path inside the Kafka image: images/kafka/Containerfile installs the script there)
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe == ["/usr/local/bin/kafka-ready"]
+    containerfile = (ROOT / "images" / "kafka" / "Containerfile").read_text()
+    assert any(
+        line.startswith("COPY ")
+        and "kafka-ready" in line.split()
+        and line.endswith(" /usr/local/bin/")
+        for line in containerfile.splitlines()
+    )
     # the image's own user; it writes only to its data volume and /tmp
     assert spec["securityContext"]["runAsUser"] == 1001
     assert {mount["mountPath"] for mount in container["volumeMounts"]} == {

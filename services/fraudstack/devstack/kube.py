@@ -191,18 +191,23 @@ class KubeServer(Server):
         return kube_status(info)
 
 
-def kube_status(info: ServerInfo) -> bool:
-    """One real request: does the API server answer ``/readyz`` as ready right now?"""
+def api_request(info: ServerInfo, path: str, timeout: float = 5) -> httpx.Response | None:
+    """GET an API path as the admin (its token, the server's CA); None when unreachable."""
     try:
-        response = httpx.get(
-            f"{info['url']}/readyz",
+        return httpx.get(
+            f"{info['url']}{path}",
             headers={"Authorization": f"Bearer {info['token']}"},
             verify=ssl.create_default_context(cafile=info["ca"]),
-            timeout=2,
+            timeout=timeout,
         )
     except (httpx.HTTPError, OSError):
-        return False
-    return response.status_code == 200
+        return None
+
+
+def kube_status(info: ServerInfo) -> bool:
+    """One real request: does the API server answer ``/readyz`` as ready right now?"""
+    response = api_request(info, "/readyz", timeout=2)
+    return response is not None and response.status_code == 200
 
 
 def start_kube(state_dir: Path, cache_dir: Path) -> ServerInfo:

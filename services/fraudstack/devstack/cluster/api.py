@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
 import subprocess
 from typing import Any
 
-import httpx
-
 from fraudstack.devstack.base import ServerInfo
 from fraudstack.devstack.cluster.node import NODE_NAME
+from fraudstack.devstack.kube import api_request
 from fraudstack.errors import DevstackError
 
 
@@ -29,16 +27,8 @@ def kubectl(info: ServerInfo, *arguments: str, timeout: float = 120) -> str:
 
 def api_get(info: ServerInfo, path: str) -> dict[str, Any] | None:
     """GET an API path as the admin; None when it is not there (yet)."""
-    try:
-        response = httpx.get(
-            f"{info['url']}{path}",
-            headers={"Authorization": f"Bearer {info['token']}"},
-            verify=ssl.create_default_context(cafile=info["ca"]),
-            timeout=5,
-        )
-    except (httpx.HTTPError, OSError):
-        return None
-    if response.status_code != 200:
+    response = api_request(info, path)
+    if response is None or response.status_code != 200:
         return None
     body: dict[str, Any] = response.json()
     return body
