@@ -172,9 +172,10 @@ def test_down_leaves_nothing_behind_and_up_comes_back(cluster: Cluster) -> None:
     folder = Path(cluster.info["marker"])
     pids = list(cluster.info["pids"])
     before = list(cluster.info["cni_results_before"])
+    netns_before = list(cluster.info["netns_before"])
     try:
         cluster.down()
-        _assert_nothing_left(folder, pids, sysctls, before)
+        _assert_nothing_left(folder, pids, sysctls, before, netns_before)
     finally:
         # Back up, so a later test (the chart install) finds the cluster running.
         info = cluster.up()
@@ -182,8 +183,14 @@ def test_down_leaves_nothing_behind_and_up_comes_back(cluster: Cluster) -> None:
 
 
 def _assert_nothing_left(
-    folder: Path, pids: list[int], sysctls: dict[str, str], cni_results_before: list[str]
+    folder: Path,
+    pids: list[int],
+    sysctls: dict[str, str],
+    cni_results_before: list[str],
+    netns_before: list[str],
 ) -> None:
+    """What ``down`` must remove: only what this cluster made (a killed earlier run may have
+    left network namespaces and CNI results that are not ours to delete)."""
     assert not network.link_exists(network.NODE_BRIDGE)
     assert not network.link_exists(network.POD_BRIDGE)
     for command in ("iptables-save", "ip6tables-save"):
@@ -191,7 +198,7 @@ def _assert_nothing_left(
         assert "KUBE-" not in rules and network.GUARD_CHAIN not in rules
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(folder) not in mounts
-    assert not [name for name in network.list_netns() if name.startswith("cni-")]
+    assert set(network.list_netns()) <= set(netns_before)
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
     assert not list(Path("/sys/fs/cgroup").glob("*/kubepods"))
     assert network.read_sysctls() == sysctls
