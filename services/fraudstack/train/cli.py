@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudstack.train.models import DEFAULT_MODELS, HANDBOOK_MODELS, MODELS
+from fraudstack.train.selection import ALL_METRICS, RULES
 
 if TYPE_CHECKING:
     from fraudstack.train.seeds import SeedsRun
-
-SELECTABLE = ("average_precision", "auc_roc", "card_precision_at_100")
 
 
 def _models(text: str) -> list[str]:
@@ -97,7 +96,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     store.add_argument("--train-days", type=int, default=7)
     store.add_argument("--delay-days", type=int, default=7)
     store.add_argument("--valid-days", type=int, default=7)
-    store.add_argument("--select-by", choices=SELECTABLE, default="average_precision")
+    store.add_argument(
+        "--select-by",
+        choices=RULES,
+        default=ALL_METRICS,
+        help="how to pick among several --models: 'all' (default) ranks them on the three "
+        "validation metrics and takes the lowest sum of ranks; a metric picks on it alone",
+    )
     store.add_argument(
         "--genuine-fraction",
         type=float,
@@ -118,6 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FOLDER",
         help="save each seed's run in FOLDER as it finishes and reuse those already there "
         "(resume a long run, or split its seeds across processes)",
+    )
+    handbook.add_argument(
+        "--tune",
+        action="store_true",
+        help="choose the blend's smallest forest leaf and forest weight by prequential "
+        "validation over --seeds (the test weeks are not read) and write blend_tuning.md/.json "
+        "instead of running the protocol; --keep-seeds keeps its fits' predictions too",
     )
     handbook.add_argument(
         "--results",
@@ -189,6 +201,8 @@ def _handbook(args: argparse.Namespace, progress: bool) -> int:
     from fraudstack.train.seeds import run_seeds
 
     seeds = args.seeds if args.seeds is not None else [args.seed]
+    if args.tune:
+        return _tune(args, seeds, progress)
     models = args.models or HANDBOOK_MODELS
     if args.events:
         outcome = _handbook_on_events(args.events, models, seeds, args.folds, args.jobs, progress)
@@ -215,6 +229,19 @@ def _handbook(args: argparse.Namespace, progress: bool) -> int:
     print(report.per_seed_table(results))
     print(f"selected: {results['selected']}")
     for path in report.write(results, args.results, picture):
+        print(f"wrote {path}")
+    return 0
+
+
+def _tune(args: argparse.Namespace, seeds: list[int], progress: bool) -> int:
+    from fraudstack.train import tuning
+
+    if args.events:
+        raise SystemExit("--tune runs on simulated seeds; it does not take --events")
+    cache = Path(args.keep_seeds) / "tuning" if args.keep_seeds else None
+    result = tuning.tune(seeds, args.folds, cache=cache, jobs=args.jobs, progress=progress)
+    print(tuning.markdown(result))
+    for path in tuning.write(result, args.results):
         print(f"wrote {path}")
     return 0
 

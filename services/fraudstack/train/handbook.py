@@ -12,8 +12,9 @@ precision and Card Precision@100 (see :mod:`.evaluate`).
 Model selection (ch. 5.2, prequential): the same split shifted back by 14 days, so that it
 validates on the test split's training week (training 2018-07-11..07-17, validation
 2018-07-25..07-31), then by 7 more days for each further fold; a model's validation score is
-its mean over the folds. The model with the best mean validation average precision is
-selected; the test week is never looked at for it.
+its mean over the folds. A model is selected from those means by the rule of
+:mod:`.selection` (by default the lowest sum of its ranks on the three metrics); the test week
+is never looked at for it.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from fraudstack.train.dataset import LabelledSet, build
 from fraudstack.train.evaluate import Scores, evaluate
 from fraudstack.train.export import max_difference, to_onnx
 from fraudstack.train.models import HANDBOOK_MODELS, fit
+from fraudstack.train.selection import ALL_METRICS, METRICS, describe, select
 
 TRAIN_START = date(2018, 7, 25)
 TRAIN_DAYS = DELAY_DAYS = TEST_DAYS = 7
 FOLDS = 4
-SELECT_BY = "average_precision"
 
 #: The book's test results for its baselines (ch. 3.4, "Performances using standard prediction
 #: models": AUC ROC, average precision, Card Precision@100). Its boosted model is XGBoost.
@@ -54,7 +55,6 @@ BOOK_BEST: dict[str, tuple[float, float, float]] = {
     "XGBoost": (0.869, 0.687, 0.303),
     "Neural network": (0.876, 0.675, 0.303),
 }
-METRICS = ("auc_roc", "average_precision", "card_precision_at_100")
 #: The bar: the best of the book's figures on each metric, whichever model reached it.
 BOOK_BAR: dict[str, float] = {
     metric: max(figures[index] for figures in BOOK_BEST.values())
@@ -189,7 +189,7 @@ def evaluate_dataset(
     results = []
     test_scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     steps = len(models) * (folds + 1)
-    bar = _progress(steps, progress)
+    bar = progress_bar(steps, progress)
     started = time.perf_counter()
     for name in models:
         validation = []
@@ -203,7 +203,13 @@ def evaluate_dataset(
         test_scores[name] = (test.is_fraud, score)
         bar(f"{name} test")
     timings["training_seconds"] = time.perf_counter() - started
-    selected = max(results, key=lambda result: result.validation_mean(SELECT_BY)).model
+    selected = select(
+        {
+            result.model: {metric: result.validation_mean(metric) for metric in METRICS}
+            for result in results
+        },
+        ALL_METRICS,
+    )
     report = _report(results, selected, data, train, test, folds, timings, description, train_start)
     return SeedRun(report, test_scores)
 
@@ -236,7 +242,7 @@ def _report(
                         else result.validation_std(metric),
                         4,
                     )
-                    for metric in ("auc_roc", "average_precision", "card_precision_at_100")
+                    for metric in METRICS
                     for kind in ("mean", "std")
                 },
                 "fit_seconds": round(result.fit_seconds, 2),
@@ -258,7 +264,8 @@ def _report(
             "train": f"{train_start}..{train_start + timedelta(days=TRAIN_DAYS - 1)}",
             "delay_days": DELAY_DAYS,
             "test": f"{train_start + timedelta(days=TRAIN_DAYS + DELAY_DAYS)}..{end}",
-            "selection": f"best mean {SELECT_BY} over {folds} prequential validation folds",
+            "selection": f"{describe(ALL_METRICS)}, means over {folds} prequential "
+            "validation folds",
             "features": list(FEATURE_NAMES),
             "feature_set_version": FEATURE_SET_VERSION,
         },
@@ -276,14 +283,15 @@ def _report(
     }
 
 
-def _progress(total: int, enabled: bool) -> Callable[[str], None]:
+def progress_bar(total: int, enabled: bool, unit: str = "fit") -> Callable[[str], None]:
+    """A progress bar on stderr for ``total`` steps; each call is one step, named."""
     if not enabled:
         return lambda name: None
     import sys
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="fits", unit="fit", file=sys.stderr)
+    bar = tqdm(total=total, desc=f"{unit}s", unit=unit, file=sys.stderr)
 
     def step(name: str) -> None:
         bar.set_postfix_str(name)

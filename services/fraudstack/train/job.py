@@ -31,6 +31,7 @@ from fraudstack.train.evaluate import Scores, evaluate
 from fraudstack.train.export import check_equivalence, publish_model, to_onnx
 from fraudstack.train.models import DEFAULT_MODELS, fit
 from fraudstack.train.plots import pr_curve_png, score_hist_png
+from fraudstack.train.selection import ALL_METRICS, describe, select
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def train_and_register(
     registry_root: str,
     window: TrainWindow,
     models: Sequence[str] = DEFAULT_MODELS,
-    select_by: str = "average_precision",
+    select_by: str = ALL_METRICS,
     seed: int = 0,
     jobs: int = 2,
     genuine_fraction: float = 1.0,
@@ -134,7 +135,7 @@ def train_and_register(
         metrics = evaluate(valid.is_fraud, score, valid.day, valid.customer)
         candidates[name] = (model, metrics, score, seconds)
     log(candidate_table({name: item[1] for name, item in candidates.items()}))
-    chosen = max(candidates, key=lambda name: _rank(candidates[name][1], select_by))
+    chosen = select({name: item[1] for name, item in candidates.items()}, select_by)
     model, metrics, score, _ = candidates[chosen]
     onnx_model = to_onnx(model, len(FEATURE_NAMES))
     difference = check_equivalence(model, onnx_model, valid.features)
@@ -154,7 +155,7 @@ def train_and_register(
             "candidates": {name: dict(item[1]) for name, item in candidates.items()},
         },
         extra={
-            "selected_by": f"validation {select_by}",
+            "selected_by": describe(select_by),
             "validation_window": {"start": _iso(window.valid_start), "end": _iso(window.valid_end)},
             "labels_known_at": datetime.fromtimestamp(
                 window.labels_known_at_ms / 1000, UTC
@@ -186,11 +187,6 @@ def candidate_table(candidates: dict[str, Scores]) -> str:
         for name, m in candidates.items()
     ]
     return "\n".join(lines)
-
-
-def _rank(metrics: Scores, select_by: str) -> float:
-    value = float(metrics[select_by])  # type: ignore[literal-required]
-    return value if value == value else -1.0  # NaN ranks last
 
 
 def _subsample_genuine(data: LabelledSet, fraction: float, seed: int) -> LabelledSet:

@@ -16,7 +16,7 @@ change at all, and the ONNX graph then holds the very same thresholds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +33,11 @@ DEFAULT_MODELS = (BLEND,)
 BASELINES = ("logistic_regression", "random_forest", "gradient_boosting")
 #: Models compared by the handbook protocol: the book's baselines and the blend.
 HANDBOOK_MODELS = ("decision_tree_depth_2", *BASELINES, BLEND)
-#: The blend's weights: P(fraud) = 0.7 forest + 0.3 logistic regression.
+#: The blend's weights, P(fraud) = 0.7 forest + 0.3 logistic regression, and the forest's
+#: smallest leaf: chosen by prequential validation over seeds 0-4 (``fraudstack.train.tuning``,
+#: ``bench/results/blend_tuning.md``).
 BLEND_WEIGHTS = (0.7, 0.3)
+BLEND_MIN_SAMPLES_LEAF = 10
 
 
 def _logistic_regression(seed: int, jobs: int) -> ClassifierMixin:
@@ -75,7 +78,7 @@ def _forest_logistic_blend(seed: int, jobs: int) -> ClassifierMixin:
     # collapsing to 0/1 on the 1 % of frauds, so the two average well.
     forest = RandomForestClassifier(
         n_estimators=200,
-        min_samples_leaf=10,
+        min_samples_leaf=BLEND_MIN_SAMPLES_LEAF,
         class_weight="balanced_subsample",
         n_jobs=jobs,
         random_state=seed,
@@ -103,6 +106,26 @@ def build(name: str, seed: int = 0, jobs: int = 2) -> ClassifierMixin:
         return MODELS[name](seed, jobs)
     except KeyError:
         raise ValueError(f"unknown model {name!r}; one of {', '.join(MODELS)}") from None
+
+
+def signature(name: str) -> dict[str, Any]:
+    """A candidate's hyperparameters as JSON values (the run's seed and thread count left out):
+    equal signatures fit the same model on the same data and seed."""
+    params = build(name, seed=0, jobs=1).get_params(deep=True)
+    return {
+        key: value if isinstance(value, bool | int | float | str | None) else repr(value)
+        for key, value in sorted(params.items())
+        if key.rsplit("__", 1)[-1] not in ("random_state", "n_jobs")
+        and not _holds_estimators(value)  # members: their own parameters are listed
+    }
+
+
+def _holds_estimators(value: Any) -> bool:
+    if hasattr(value, "get_params"):
+        return True
+    return isinstance(value, list) and any(
+        isinstance(item, tuple) and hasattr(item[-1], "get_params") for item in value
+    )
 
 
 def fit(

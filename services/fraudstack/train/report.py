@@ -41,7 +41,7 @@ def table(report: dict[str, Any]) -> str:
         for metric in METRICS:
             figures = entry[metric]
             mark = " ✓" if figures["mean"] > bar[metric] else ""
-            cells.append(f"{figures['mean']:.3f} ± {figures['std']:.3f}{mark}")
+            cells.append(f"{figures['mean']:.4f} ± {figures['std']:.3f}{mark}")
         selected = "**yes**" if entry["model"] == report["selected"] else ""
         means = entry.get("validation_means") or {}
         validation = " / ".join(
@@ -70,8 +70,29 @@ def per_seed_table(report: dict[str, Any]) -> str:
             values = " | ".join(f"{value:.3f}" for value in figures["per_seed"])
             lines.append(
                 f"| {entry['model']} | {_TITLES[metric]} | {values} | "
-                f"{figures['mean']:.3f} ± {figures['std']:.3f} |"
+                f"{figures['mean']:.4f} ± {figures['std']:.3f} |"
             )
+    return "\n".join(lines)
+
+
+def against_bar(report: dict[str, Any]) -> str:
+    """The selected model's margin over the book's bar on each metric, beside the standard
+    error of its mean over the seeds and the seeds on which it is above the bar."""
+    entry = next(item for item in report["summary"] if item["model"] == report["selected"])
+    bar = report["book_bar"]
+    lines = [
+        "| metric | mean | bar | margin | standard error of the mean | seeds above the bar |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for metric in METRICS:
+        figures = entry[metric]
+        seeds = figures["per_seed"]
+        error = figures["std"] / len(seeds) ** 0.5
+        above = sum(value > bar[metric] for value in seeds)
+        lines.append(
+            f"| {_TITLES[metric]} | {figures['mean']:.4f} | {bar[metric]:.3f} | "
+            f"{figures['mean'] - bar[metric]:+.4f} | {error:.4f} | {above} of {len(seeds)} |"
+        )
     return "\n".join(lines)
 
 
@@ -115,6 +136,10 @@ def markdown(report: dict[str, Any]) -> str:
             "## Mean ± standard deviation over the seeds",
             "",
             table(report),
+            "",
+            f"## The selected model, {report['selected']}, against the book's best",
+            "",
+            against_bar(report),
             "",
             "## Per seed",
             "",

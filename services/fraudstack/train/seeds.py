@@ -3,8 +3,9 @@
 One simulated run says little: over simulator seeds the same model's AUC ROC spreads by about
 ±0.02, more than the gaps between the book's models. So a model is judged on its mean over
 several seeds (each seed a new simulation, and a new random state for the models), next to the
-book's figures. The model selected is the one with the best mean validation score over the
-seeds (prequential validation on the training periods); the test weeks are never used for it.
+book's figures. The model selected is the one the rule of :mod:`.selection` picks from the
+validation scores averaged over the seeds (prequential validation on the training periods);
+the test weeks are never used for it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from fraudstack.train.handbook import (
     BOOK_BAR,
     BOOK_BEST,
     METRICS,
-    SELECT_BY,
     SeedRun,
     run_seed,
 )
+from fraudstack.train.models import signature
+from fraudstack.train.selection import ALL_METRICS, describe, select
 
 
 @dataclass
@@ -70,18 +72,21 @@ def run_seeds(
     """The handbook protocol on the simulation of each seed.
 
     ``keep``: a folder where each seed's run is saved as soon as it is done (its report and
-    test scores) and taken from when it is already there for the same models, folds and
-    feature set, so that a long run can be resumed or split across processes."""
+    test scores). A model already there for the same seed, folds, feature set and
+    hyperparameters is taken from it and only the other models are fitted, so that a long run
+    can be resumed, split across processes, or extended by a new model."""
     runs: list[SeedRun] = []
     chosen = list(seeds)
     for seed in chosen:
         kept = _load(keep, seed, models, folds) if keep is not None else None
-        if kept is not None:
+        missing = [name for name in models if kept is None or name not in kept.test_scores]
+        if not missing and kept is not None:
             log(f"seed {seed}: taken from {keep}")
-            runs.append(kept)
+            runs.append(_merge(kept, None, models))
             continue
-        log(f"seed {seed}: simulating and running the protocol")
-        run = run_seed(models, folds, seed=seed, jobs=jobs, progress=progress, log=log)
+        log(f"seed {seed}: simulating and running the protocol for {', '.join(missing)}")
+        run = run_seed(missing, folds, seed=seed, jobs=jobs, progress=progress, log=log)
+        run = _merge(kept, run, models)
         if keep is not None:
             _save(keep, seed, models, folds, run)
         runs.append(run)
@@ -97,13 +102,39 @@ def run_seeds(
     return SeedsRun(summarize(runs, chosen), runs, chosen)
 
 
+def _merge(kept: SeedRun | None, new: SeedRun | None, models: Sequence[str]) -> SeedRun:
+    """One seed's run of ``models`` from the kept models and the newly fitted ones (the new win),
+    the selection made again over them all."""
+    runs = [run for run in (kept, new) if run is not None]
+    rows = {row["model"]: row for run in runs for row in run.report["rows"]}
+    scores = {name: item for run in runs for name, item in run.test_scores.items()}
+    report = dict(runs[-1].report)
+    report["rows"] = [dict(rows[name]) for name in models]
+    report["selected"] = select(
+        {row["model"]: _validation_means(row) for row in report["rows"]}, ALL_METRICS
+    )
+    for row in report["rows"]:
+        row["selected"] = row["model"] == report["selected"]
+    report["protocol"] = dict(report["protocol"], selection=describe(ALL_METRICS))
+    report["training_seconds"] = sum(run.report.get("training_seconds", 0.0) for run in runs)
+    return SeedRun(report, {name: scores[name] for name in models})
+
+
+def _validation_means(row: dict[str, Any]) -> dict[str, float]:
+    return {
+        metric: row["validation"][f"{metric}_mean"]
+        for metric in METRICS
+        if f"{metric}_mean" in row["validation"]
+    }
+
+
 def _paths(folder: str | os.PathLike[str], seed: int) -> tuple[Path, Path]:
     base = Path(folder) / f"seed-{seed}"
     return base.with_suffix(".json"), base.with_suffix(".npz")
 
 
-def _key(models: Sequence[str], folds: int) -> dict[str, Any]:
-    return {"models": list(models), "folds": folds, "feature_set_version": FEATURE_SET_VERSION}
+def _key(folds: int) -> dict[str, Any]:
+    return {"folds": folds, "feature_set_version": FEATURE_SET_VERSION}
 
 
 def _save(
@@ -117,7 +148,11 @@ def _save(
     with open(scores_path.with_suffix(".tmp.npz"), "wb") as file:
         np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy stub: **arrays
     os.replace(scores_path.with_suffix(".tmp.npz"), scores_path)
-    document = {"key": _key(models, folds), "report": run.report}
+    document = {
+        "key": _key(folds),
+        "hyperparameters": {name: signature(name) for name in models},
+        "report": run.report,
+    }
     report_path.with_suffix(".tmp").write_text(json.dumps(document))
     os.replace(report_path.with_suffix(".tmp"), report_path)  # last: it marks the run done
 
@@ -125,15 +160,23 @@ def _save(
 def _load(
     folder: str | os.PathLike[str], seed: int, models: Sequence[str], folds: int
 ) -> SeedRun | None:
+    """The kept run of the seed, with those of ``models`` kept with the same hyperparameters
+    (None when there is none of them)."""
     report_path, scores_path = _paths(folder, seed)
     if not report_path.exists() or not scores_path.exists():
         return None
     document = json.loads(report_path.read_text())
-    if document.get("key") != _key(models, folds):
+    if document.get("key") != _key(folds):
         return None
+    kept = document.get("hyperparameters", {})
+    usable = [name for name in models if name in kept and kept[name] == signature(name)]
+    if not usable:
+        return None
+    report = dict(document["report"])
+    report["rows"] = [row for row in report["rows"] if row["model"] in usable]
     with np.load(scores_path, allow_pickle=False) as arrays:
-        scores = {name: (arrays[f"{name}.truth"], arrays[f"{name}.score"]) for name in models}
-    return SeedRun(document["report"], scores)
+        scores = {name: (arrays[f"{name}.truth"], arrays[f"{name}.score"]) for name in usable}
+    return SeedRun(report, scores)
 
 
 def summarize(runs: Sequence[SeedRun], seeds: Sequence[int]) -> dict[str, Any]:
@@ -151,8 +194,6 @@ def summarize(runs: Sequence[SeedRun], seeds: Sequence[int]) -> dict[str, Any]:
                 "mean": round(float(np.mean(values)), 4),
                 "std": round(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, 4),
             }
-        validation = [row["validation"][f"{SELECT_BY}_mean"] for row in rows]
-        entry[f"validation_{SELECT_BY}_mean"] = round(float(np.mean(validation)), 4)
         entry["validation_means"] = {
             metric: round(float(np.mean([row["validation"][f"{metric}_mean"] for row in rows])), 4)
             for metric in METRICS
@@ -164,12 +205,11 @@ def summarize(runs: Sequence[SeedRun], seeds: Sequence[int]) -> dict[str, Any]:
         entry["book"] = rows[0]["book"]
         entry["onnx_max_abs_diff"] = max(row["onnx_max_abs_diff"] for row in rows)
         summary.append(entry)
-    selected = max(summary, key=lambda entry: entry[f"validation_{SELECT_BY}_mean"])["model"]
+    selected = select({entry["model"]: entry["validation_means"] for entry in summary}, ALL_METRICS)
     protocol = dict(reports[0]["protocol"])
     protocol["data"] = [report["protocol"]["data"] for report in reports]
     protocol["selection"] = (
-        f"best mean {SELECT_BY} over {protocol['selection'].split(' over ')[-1]}, averaged over "
-        "the seeds"
+        f"{describe(ALL_METRICS)}, on the prequential validation means averaged over the seeds"
     )
     return {
         "protocol": protocol,
