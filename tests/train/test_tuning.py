@@ -4,6 +4,7 @@ fits kept for a rerun."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fraudstack.simulate import SimulationConfig
 from fraudstack.train.selection import select
@@ -13,9 +14,9 @@ from fraudstack.train.tuning import markdown, tune
 SMALL = SimulationConfig(customers=300, terminals=600, days=122)
 
 
-def test_every_point_is_scored_and_the_rule_chooses(tmp_path: Path) -> None:
-    cache = tmp_path / "fits"
-    result = tune(
+def _tune(cache: Path) -> dict[str, Any]:
+    """One seed, one fold, two leaf sizes and two weights on a small simulation."""
+    return tune(
         [4],
         folds=1,
         leaves=(5, 40),
@@ -25,6 +26,11 @@ def test_every_point_is_scored_and_the_rule_chooses(tmp_path: Path) -> None:
         progress=False,
         simulation=SMALL,
     )
+
+
+def test_every_point_is_scored_and_the_rule_chooses(tmp_path: Path) -> None:
+    cache = tmp_path / "fits"
+    result = _tune(cache)
     grid = result["grid"]
     assert [(row["min_samples_leaf"], row["forest_weight"]) for row in grid] == [
         (5, 0.5),
@@ -47,16 +53,7 @@ def test_every_point_is_scored_and_the_rule_chooses(tmp_path: Path) -> None:
         "s4-k0-rf5.npz",
     ]
     stamps = {path: path.stat().st_mtime_ns for path in cache.iterdir()}
-    again = tune(
-        [4],
-        folds=1,
-        leaves=(5, 40),
-        weights=(0.5, 0.9),
-        cache=cache,
-        jobs=1,
-        progress=False,
-        simulation=SMALL,
-    )
+    again = _tune(cache)
     assert again["grid"] == grid
     assert {path: path.stat().st_mtime_ns for path in cache.iterdir()} == stamps
     assert "**chosen**" in markdown(result)
