@@ -7,6 +7,7 @@ scikit-learn model that graph was exported from.
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -64,9 +65,11 @@ def test_walker_equals_onnxruntime_and_scikit_learn(
 
 def test_the_blend_adds_its_logistic_term_to_the_trees(fitted: dict, labelled: LabelledSet) -> None:
     """The blend's compact form is its forest plus the logistic-regression term: without the
-    term the walker scores 0.7 x the forest alone, with it what scikit-learn scores."""
-    blend = fitted["forest_logistic_blend"]
-    compact = compile_forest(_onnx(fitted, "forest_logistic_blend"))
+    term the walker scores 0.7 x the forest alone, with it what scikit-learn scores. (Unequal
+    weights here, whatever the default's are, so that swapping them cannot pass.)"""
+    blend = copy.deepcopy(fitted["forest_logistic_blend"])
+    blend.set_params(weights=np.asarray([0.7, 0.3]))
+    compact = compile_forest(to_onnx(blend, WIDTH))
     assert compact is not None
     walker = load_forest(compact, WIDTH)
     assert walker.blended
