@@ -31,6 +31,7 @@ __all__ = [
     "fraud_model",
     "is_gone",
     "published",
+    "routing_of",
     "read",
     "running_operator",
     "wait_for_status",
@@ -90,6 +91,23 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
 def published(store: redis.Redis, key: str) -> RoutingDocument | None:
     raw = store.get(key)
     return None if raw is None else RoutingDocument.from_json(raw)
+
+
+def routing_of(store: redis.Redis, key: str, body: dict[str, Any]) -> RoutingDocument:
+    """The routing published once it is the split that FraudModel ``body``'s status shows.
+
+    The operator stores a new status before it publishes the routing (so that a restart between
+    the two publishes what the status says), so a status can be read a moment before its routing.
+    """
+    status = body["status"]
+    share = float(status["candidateShare"]) if status.get("candidateVersion") else 0.0
+    expected = (status["stableVersion"], status.get("candidateVersion"), share, status["mode"])
+
+    def probe() -> RoutingDocument | None:
+        document = published(store, key)
+        return document if document and document.routing_fields() == expected else None
+
+    return eventually(probe, f"the routing of {status} published")
 
 
 def wait_for_status(

@@ -20,6 +20,7 @@ from operator_support import (
     fraud_model,
     is_gone,
     published,
+    routing_of,
     wait_for_status,
 )
 
@@ -67,6 +68,20 @@ def serve_split(
     return wait_for_status(objects, namespace, name, "Ready", ready)
 
 
+def mirror_of(core: client.CoreV1Api, namespace: str, name: str) -> client.V1ConfigMap:
+    """FraudModel ``name``'s routing ConfigMap, which the operator writes after the routing."""
+
+    def probe() -> client.V1ConfigMap | None:
+        try:
+            return core.read_namespaced_config_map(f"{name}-routing", namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    return eventually(probe, f"{name}-routing to be written")
+
+
 def is_degraded(body: dict[str, Any]) -> bool:
     return condition(body, "Degraded").get("status") == "True"
 
@@ -112,8 +127,8 @@ def recovers(
     """FraudModel ``name`` once Ready again, giving the candidate 50%, and the routing published."""
     body = wait_for_status(objects, namespace, name, "Ready again", ready)
     assert body["status"]["candidateShare"] == 50
-    document = published(store, routing_key)
-    assert document is not None and document.candidate_share == 50.0
+    document = routing_of(store, routing_key, body)
+    assert document.candidate_share == 50.0
     return body, document
 
 
@@ -135,13 +150,12 @@ def test_applying_publishes_the_routing_and_sets_ready(
     assert condition(body, "Degraded")["status"] == "False"
     assert condition(body, "Progressing")["reason"] == "ManualSplit"
 
-    document = published(store, routing_key)
-    assert document is not None
+    document = routing_of(store, routing_key, body)
     assert document.routing_fields() == (versions["stable"], versions["candidate"], 10.0, "canary")
     assert document.source == f"{namespace}/scorer"
     assert document.generation == 1
 
-    mirror = core.read_namespaced_config_map("scorer-routing", namespace)
+    mirror = mirror_of(core, namespace, "scorer")
     assert mirror.data is not None and mirror.metadata is not None
     assert RoutingDocument.from_json(mirror.data["routing.json"]) == document
     (owner,) = mirror.metadata.owner_references or []
@@ -162,15 +176,14 @@ def test_changing_the_share_changes_the_routing(
     namespace: str,
     versions: dict[str, str],
 ) -> None:
-    serve_split(fraudmodels, objects, namespace, "share", versions, 5)
-    before = published(store, routing_key)
-    assert before is not None and before.candidate_share == 5.0
+    body = serve_split(fraudmodels, objects, namespace, "share", versions, 5)
+    before = routing_of(store, routing_key, body)
+    assert before.candidate_share == 5.0
 
     patch_spec(objects, namespace, "share", candidateShare=40)
     body = wait_for_status(objects, namespace, "share", "share 40 observed", ready)
     assert body["status"]["candidateShare"] == 40 and body["status"]["observedGeneration"] == 2
-    after = published(store, routing_key)
-    assert after is not None
+    after = routing_of(store, routing_key, body)
     assert after.routing_fields() == (versions["stable"], versions["candidate"], 40.0, "canary")
     assert after.generation == 2 and after.updated_at >= before.updated_at
 
@@ -182,9 +195,9 @@ def test_changing_the_share_changes_the_routing(
     assert json.loads(data["routing.json"])["candidate_share"] == 40.0
 
     patch_spec(objects, namespace, "share", mode="shadow")
-    wait_for_status(objects, namespace, "share", "shadow observed", ready)
-    shadow = published(store, routing_key)
-    assert shadow is not None and shadow.mode == "shadow" and shadow.candidate_share == 40.0
+    body = wait_for_status(objects, namespace, "share", "shadow observed", ready)
+    shadow = routing_of(store, routing_key, body)
+    assert shadow.mode == "shadow" and shadow.candidate_share == 40.0
 
 
 def test_a_missing_version_degrades_and_leaves_the_routing_alone(
@@ -341,8 +354,8 @@ def test_deleting_withdraws_the_routing(
     created = fraudmodels(fraud_model("doomed", stableVersion=versions["stable"]))
     body = wait_for_status(objects, namespace, "doomed", "Ready", ready)
     assert "fraudstack.io/operator" in body["metadata"]["finalizers"]
-    assert published(store, routing_key) is not None
-    mirror = core.read_namespaced_config_map("doomed-routing", namespace)
+    routing_of(store, routing_key, body)
+    mirror = mirror_of(core, namespace, "doomed")
     assert mirror.metadata is not None
     (owner,) = mirror.metadata.owner_references or []
     assert owner.uid == created["metadata"]["uid"] and owner.block_owner_deletion is True
