@@ -31,8 +31,8 @@ __all__ = [
     "fraud_model",
     "is_gone",
     "published",
-    "routing_of",
     "read",
+    "routing_of",
     "running_operator",
     "wait_for_status",
 ]
