@@ -28,6 +28,7 @@ import pytest
 from fraudstack.adapters.offline_store import EVENTS, LABELS, OfflineStore
 from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.adapters.registry import ModelRegistry
+from fraudstack.devstack.cluster import monitoring
 from fraudstack.devstack.cluster.addons import STORAGE_CLASS
 from fraudstack.devstack.cluster.registry import REGISTRY_ADDRESS
 from fraudstack.features.definitions import FEATURE_NAMES
@@ -160,6 +161,16 @@ def release(cluster: Cluster, chart_images: float, cluster_helm: Helm) -> Iterat
         # the offline store gets what the snapshot pods read within seconds, not a minute
         "--set-string",
         "config.extraEnv.FRAUDSTACK_SNAPSHOT_FLUSH_SECONDS=5",
+        # monitoring as with kube-prometheus-stack: its label on the ServiceMonitors and the
+        # PrometheusRule, its Prometheus for the operator's gates
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.interval=10s",
+        "--set",
+        f"metrics.serviceMonitor.labels.release={monitoring.RELEASE_LABELS['release']}",
+        "--set",
+        f"operator.prometheusUrl={monitoring.PROMETHEUS_URL}",
     )
 
     def all_but_inference_ready() -> list[dict[str, Any]] | None:
@@ -498,6 +509,108 @@ def test_deleting_an_inference_pod_the_service_keeps_answering(
     assert replaced, describe_pods(cluster, NAMESPACE)
     assert failed == 0, failures
     assert answered > 0
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    cluster: Cluster, chart_images: float, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """kube-prometheus-stack's Prometheus, run by the cluster's Prometheus Operator from the
+    Prometheus image ``images/build.sh`` built; its Service's address (through kube-proxy)."""
+    repository = f"{REGISTRY.split('/', 1)[1]}/fraudstack-prometheus"
+    tags = httpx.get(f"http://{REGISTRY_ADDRESS}/v2/{repository}/tags/list", timeout=10).json()
+    (version,) = [tag for tag in tags["tags"] if re.fullmatch(r"\d+\.\d+\.\d+", tag)]
+    manifest = monitoring.prometheus_manifest(
+        tmp_path_factory.mktemp("prometheus") / "prometheus.json",
+        f"{REGISTRY}/fraudstack-prometheus:{version}",
+        f"v{version}",
+    )
+    cluster.kubectl("apply", "-f", str(manifest))
+    namespace, service = monitoring.NAMESPACE, monitoring.PROMETHEUS_NAME
+    pod = f"prometheus-{service}-0"  # the operator's StatefulSet
+    eventually(
+        lambda: cluster.get(f"/api/v1/namespaces/{namespace}/pods/{pod}"),
+        "the operator to create the Prometheus pod",
+        120,
+    )
+    cluster.wait_pod_ready(namespace, pod, timeout=240)
+    found = cluster.get(f"/api/v1/namespaces/{namespace}/services/{service}")
+    assert found is not None
+    return f"http://{found['spec']['clusterIP']}:9090"
+
+
+def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": promql}, timeout=10)
+    response.raise_for_status()
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+def test_prometheus_scrapes_every_component_through_its_servicemonitor(
+    prometheus: str, trained: Release
+) -> None:
+    """No static scrape configuration: the targets exist only if the ServiceMonitors' labels,
+    selectors and port names are right."""
+    expected = {name(c) for c in ("inference", "ingest", "aggregate", "snapshot")}
+
+    def all_up() -> dict[str, list[str]] | None:
+        series = query(prometheus, f'up{{namespace="{NAMESPACE}"}}')
+        by_service: dict[str, list[str]] = {}
+        for item in series:
+            by_service.setdefault(item["metric"].get("service", ""), []).append(item["value"][1])
+        ok = set(by_service) >= expected and all(
+            by_service[s] and set(by_service[s]) == {"1"} for s in expected
+        )
+        return by_service if ok else None
+
+    try:
+        targets = eventually(all_up, "every component's targets up", 180, interval=2)
+    except AssertionError as exc:
+        active = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]
+        raise AssertionError(f"targets: {active['activeTargets']}") from exc
+    # every inference pod is a target of its own, labelled with the pod by the relabeling
+    inference = query(prometheus, f'up{{service="{name("inference")}"}}')
+    assert len(targets[name("inference")]) >= 2
+    assert all(item["metric"]["pod"].startswith(name("inference")) for item in inference)
+
+
+def test_the_alerts_are_loaded_from_the_prometheusrule(prometheus: str, release: Release) -> None:
+    def loaded() -> set[str] | None:
+        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        names = {rule["name"] for group in groups for rule in group["rules"]}
+        wanted = {"FraudstackInferenceLatencyHigh", "FraudstackInferenceErrorRateHigh"}
+        return names if names >= wanted else None
+
+    names = eventually(loaded, "the PrometheusRule's alerts loaded", 120, interval=2)
+    assert "FraudstackFeaturesStale" in names and "FraudstackAggregationLagHigh" in names
+
+
+def test_the_hpa_reads_cpu_from_metrics_server(cluster: Cluster, trained: Release) -> None:
+    def measured() -> dict[str, Any] | None:
+        hpa = cluster.get(
+            f"/apis/autoscaling/v2/namespaces/{NAMESPACE}/horizontalpodautoscalers/"
+            f"{name('inference')}"
+        )
+        status = (hpa or {}).get("status", {})
+        metrics = status.get("currentMetrics") or []
+        cpu = [m for m in metrics if m.get("resource", {}).get("name") == "cpu"]
+        if cpu and cpu[0]["resource"]["current"].get("averageUtilization") is not None:
+            return status
+        return None
+
+    try:
+        status = eventually(measured, "the HPA to read the inference pods' CPU", 180, interval=2)
+    except AssertionError as exc:
+        described = cluster.run("describe", "hpa", "-n", NAMESPACE).stdout
+        raise AssertionError(f"the HPA has no CPU metric:\n{described}") from exc
+    active = {c["type"]: c["status"] for c in status["conditions"]}
+    assert active["ScalingActive"] == "True", status["conditions"]
+    assert status["currentReplicas"] >= 2
+    # kubectl top reads the same API: a CPU figure in millicores for every inference pod
+    top = cluster.kubectl("top", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component")
+    table = [line.split() for line in top.splitlines()[1:]]
+    inference = [row for row in table if row[0].startswith(name("inference"))]
+    assert len(inference) >= 2 and all(re.fullmatch(r"\d+m", row[1]) for row in inference), top
 
 
 def test_a_wrong_image_tag_fails_helm_install_naming_the_pods(

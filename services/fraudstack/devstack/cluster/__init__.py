@@ -11,6 +11,8 @@ Debian (installed when missing):
 * containerd 1.6 + runc (cgroupfs) with the CNI bridge plugin, pulling from a local
   ``docker-registry`` on 127.0.0.1:5000 over plain HTTP;
 * the kubelet, kube-proxy (iptables), and CoreDNS as a Deployment in kube-system;
+* the monitoring add-ons (:mod:`.monitoring`): metrics-server behind the API server's
+  aggregation layer, and the Prometheus Operator with its CRDs;
 * a default StorageClass with hostPath volumes under ``<state>/cluster/node/volumes``, so a
   chart's claims bind as they would on kind.
 
@@ -23,6 +25,7 @@ puts back the kernel settings the kubelet and the bridge plugin changed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -34,7 +37,7 @@ from typing import Any
 import httpx
 
 from fraudstack.devstack.base import Context, Server, ServerInfo
-from fraudstack.devstack.cluster import network
+from fraudstack.devstack.cluster import monitoring, network
 from fraudstack.devstack.cluster.addons import (
     COREDNS_REPOSITORY,
     COREDNS_VERSION,
@@ -104,6 +107,20 @@ class ClusterServer(Server):
         )
         _build("coredns", [bin_dir / f"coredns-{COREDNS_VERSION}"], context)
         _build("pause", [bin_dir / f"pause-{PAUSE_TAG}"], context)
+        _build(
+            "metrics-server",
+            [bin_dir / f"metrics-server-{monitoring.METRICS_SERVER_VERSION}"],
+            context,
+        )
+        _build(
+            "prometheus-operator",
+            [
+                bin_dir / f"prometheus-{name}-{monitoring.OPERATOR_VERSION}"
+                for name in ("operator", "config-reloader")
+            ]
+            + [bin_dir / monitoring.OPERATOR_MANIFESTS],
+            context,
+        )
         self.kube = KubeServer(
             bind_address=network.NODE_IP,
             extra_sans=(f"IP:{network.NODE_IP}", f"IP:{network.API_SERVICE_IP}"),
@@ -133,7 +150,7 @@ class ClusterServer(Server):
         except BaseException:
             self.stop(info)
             raise
-        step("node Ready, CoreDNS available")
+        step("node Ready; CoreDNS, metrics-server and the Prometheus Operator available")
         info["ready_seconds"] = round(time.monotonic() - started, 1)
         return info
 
@@ -153,18 +170,28 @@ class ClusterServer(Server):
         _push_image(
             COREDNS_REPOSITORY, COREDNS_VERSION, bin_dir / f"coredns-{COREDNS_VERSION}", "/coredns"
         )
-        step(f"registry at {REGISTRY_ADDRESS} holds pause and coredns")
+        for repository, (tag, binary, path) in monitoring.IMAGES.items():
+            _push_image(repository, tag, bin_dir / binary, path)
+        step(f"registry at {REGISTRY_ADDRESS} holds pause, coredns and the add-ons")
 
         pki = make_pki(
             self.kube.openssl, folder / "pki", folder / "openssl.log", self.kube.extra_sans
         )
-        client = _kubelet_client_cert(self.kube.openssl, folder / "pki", folder / "openssl.log")
+        openssl, log = self.kube.openssl, folder / "openssl.log"
+        client = _client_cert(
+            openssl,
+            folder / "pki",
+            log,
+            "kubelet-client",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        )
         self.kube.extra_args = (
             f"--kubelet-client-certificate={client[0]}",
             f"--kubelet-client-key={client[1]}",
             # the node's name is in no resolver; never ask the machine's DNS for it
             "--kubelet-preferred-address-types=InternalIP",
             "--allow-privileged=true",
+            *_aggregation_args(openssl, folder / "pki", log),
         )
         kube = self.kube.start(context)
         info["pids"] = kube["pids"] + info["pids"]  # stopped last, in this order
@@ -246,13 +273,23 @@ class ClusterServer(Server):
 
         kubectl(info, "apply", "-f", str(coredns_manifest(node / "coredns.json")))
         kubectl(info, "apply", "-f", str(storage_manifest(node / "storage.json", node / "volumes")))
-        wait_until(
-            lambda: deployment_available(info, "kube-system", "coredns"),
-            "CoreDNS to be available",
-            READY_TIMEOUT_SECONDS,
-            None,
-            folder / "kubelet.log",
-        )
+        # the monitoring add-ons: metrics-server, the Prometheus Operator and its CRDs
+        files = [f"--filename={path}" for path in monitoring.operator_files(bin_dir)]
+        kubectl(info, "apply", "--server-side", "--force-conflicts", *files)
+        kubectl(info, "apply", "-f", str(monitoring.operator_manifest(node / "po.json")))
+        kubectl(info, "apply", "-f", str(monitoring.metrics_server_manifest(node / "ms.json")))
+        for namespace, name in (
+            ("kube-system", "coredns"),
+            ("kube-system", "metrics-server"),
+            (monitoring.NAMESPACE, "prometheus-operator"),
+        ):
+            wait_until(
+                functools.partial(deployment_available, info, namespace, name),
+                f"{name} to be available",
+                READY_TIMEOUT_SECONDS,
+                None,
+                folder / "kubelet.log",
+            )
 
     def answers(self, info: ServerInfo) -> bool:
         if "url" not in info or not kube_status(info):
@@ -320,47 +357,56 @@ def _build(script: str, binaries: list[Path], context: Context) -> None:
         raise DevstackError(f"deploy/{script}/build.sh failed (exit {result.returncode})")
 
 
-def _kubelet_client_cert(openssl: str, folder: Path, log: Path) -> tuple[Path, Path]:
-    """The API server's client certificate for the kubelet (``kubectl logs/exec``)."""
-    cert, key = folder / "kubelet-client.crt", folder / "kubelet-client.key"
+def _client_cert(
+    openssl: str, folder: Path, log: Path, name: str, subject: str, ca: str = "ca"
+) -> tuple[Path, Path]:
+    """A client certificate ``<name>.crt``/``.key`` for ``subject``, signed by ``<ca>.crt``."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
     if cert.exists() and key.exists():
         return cert, key
-    (folder / "kubelet-client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    steps = [
-        [
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            key.name,
-            "-out",
-            "kubelet-client.csr",
-            "-subj",
-            "/O=system:masters/CN=kube-apiserver-kubelet-client",
-        ],
-        [
-            "x509",
-            "-req",
-            "-in",
-            "kubelet-client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "3650",
-            "-extfile",
-            "kubelet-client.ext",
-            "-out",
-            cert.name,
-        ],
+    (folder / f"{name}.ext").write_text("extendedKeyUsage=clientAuth\n")
+    steps = [  # subjects hold no spaces: split words
+        f"req -newkey rsa:2048 -nodes -keyout {key.name} -out {name}.csr -subj {subject}",
+        f"x509 -req -in {name}.csr -CA {ca}.crt -CAkey {ca}.key -CAcreateserial -days 3650"
+        f" -extfile {name}.ext -out {cert.name}",
     ]
-    for words in steps:
+    for words in (step.split() for step in steps):
         run_checked([openssl, *words], f"openssl {words[0]}", log, cwd=folder)
     key.chmod(0o600)
     return cert, key
+
+
+def _aggregation_args(openssl: str, folder: Path, log: Path) -> tuple[str, ...]:
+    """The API server's front-proxy flags: it then serves the APIs of extension servers
+    (metrics-server's ``metrics.k8s.io``), telling them who asks through request headers that
+    they trust from the front-proxy client certificate alone (a CA of its own, as kubeadm's)."""
+    ca = "front-proxy-ca"
+    if not (folder / f"{ca}.crt").exists():
+        run_checked(
+            [
+                openssl,
+                *f"req -x509 -newkey rsa:2048 -nodes -days 3650 -keyout {ca}.key -out {ca}.crt"
+                f" -subj /CN={ca}".split(),
+            ],
+            "openssl req",
+            log,
+            cwd=folder,
+        )
+        (folder / f"{ca}.key").chmod(0o600)
+    cert, key = _client_cert(
+        openssl, folder, log, "front-proxy-client", "/CN=front-proxy-client", ca
+    )
+    return (
+        f"--requestheader-client-ca-file={folder / f'{ca}.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={cert}",
+        f"--proxy-client-key-file={key}",
+        # to the extension server's pod address: the API server runs on the node, beside it
+        "--enable-aggregator-routing=true",
+    )
 
 
 def _cni_results() -> list[str]:
