@@ -31,13 +31,14 @@ kube_ldflags() {
 
 # go build PACKAGE (in the module at DIR) into TARGET, appending to LOG; a line every 30 s while
 # it compiles. It writes TARGET.partial first, so an interrupted build never looks finished.
-go_build_reporting() { # what dir package ldflags target log
-  local what="$1" dir="$2" package="$3" ldflags="$4" target="$5" log="$6" go_bin
+go_build_reporting() { # what dir package ldflags target log [build-tags]
+  local what="$1" dir="$2" package="$3" ldflags="$4" target="$5" log="$6" tags="${7:-}" go_bin
   go_bin="$(go_toolchain)"
   echo "building $what into $(dirname "$target") (first time only; log: $log)" >&2
   local start now last pid
   start=$(date +%s)
-  (cd "$dir" && CGO_ENABLED=0 "$go_bin" build -trimpath -ldflags "$ldflags" -o "$target.partial" \
+  (cd "$dir" && CGO_ENABLED=0 "$go_bin" build -trimpath -tags "$tags" -ldflags "$ldflags" \
+    -o "$target.partial" \
     "$package") >>"$log" 2>&1 &
   pid=$!
   last=$start

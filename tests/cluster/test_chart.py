@@ -512,28 +512,11 @@ def test_deleting_an_inference_pod_the_service_keeps_answering(
 
 
 @pytest.fixture(scope="module")
-def prometheus(
-    cluster: Cluster, chart_images: float, tmp_path_factory: pytest.TempPathFactory
-) -> str:
-    """kube-prometheus-stack's Prometheus, run by the cluster's Prometheus Operator from the
-    Prometheus image ``images/build.sh`` built; its Service's address (through kube-proxy)."""
-    repository = f"{REGISTRY.split('/', 1)[1]}/fraudstack-prometheus"
-    tags = httpx.get(f"http://{REGISTRY_ADDRESS}/v2/{repository}/tags/list", timeout=10).json()
-    (version,) = [tag for tag in tags["tags"] if re.fullmatch(r"\d+\.\d+\.\d+", tag)]
-    manifest = monitoring.prometheus_manifest(
-        tmp_path_factory.mktemp("prometheus") / "prometheus.json",
-        f"{REGISTRY}/fraudstack-prometheus:{version}",
-        f"v{version}",
-    )
-    cluster.kubectl("apply", "-f", str(manifest))
+def prometheus(cluster: Cluster) -> str:
+    """kube-prometheus-stack's Prometheus, which ``devstack up --cluster`` has the cluster's
+    Prometheus Operator run; its Service's address (through kube-proxy)."""
     namespace, service = monitoring.NAMESPACE, monitoring.PROMETHEUS_NAME
-    pod = f"prometheus-{service}-0"  # the operator's StatefulSet
-    eventually(
-        lambda: cluster.get(f"/api/v1/namespaces/{namespace}/pods/{pod}"),
-        "the operator to create the Prometheus pod",
-        120,
-    )
-    cluster.wait_pod_ready(namespace, pod, timeout=240)
+    cluster.wait_pod_ready(namespace, f"{monitoring.PROMETHEUS_STATEFULSET}-0", timeout=240)
     found = cluster.get(f"/api/v1/namespaces/{namespace}/services/{service}")
     assert found is not None
     return f"http://{found['spec']['clusterIP']}:9090"

@@ -96,8 +96,28 @@ class Cluster:
         except AssertionError as exc:
             events = self.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp")
             raise AssertionError(
-                f"pod {namespace}/{name} never Ready; events:\n{events.stdout}"
+                f"pod {namespace}/{name} never Ready; {self.why_not_ready(namespace, name)}"
+                f"events:\n{events.stdout}"
             ) from exc
+
+    def why_not_ready(self, namespace: str, name: str) -> str:
+        """Each container's state and last termination, and the last lines a restarted
+        container wrote before it ended: what a person runs ``kubectl describe`` for."""
+        pod = self.get(f"/api/v1/namespaces/{namespace}/pods/{name}") or {}
+        lines = []
+        for status in pod.get("status", {}).get("containerStatuses", []):
+            container = status["name"]
+            lines.append(
+                f"container {container}: ready={status.get('ready')} "
+                f"restarts={status.get('restartCount', 0)} state={status.get('state')} "
+                f"last={status.get('lastState')}"
+            )
+            if status.get("restartCount"):
+                previous = self.run(
+                    "logs", "-n", namespace, name, "-c", container, "--previous", "--tail=15"
+                )
+                lines.append(f"  its previous run ended with:\n{previous.stdout}{previous.stderr}")
+        return "\n".join(lines) + "\n"
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ Debian (installed when missing):
   ``docker-registry`` on 127.0.0.1:5000 over plain HTTP;
 * the kubelet, kube-proxy (iptables), and CoreDNS as a Deployment in kube-system;
 * the monitoring add-ons (:mod:`.monitoring`): metrics-server behind the API server's
-  aggregation layer, and the Prometheus Operator with its CRDs;
+  aggregation layer, the Prometheus Operator with its CRDs, and a Prometheus it runs as
+  kube-prometheus-stack would;
 * a default StorageClass with hostPath volumes under ``<state>/cluster/node/volumes``, so a
   chart's claims bind as they would on kind.
 
@@ -44,7 +45,7 @@ from fraudstack.devstack.cluster.addons import (
     coredns_manifest,
     storage_manifest,
 )
-from fraudstack.devstack.cluster.api import api_get, deployment_available, kubectl, node_ready
+from fraudstack.devstack.cluster.api import api_get, available, kubectl, node_ready
 from fraudstack.devstack.cluster.node import (
     NODE_NAME,
     PAUSE_REPOSITORY,
@@ -114,10 +115,7 @@ class ClusterServer(Server):
         )
         _build(
             "prometheus-operator",
-            [
-                bin_dir / f"prometheus-{name}-{monitoring.OPERATOR_VERSION}"
-                for name in ("operator", "config-reloader")
-            ]
+            [bin_dir / binary for binary in monitoring.OPERATOR_BINARIES]
             + [bin_dir / monitoring.OPERATOR_MANIFESTS],
             context,
         )
@@ -150,7 +148,9 @@ class ClusterServer(Server):
         except BaseException:
             self.stop(info)
             raise
-        step("node Ready; CoreDNS, metrics-server and the Prometheus Operator available")
+        step(
+            "node Ready; CoreDNS, metrics-server, the Prometheus Operator and Prometheus available"
+        )
         info["ready_seconds"] = round(time.monotonic() - started, 1)
         return info
 
@@ -273,18 +273,28 @@ class ClusterServer(Server):
 
         kubectl(info, "apply", "-f", str(coredns_manifest(node / "coredns.json")))
         kubectl(info, "apply", "-f", str(storage_manifest(node / "storage.json", node / "volumes")))
-        # the monitoring add-ons: metrics-server, the Prometheus Operator and its CRDs
+        # the monitoring add-ons: metrics-server, the Prometheus Operator and its CRDs, and a
+        # Prometheus it runs (created once the operator's CRDs are established)
         files = [f"--filename={path}" for path in monitoring.operator_files(bin_dir)]
         kubectl(info, "apply", "--server-side", "--force-conflicts", *files)
         kubectl(info, "apply", "-f", str(monitoring.operator_manifest(node / "po.json")))
         kubectl(info, "apply", "-f", str(monitoring.metrics_server_manifest(node / "ms.json")))
-        for namespace, name in (
-            ("kube-system", "coredns"),
-            ("kube-system", "metrics-server"),
-            (monitoring.NAMESPACE, "prometheus-operator"),
+        kubectl(
+            info,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/prometheuses.monitoring.coreos.com",
+        )
+        kubectl(info, "apply", "-f", str(monitoring.prometheus_manifest(node / "prom.json")))
+        for namespace, resource, name in (
+            ("kube-system", "deployments", "coredns"),
+            ("kube-system", "deployments", "metrics-server"),
+            (monitoring.NAMESPACE, "deployments", "prometheus-operator"),
+            (monitoring.NAMESPACE, "statefulsets", monitoring.PROMETHEUS_STATEFULSET),
         ):
             wait_until(
-                functools.partial(deployment_available, info, namespace, name),
+                functools.partial(available, info, namespace, resource, name),
                 f"{name} to be available",
                 READY_TIMEOUT_SECONDS,
                 None,

@@ -40,6 +40,8 @@ def node_ready(info: ServerInfo) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
-def deployment_available(info: ServerInfo, namespace: str, name: str) -> bool:
-    deployment = api_get(info, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    return bool((deployment or {}).get("status", {}).get("availableReplicas"))
+def available(info: ServerInfo, namespace: str, resource: str, name: str) -> bool:
+    """Whether a Deployment or StatefulSet (``resource``: ``deployments``, ``statefulsets``) has
+    a replica available; False while it does not exist yet."""
+    workload = api_get(info, f"/apis/apps/v1/namespaces/{namespace}/{resource}/{name}")
+    return bool((workload or {}).get("status", {}).get("availableReplicas"))

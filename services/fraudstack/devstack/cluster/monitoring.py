@@ -7,11 +7,12 @@
 * **the Prometheus Operator** and its config reloader in ``monitoring``, with the operator's
   own CRDs and ClusterRoles, copied from its Go module by ``deploy/prometheus-operator/build.sh``.
   This is the part of kube-prometheus-stack that fraudstack's chart relies on.
-* :func:`prometheus_manifest`, a ``Prometheus`` resource named and labelled as
-  kube-prometheus-stack's: it selects ServiceMonitors and PrometheusRules carrying
-  :data:`RELEASE_LABELS` in every namespace, and its Service answers at :data:`PROMETHEUS_URL`.
-  It needs a Prometheus image (``make images`` builds one from Debian's package), so ``up``
-  does not create it; the chart's cluster test does.
+* **Prometheus** itself (:func:`prometheus_manifest`), a ``Prometheus`` resource the operator
+  runs, named and labelled as kube-prometheus-stack's: it selects ServiceMonitors and
+  PrometheusRules carrying :data:`RELEASE_LABELS` in every namespace, and its Service answers at
+  :data:`PROMETHEUS_URL`. It is the version the operator's module requires, built by the same
+  script with Kubernetes service discovery (Debian's package has none, so the image ``make
+  images`` builds from it serves docker compose, not a cluster).
 
 Every image is a FROM-scratch image of the static binary, pushed to the cluster's registry.
 """
@@ -26,10 +27,14 @@ from fraudstack.devstack.cluster.registry import REGISTRY_ADDRESS
 
 METRICS_SERVER_VERSION = "v0.8.0"
 OPERATOR_VERSION = "v0.93.1"
+#: the Prometheus release the operator's module requires (the newest it supports)
+PROMETHEUS_VERSION = "v3.13.1"
 NAMESPACE = "monitoring"
 #: what kube-prometheus-stack calls its Prometheus (and that Prometheus' Service)
 PROMETHEUS_NAME = "kube-prometheus-stack-prometheus"
 PROMETHEUS_URL = f"http://{PROMETHEUS_NAME}.{NAMESPACE}:9090"
+#: the StatefulSet the operator runs it in (its pod: ``<this>-0``)
+PROMETHEUS_STATEFULSET = f"prometheus-{PROMETHEUS_NAME}"
 #: the label kube-prometheus-stack's Prometheus selects ServiceMonitors and rules by
 RELEASE_LABELS = {"release": "kube-prometheus-stack"}
 
@@ -51,8 +56,15 @@ IMAGES = {
         f"prometheus-config-reloader-{OPERATOR_VERSION}",
         "/bin/prometheus-config-reloader",
     ),
+    "fraudstack/prometheus": (
+        PROMETHEUS_VERSION,
+        f"prometheus-{PROMETHEUS_VERSION}",
+        "/bin/prometheus",
+    ),
 }
 BINARIES = [binary for _, binary, _ in IMAGES.values()]
+#: what ``deploy/prometheus-operator/build.sh`` builds
+OPERATOR_BINARIES = [binary for binary in BINARIES if binary.startswith("prometheus")]
 OPERATOR_MANIFESTS = f"prometheus-operator-{OPERATOR_VERSION}.manifests"
 
 
@@ -257,9 +269,9 @@ def operator_manifest(path: Path) -> Path:
     return _write(path, items)
 
 
-def prometheus_manifest(path: Path, prometheus_image: str, version: str) -> Path:
-    """A ``Prometheus`` like kube-prometheus-stack's, running ``prometheus_image`` (Prometheus
-    ``version``, e.g. ``v2.42.0``), with its ServiceAccount and its Service, as one List."""
+def prometheus_manifest(path: Path) -> Path:
+    """A ``Prometheus`` like kube-prometheus-stack's, with its ServiceAccount and its Service,
+    as one List."""
     items = [
         _account(PROMETHEUS_NAME, NAMESPACE),
         _binding(PROMETHEUS_NAME, "prometheus", PROMETHEUS_NAME, NAMESPACE),
@@ -268,8 +280,8 @@ def prometheus_manifest(path: Path, prometheus_image: str, version: str) -> Path
             "kind": "Prometheus",
             "metadata": {"name": PROMETHEUS_NAME, "namespace": NAMESPACE},
             "spec": {
-                "image": prometheus_image,
-                "version": version,
+                "image": image("fraudstack/prometheus"),
+                "version": PROMETHEUS_VERSION,
                 "replicas": 1,
                 "serviceAccountName": PROMETHEUS_NAME,
                 "scrapeInterval": "10s",
