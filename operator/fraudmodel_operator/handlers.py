@@ -237,11 +237,13 @@ async def _decide(
         gates = await services.gates.evaluate(
             spec.stable, spec.candidate, spec.gates, window, shadow=spec.mode == "shadow"
         )
+    # a problem usually freezes the routing (Degraded); one that rejects the candidate rolls
+    # the rollout back instead, and that split is published like any other
     decision = rollout.decide(
         spec, previous, generation=generation, now=now, problem=problem, gates=gates
     )
-    split = decision.status.split
-    if problem is None and split is not None:
+    split = decision.routing
+    if split is not None:
         saved = split != previous.split
         if saved:
             # The status first: an operator that stops between the two then publishes, when it

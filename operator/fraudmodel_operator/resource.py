@@ -144,10 +144,17 @@ class GateReport:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """Why nothing can be published: a condition reason and a message naming the culprit."""
+    """What keeps the spec from being served: a condition reason and a message naming the
+    culprit. It freezes the routing (Degraded) until someone, or something, fixes it.
+
+    ``rejects_candidate`` marks a permanent fault of the candidate alone: its artifact fails its
+    hash check. Published versions never change, so waiting cannot fix it; a rollout rolls such
+    a candidate back instead of freezing (:func:`fraudmodel_operator.rollout.decide`).
+    """
 
     reason: str
     message: str
+    rejects_candidate: bool = False
 
 
 @dataclass(frozen=True, slots=True)

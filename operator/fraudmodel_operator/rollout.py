@@ -11,7 +11,7 @@ operator carries on where the last one stopped (idempotent on restart); the only
     outcome       "" while walking the steps, else Promoted, RolledBack or Paused (final until
                   the key changes: to retry a rolled-back candidate, change its steps, or remove
                   and re-add it)
-    message       why the outcome happened (the failed gate)
+    message       why the outcome happened (the failed gate, or the rejected candidate's fault)
     lastGateCheck the last gate figures and verdict
 
 The machine, for a spec with a candidate and rollout steps::
@@ -27,15 +27,27 @@ The machine, for a spec with a candidate and rollout steps::
                                                onGateFailure: rollback ──► RolledBack
                                                onGateFailure: pause    ──► Paused
 
+        (any but Promoted) ── the registry rejects the candidate ───────────► RolledBack
+                              (at once, whatever onGateFailure says)
+
 Without steps the split is the spec's own (``candidateShare`` of customers to the candidate) and
 no gate is judged; without a candidate the stable version serves everyone. A registry problem (a
-version that is missing or built for another feature set) or a routing that cannot be published
-makes the FraudModel Degraded and freezes everything else: the split and the rollout state stay
-as they were, and so does what the inference service serves.
+version that is missing, built for another feature set or failing its hash check) or a routing
+that cannot be published makes the FraudModel Degraded and freezes everything else: the split
+and the rollout state stay as they were, and so does what the inference service serves.
+
+One registry problem ends a rollout instead: a candidate whose files fail their hash check
+(:attr:`~fraudmodel_operator.resource.Problem.rejects_candidate`). No inference worker loads
+it, so it would never get the traffic its gates wait for, and a published version never
+changes, so waiting cannot mend it: the rollout is RolledBack at once, the stable version
+scoring everyone. Even with ``onGateFailure: pause``: a share of customers cannot be paused on
+a version nobody serves. A promoted candidate is not taken back by the machine, though: that
+one is Degraded, for a person to decide.
 
 Phases: Serving, Progressing, Promoted, RolledBack, Paused, Degraded. Conditions: Ready (the
 routing this FraudModel asks for is the one published), Progressing (a rollout is walking its
-steps), Degraded (something needs a person: a missing version, a failed gate).
+steps), Degraded (something needs a person: a missing version, a failed gate, a rejected
+candidate).
 """
 
 from __future__ import annotations
@@ -78,21 +90,19 @@ class Decision:
     status: Status
     transitions: tuple[Transition, ...] = ()
 
+    @property
+    def routing(self) -> Split | None:
+        """The split to publish: None when Degraded, which leaves the published one alone."""
+        return None if self.status.phase == DEGRADED else self.status.split
+
 
 # -- the machine -------------------------------------------------------------------------------
 
 
 def current_step(spec: Spec, previous: Status) -> Step | None:
     """The step being walked, if a rollout of this very spec is under way."""
-    state = previous.rollout
-    if (
-        spec.candidate is None
-        or not spec.steps
-        or state is None
-        or state.key != spec.rollout_key
-        or state.outcome
-        or state.step > len(spec.steps)
-    ):
+    state = _this_rollout(spec, previous)
+    if spec.candidate is None or state is None or state.outcome:
         return None
     return spec.steps[state.step - 1]
 
@@ -116,7 +126,10 @@ def decide(
     problem: Problem | None = None,
     gates: GateReport | None = None,
 ) -> Decision:
-    """The next status. ``gates`` is the verdict on the current step, when :func:`gates_due`."""
+    """The next status. ``gates`` is the verdict on the current step, when :func:`gates_due`;
+    a ``problem`` freezes everything (Degraded), unless it rejects a rollout's candidate."""
+    if problem is not None and _rejects(spec, previous, problem):
+        return _reject(spec, previous, generation, now, problem)
     if problem is not None:
         return _degraded(previous, generation, now, problem)
     if spec.candidate is None:
@@ -146,9 +159,9 @@ def _rollout(
     spec: Spec, previous: Status, generation: int, now: float, gates: GateReport | None
 ) -> Decision:
     transitions: list[Transition] = []
-    state = previous.rollout
+    state = _this_rollout(spec, previous)
     steps = len(spec.steps)
-    if state is None or state.key != spec.rollout_key or state.step > steps:
+    if state is None:
         state = RolloutState(key=spec.rollout_key, step=1, step_started_at=int(now))
         transitions.append(
             Transition("RolloutStarted", f"rolling {spec.candidate} out: {_steps(spec)}")
@@ -185,9 +198,58 @@ def _rollout(
     return Decision(_rollout_status(spec, state, previous, generation, now), tuple(transitions))
 
 
+def _rejects(spec: Spec, previous: Status, problem: Problem) -> bool:
+    """Whether ``problem`` ends the rollout rather than freezing it: it rejects the candidate of
+    a rollout that has not promoted it. A promoted candidate scores everyone; taking it away is
+    for a person, so that problem stays an ordinary one."""
+    if not (problem.rejects_candidate and spec.candidate and spec.steps):
+        return False
+    state = _this_rollout(spec, previous)
+    return state is None or state.outcome != PROMOTED
+
+
+def _reject(
+    spec: Spec, previous: Status, generation: int, now: float, rejection: Problem
+) -> Decision:
+    """RolledBack at once, whatever ``onGateFailure`` says: no worker loads the candidate, so
+    its step's share cannot be held (as a pause would) and its gates would wait forever. Said
+    once; the next looks find the rollout RolledBack already and keep it so."""
+    steps = len(spec.steps)
+    state = _this_rollout(spec, previous) or RolloutState(
+        key=spec.rollout_key, step=1, step_started_at=int(now)
+    )
+    transitions: tuple[Transition, ...] = ()
+    if state.outcome != ROLLED_BACK:
+        message = f"step {state.step} of {steps}: {spec.candidate} rejected: {rejection.message}"
+        state = replace(state, outcome=ROLLED_BACK, message=message)
+        transitions = (Transition(ROLLED_BACK, message, warning=True),)
+    status = _rollout_status(spec, state, previous, generation, now, rejection)
+    return Decision(status, transitions)
+
+
+def _this_rollout(spec: Spec, previous: Status) -> RolloutState | None:
+    """The rollout state in ``previous`` if it is about this very spec, else None."""
+    state = previous.rollout
+    if (
+        not spec.steps
+        or state is None
+        or state.key != spec.rollout_key
+        or state.step > len(spec.steps)
+    ):
+        return None
+    return state
+
+
 def _rollout_status(
-    spec: Spec, state: RolloutState, previous: Status, generation: int, now: float
+    spec: Spec,
+    state: RolloutState,
+    previous: Status,
+    generation: int,
+    now: float,
+    rejection: Problem | None = None,
 ) -> Status:
+    """The status of ``state``. A ``rejection`` (the registry still rejects the candidate) is
+    what the Degraded condition of a RolledBack rollout reports, instead of a failed gate."""
     assert spec.candidate is not None
     steps = len(spec.steps)
     if state.outcome == PROMOTED:
@@ -212,12 +274,17 @@ def _rollout_status(
         else:
             split = Split(spec.stable, spec.candidate, spec.steps[state.step - 1].share, spec.mode)
             ready = f"paused: {_describe(split)}"
+        degraded = (
+            ("True", rejection.reason, rejection.message)
+            if rejection is not None
+            else ("True", "GateFailed", state.message)
+        )
         conditions = _conditions(
             previous,
             now,
             ready=("True", state.outcome, ready),
             progressing=("False", state.outcome, state.message),
-            degraded=("True", "GateFailed", state.message),
+            degraded=degraded,
         )
         return Status(state.outcome, generation, split, state, conditions)
 

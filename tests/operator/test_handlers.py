@@ -1,10 +1,12 @@
 """The operator against the real API server, Redis and model registry: a FraudModel's routing is
 published to Redis and mirrored in a ConfigMap, follows spec changes, stays put when a version
-is missing, and is withdrawn when the FraudModel goes."""
+is missing, rolls back a candidate whose files fail their hash check, and is withdrawn when the
+FraudModel goes."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,7 @@ from operator_support import (
 )
 
 from fraudmodel_operator.publish import PublishResult, RoutingPublisher
+from fraudstack.adapters.registry import ModelRegistry
 from fraudstack.errors import StoreUnavailable
 from fraudstack.routing import RoutingDocument
 from support.waiting import eventually
@@ -289,6 +292,51 @@ def test_a_version_of_another_feature_set_degrades(
     assert "stableVersion" not in body["status"]
     document = published(store, routing_key)
     assert document is None or document.source != f"{namespace}/features"
+
+
+def test_a_candidate_whose_file_was_altered_is_rolled_back(
+    fraudmodels: CreateFraudModel,
+    objects: client.CustomObjectsApi,
+    core: client.CoreV1Api,
+    store: redis.Redis,
+    routing_key: str,
+    namespace: str,
+    versions: dict[str, str],
+    model_registry: ModelRegistry,
+    publish_version: Callable[..., str],
+) -> None:
+    """No inference worker would load the candidate, so its step would never see traffic: the
+    operator rolls it back at once, publishes stable alone and says why, once."""
+    serve_split(fraudmodels, objects, namespace, "tampered", versions, 20)
+    candidate = publish_version("handlers-tampered")
+    (model_registry.path(candidate) / "model.onnx").write_bytes(b"altered after publishing")
+    steps = [{"share": 10, "durationSeconds": 600}]
+    patch_spec(objects, namespace, "tampered", candidateVersion=candidate, rollout={"steps": steps})
+
+    def rolled_back(body: dict[str, Any]) -> bool:
+        status = body.get("status", {})
+        return status.get("observedGeneration") == 2 and status.get("phase") == "RolledBack"
+
+    body = wait_for_status(objects, namespace, "tampered", "RolledBack", rolled_back)
+    degraded = condition(body, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "ArtifactCorrupt"
+    assert candidate in degraded["message"] and "model.onnx has sha256" in degraded["message"]
+    assert condition(body, "Ready")["status"] == "True"
+    assert body["status"]["candidateShare"] == 0 and "candidateVersion" not in body["status"]
+    document = routing_of(store, routing_key, body)
+    assert document.routing_fields() == (versions["stable"], None, 0.0, "canary")
+
+    def rolled_back_events() -> list[client.CoreV1Event]:
+        events = core.list_namespaced_event(
+            namespace, field_selector="involvedObject.name=tampered"
+        ).items
+        return [event for event in events if event.reason == "RolledBack"]
+
+    (event,) = eventually(rolled_back_events, "the RolledBack event")
+    assert event.type == "Warning" and "model.onnx has sha256" in (event.message or "")
+    time.sleep(3)  # three more reconciles (the timer runs every second): nothing more to say
+    assert len(rolled_back_events()) == 1
+    assert published(store, routing_key) == document  # not written again: nothing changed
 
 
 @pytest.mark.parametrize(

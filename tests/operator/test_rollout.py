@@ -26,6 +26,12 @@ STEPS = [{"share": 5, "durationSeconds": 60}, {"share": 25, "durationSeconds": 1
 PASS = GateReport(Verdict.PASS, "gates passed", {"latencyP99Ratio": 1.0})
 WAIT = GateReport(Verdict.WAIT, "v2 scored 3 requests in the last 60s; the gates need 100")
 FAIL = GateReport(Verdict.FAIL, "v2 failed its gates: p99 latency x3.00 > x1.5")
+CORRUPT = Problem(
+    "ArtifactCorrupt",
+    "candidate version v2 cannot be loaded: model v2: model.onnx has sha256 0a1b, "
+    "metadata.json says 2c3d",
+    rejects_candidate=True,
+)
 
 
 def spec(**fields: Any) -> Spec:
@@ -219,3 +225,65 @@ def test_shadow_rollout_publishes_shadow_and_promotes_to_plain_serving() -> None
     second = step(the_spec, first, T0 + 60, PASS).status
     promoted = step(the_spec, second, T0 + 180, PASS).status
     assert promoted.split == Split("v2", None, 0, "canary")
+
+
+def test_a_rejected_candidate_is_rolled_back_at_once_and_stays_so() -> None:
+    """Even with onGateFailure: pause, and before its step is over: no worker loads it."""
+    the_spec = rollout_spec(onGateFailure="pause")
+    first = step(the_spec, Status(), T0).status
+    rejected = decide(the_spec, first, generation=1, now=T0 + 30, problem=CORRUPT)
+    status = rejected.status
+    assert status.phase == ROLLED_BACK and status.split == Split("v1")
+    assert rejected.routing == Split("v1")  # published, as any rollback
+    assert conditions(status) == {
+        "Ready": ("True", ROLLED_BACK),
+        "Progressing": ("False", ROLLED_BACK),
+        "Degraded": ("True", "ArtifactCorrupt"),
+    }
+    degraded = status.condition("Degraded")
+    assert degraded is not None and degraded.message == CORRUPT.message
+    assert status.rollout is not None and status.rollout.step == 1
+    assert status.rollout.message == f"step 1 of 2: v2 rejected: {CORRUPT.message}"
+    assert [(t.reason, t.warning, t.message) for t in rejected.transitions] == [
+        (ROLLED_BACK, True, status.rollout.message)
+    ]
+    assert not gates_due(the_spec, status, T0 + 1000)
+
+    # the next looks, and a restarted operator's, find it rolled back: nothing more to say
+    for previous in (status, Status.from_dict(status.to_dict())):
+        again = decide(the_spec, previous, generation=1, now=T0 + 1000, problem=CORRUPT)
+        assert again.status == status and again.transitions == ()
+
+
+def test_a_candidate_rejected_from_the_start_never_starts_its_rollout() -> None:
+    serving = step(spec(), Status(), T0).status
+    rejected = decide(rollout_spec(), serving, generation=2, now=T0 + 5, problem=CORRUPT)
+    assert rejected.status.phase == ROLLED_BACK and rejected.status.split == Split("v1")
+    assert [t.reason for t in rejected.transitions] == [ROLLED_BACK]
+
+
+def test_a_rejection_after_a_failed_gate_keeps_the_rollback_and_names_the_fault() -> None:
+    the_spec = rollout_spec()
+    first = step(the_spec, Status(), T0).status
+    failed = step(the_spec, first, T0 + 60, FAIL).status
+    rejected = decide(the_spec, failed, generation=1, now=T0 + 70, problem=CORRUPT)
+    assert rejected.status.rollout == failed.rollout and rejected.transitions == ()
+    assert conditions(rejected.status)["Degraded"] == ("True", "ArtifactCorrupt")
+
+
+def test_without_steps_or_once_promoted_a_rejection_only_degrades() -> None:
+    """A split set by hand, or a promoted candidate, is not the machine's to take back."""
+    manual = spec(candidateVersion="v2", candidateShare=30)
+    serving = step(manual, Status(), T0).status
+    blocked = decide(manual, serving, generation=2, now=T0 + 5, problem=CORRUPT)
+    assert blocked.status.phase == DEGRADED and blocked.status.split == serving.split
+    assert blocked.routing is None  # what is published stays
+    assert conditions(blocked.status)["Degraded"] == ("True", "ArtifactCorrupt")
+
+    the_spec = rollout_spec()
+    first = step(the_spec, Status(), T0).status
+    second = step(the_spec, first, T0 + 60, PASS).status
+    promoted = step(the_spec, second, T0 + 180, PASS).status
+    blocked = decide(the_spec, promoted, generation=1, now=T0 + 200, problem=CORRUPT)
+    assert blocked.status.phase == DEGRADED and blocked.status.split == Split("v2")
+    assert blocked.status.rollout == promoted.rollout
