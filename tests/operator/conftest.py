@@ -5,7 +5,7 @@
 * Redis and Prometheus of the test devstack (``tests/conftest.py``);
 * a model registry in a temporary folder, with versions published through
   :class:`~fraudstack.adapters.registry.ModelRegistry` (metadata and a placeholder file: the
-  operator reads metadata only, it never loads a model);
+  operator reads the metadata and hashes the files, it never loads a model);
 * the operator itself, in this process, through ``kopf.testing.KopfRunner``, with a reconcile
   timer of one second and a 10-second gate window so steps of the CRD's minimum (10 s) run;
 * a scrape target serving the inference metrics (``inference_requests_total``,

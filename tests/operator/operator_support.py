@@ -28,6 +28,7 @@ __all__ = [
     "MetricsTarget",
     "condition",
     "delete_and_wait",
+    "events_of",
     "fraud_model",
     "is_gone",
     "published",
@@ -86,6 +87,14 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
         if item["type"] == kind:
             return dict(item)
     return {}
+
+
+def events_of(
+    core: client.CoreV1Api, namespace: str, name: str, reason: str
+) -> list[client.CoreV1Event]:
+    """The Events with ``reason`` about the object ``name``: what ``kubectl describe`` shows."""
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+    return [event for event in events.items if event.reason == reason]
 
 
 def published(store: redis.Redis, key: str) -> RoutingDocument | None:

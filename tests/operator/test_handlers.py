@@ -19,6 +19,7 @@ from operator_support import (
     VERSION,
     CreateFraudModel,
     condition,
+    events_of,
     fraud_model,
     is_gone,
     published,
@@ -327,10 +328,7 @@ def test_a_candidate_whose_file_was_altered_is_rolled_back(
     assert document.routing_fields() == (versions["stable"], None, 0.0, "canary")
 
     def rolled_back_events() -> list[client.CoreV1Event]:
-        events = core.list_namespaced_event(
-            namespace, field_selector="involvedObject.name=tampered"
-        ).items
-        return [event for event in events if event.reason == "RolledBack"]
+        return events_of(core, namespace, "tampered", "RolledBack")
 
     (event,) = eventually(rolled_back_events, "the RolledBack event")
     assert event.type == "Warning" and "model.onnx has sha256" in (event.message or "")

@@ -19,6 +19,7 @@ from operator_support import (
     CreateFraudModel,
     MetricsTarget,
     condition,
+    events_of,
     fraud_model,
     published,
     wait_for_status,
@@ -196,10 +197,7 @@ def test_a_slow_candidate_is_rolled_back_by_the_operator(
 
     # and `kubectl describe` tells the story
     def rolled_back_events() -> list[client.CoreV1Event]:
-        events = core.list_namespaced_event(
-            namespace, field_selector="involvedObject.name=slowpoke"
-        ).items
-        return [event for event in events if event.reason == "RolledBack"]
+        return events_of(core, namespace, "slowpoke", "RolledBack")
 
     (event,) = eventually(rolled_back_events, "the RolledBack event")
     assert event.type == "Warning" and "p99 latency" in (event.message or "")
