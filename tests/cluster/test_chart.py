@@ -12,9 +12,11 @@ transactions posted to the ingestion Service come back as the features ``GET /pr
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,8 +37,9 @@ from fraudstack.features.definitions import FEATURE_NAMES
 from fraudstack.scoring import load_scorer
 from fraudstack.serve.lookup import FeatureLookup
 from fraudstack.simulate import SimulationConfig, make_labels, simulate
+from support import dashboard
 from support.cluster import Cluster
-from support.kube import CHART, ROOT, Helm
+from support.kube import CHART, ROOT, Helm, vegeta_binary
 from support.waiting import eventually
 
 pytestmark = pytest.mark.cluster
@@ -171,6 +174,19 @@ def release(cluster: Cluster, chart_images: float, cluster_helm: Helm) -> Iterat
         f"metrics.serviceMonitor.labels.release={monitoring.RELEASE_LABELS['release']}",
         "--set",
         f"operator.prometheusUrl={monitoring.PROMETHEUS_URL}",
+        # the scenario's autoscaling fits a 2-CPU node and minutes, not the production values'
+        # ten pods and five-minute scale-down window
+        "--set",
+        "inference.autoscaling.maxReplicas=4",
+        "--set-json",
+        "inference.autoscaling.behavior.scaleDown="
+        + json.dumps(
+            {
+                "stabilizationWindowSeconds": 30,
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+                "selectPolicy": "Min",
+            }
+        ),
     )
 
     def all_but_inference_ready() -> list[dict[str, Any]] | None:
@@ -594,6 +610,89 @@ def test_the_hpa_reads_cpu_from_metrics_server(cluster: Cluster, trained: Releas
     table = [line.split() for line in top.splitlines()[1:]]
     inference = [row for row in table if row[0].startswith(name("inference"))]
     assert len(inference) >= 2 and all(re.fullmatch(r"\d+m", row[1]) for row in inference), top
+
+
+def test_the_users_flow_canary_autoscaling_and_rollback(
+    cluster: Cluster, trained: Release, prometheus: str, tmp_path: Path
+) -> None:
+    """bench/cluster_flow.py, as a user runs it against this release: the operator promotes a
+    second version through its Prometheus gates under vegeta's load, the HPA scales out and in,
+    the PodDisruptionBudget refuses a second eviction, a corrupt candidate is rolled back, and
+    vegeta counts no failed request over the whole run."""
+    started = time.monotonic()
+    log = tmp_path / "cluster_flow.log"
+    with log.open("w") as output:
+        finished = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "cluster_flow.py"),
+                f"--kubeconfig={cluster.kubeconfig}",
+                f"--kubectl={cluster.info['kubectl']}",
+                f"--vegeta={vegeta_binary()}",
+                f"--namespace={NAMESPACE}",
+                f"--release={RELEASE}",
+                f"--prometheus={prometheus}",
+                f"--api-key={API_KEY}",
+                f"--results={tmp_path}",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            timeout=2400,
+            check=False,
+        )
+    said = log.read_text()
+    print(f"\n{said[-6000:]}\nthe flow took {time.monotonic() - started:.0f} s")
+    assert finished.returncode == 0, said[-8000:]
+    result = json.loads((tmp_path / "cluster_flow.json").read_text())
+    assert (tmp_path / "cluster_flow.png").stat().st_size > 10_000
+
+    # zero failed requests over canary, scale-out, evictions, scale-in and rollback
+    vegeta = result["vegeta"]
+    assert vegeta["success"] == 1, vegeta["text"]
+    assert vegeta["requests"] > 1_000
+    # the operator read its gates from the in-cluster Prometheus and promoted the candidate
+    v1, v2 = result["versions"]
+    assert v1 != v2 and {v1, v2} <= set(ModelRegistry(trained.data_root / "models").versions())
+    phases = [p["phase"] for p in result["phases"]]
+    assert phases.index("Progressing") < phases.index("Promoted") < phases.index("RolledBack")
+    figures = result["facts"]["promoted"]["lastGateCheck"]["figures"]
+    assert figures["candidateRequests"] >= 20 and figures["stableP99Seconds"] is not None
+    # both versions answered during the canary, each customer from one version at a time
+    answered = {v for row in result["timeline"] for v in row["versions"]}
+    assert {v1, v2} <= answered
+    sticky = result["facts"]["sticky"]
+    assert sticky["moved"] > 0 and sticky["back"] == []
+    # the HPA scaled out under load and back in after it; the budget let one eviction through
+    assert max(row["replicas"] for row in result["timeline"]) > 2
+    assert result["timeline"][-1]["replicas"] == 2
+    pdb = result["facts"]["pdb"]
+    assert (pdb["first"]["status"], pdb["second"]["status"]) == (201, 429), pdb
+    # the corrupt candidate: rolled back by the operator, the reason in status and an Event
+    rollback = result["facts"]["rollback"]
+    assert rollback["reason"] == "ArtifactCorrupt" and rollback["served"] == v2
+    assert "sha256" in rollback["message"]
+    assert any(e["type"] == "Warning" for e in rollback["events"]), rollback
+    assert set(result["facts"]["alerts"]) == {
+        "FraudstackInferenceLatencyHigh",
+        "FraudstackInferenceErrorRateHigh",
+    }
+
+
+def test_every_dashboard_panel_returns_series_from_the_cluster_prometheus(
+    prometheus: str, trained: Release
+) -> None:
+    """The Grafana dashboard's queries, against the Prometheus the ServiceMonitors feed (after
+    the flow above, so every kind of traffic has happened within the dashboard's range)."""
+    # what Grafana substitutes with the namespace variable set and a 10 s scrape interval
+    values = {"namespace": NAMESPACE, "__interval": "10s", "__rate_interval": "40s"}
+    values["__range"] = "30m"
+    board = dashboard.load()
+    empty = [
+        q.name
+        for q in dashboard.queries(board)
+        if not query(prometheus, dashboard.substitute(q.expr, values))
+    ]
+    assert empty == [], empty
 
 
 def test_a_wrong_image_tag_fails_helm_install_naming_the_pods(
