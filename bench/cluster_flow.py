@@ -496,11 +496,9 @@ def deployment_replicas(options: Options) -> int:
 def drain_two(options: Options, flow: Flow) -> dict[str, Any]:
     """Evict one inference pod, then at once another: the budget lets one go, not two."""
     selector = f"app.kubernetes.io/instance={options.release},app.kubernetes.io/component=inference"
+    listed = json.loads(options.kube.run("get", "pods", "-l", selector, "-o", "json"))
     pods = sorted(
-        p["metadata"]["name"]
-        for p in options.kube.get("pods", "")["items"]
-        if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "inference"
-        and not p["metadata"].get("deletionTimestamp")
+        p["metadata"]["name"] for p in listed["items"] if not p["metadata"].get("deletionTimestamp")
     )
     first, said_first = evict(options, pods[0])
     second, said_second = evict(options, pods[1])
