@@ -193,51 +193,46 @@ def evict(options: Options, pod: str) -> tuple[int, str]:
 def scale(options: Options, flow: Flow) -> None:
     hpa = options.kube.get("hpa", options.name("inference"))["spec"]
     least = int(hpa.get("minReplicas", 1))
+
+    def scaled_out() -> int | None:
+        pods, ready = inference_pods(options)
+        return pods if ready > least else None
+
     with attack(options, flow, "scale-out", options.scale_rate):
         started = time.time()
-        replicas = wait(
-            "the HPA to scale out",
-            lambda: ready_replicas(options) if ready_replicas(options) > least else None,
-            420,
-        )
+        replicas = wait("the HPA to scale out", scaled_out, 420)
         flow.facts["scale_out_seconds"] = round(time.time() - started)
-        flow.event(f"the HPA scaled inference out to {replicas} Ready pods")
+        flow.event(f"the HPA scaled inference out to {replicas} pods")
         # a drain waits for the budget: every pod the HPA asked for Ready, one disruption allowed
         wait("a disruption allowed", lambda: settled(options) and disruptions_allowed(options), 300)
         flow.facts["pdb"] = drain_two(options, flow)
-        wait("the evicted pod replaced", lambda: ready_replicas(options) >= replicas, 240)
+        wait("the evicted pod replaced", lambda: inference_pods(options)[1] >= replicas, 240)
     with attack(options, flow, "scale-in", options.rate):
         started = time.time()
         wait(
             "the HPA to scale back in",
-            lambda: deployment_replicas(options) == least and ready_replicas(options) == least,
+            lambda: inference_pods(options) == (least, least),
             options.scale_in_timeout,
         )
         flow.facts["scale_in_seconds"] = round(time.time() - started)
         flow.event(f"the load dropped: the HPA scaled back in to {least} pods")
 
 
-def ready_replicas(options: Options) -> int:
-    return int(
-        options.kube.get("deployment", options.name("inference"))["status"].get("readyReplicas", 0)
-    )
+def inference_pods(options: Options) -> tuple[int, int]:
+    """The inference Deployment's pods: (all of them, those Ready)."""
+    status = options.kube.get("deployment", options.name("inference"))["status"]
+    return int(status.get("replicas", 0)), int(status.get("readyReplicas", 0))
 
 
 def settled(options: Options) -> bool:
-    status = options.kube.get("deployment", options.name("inference"))["status"]
+    """Every pod the HPA asks for is there and Ready."""
     desired = options.kube.get("hpa", options.name("inference"))["status"]["desiredReplicas"]
-    return bool(status.get("readyReplicas", 0) == status.get("replicas", 0) == desired)
+    return inference_pods(options) == (desired, desired)
 
 
 def disruptions_allowed(options: Options) -> int:
     budget = options.kube.get("pdb", options.name("inference"))
     return int(budget.get("status", {}).get("disruptionsAllowed", 0))
-
-
-def deployment_replicas(options: Options) -> int:
-    return int(
-        options.kube.get("deployment", options.name("inference"))["status"].get("replicas", 0)
-    )
 
 
 def drain_two(options: Options, flow: Flow) -> dict[str, Any]:
