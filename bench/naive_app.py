@@ -23,11 +23,14 @@ import joblib
 import redis
 from fastapi import FastAPI, HTTPException
 
-from fraudstack.adapters.online_store.codecs import LastTransaction
-from fraudstack.adapters.online_store.layout import LAST_TXN_FIELD, customer_key
+from fraudstack.adapters.online_store.codecs import LastTransaction, unpack_customer_features
+from fraudstack.adapters.online_store.layout import (
+    CUSTOMER_FEATURES_FIELD,
+    LAST_TXN_FIELD,
+    customer_key,
+)
 from fraudstack.adapters.online_store.reader import terminal_count_commands
 from fraudstack.adapters.registry import ModelRegistry
-from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import terminal_features_from_counts, transaction_features
 
 
@@ -63,7 +66,10 @@ def create_app() -> FastAPI:
             raise HTTPException(status_code=404, detail=f"unknown customer {user_id}")
         last = LastTransaction.decode(fields[LAST_TXN_FIELD.encode()])
         features = transaction_features(last.ts_ms, last.amount_cents)
-        features.update({name: float(fields[name.encode()]) for name in CUSTOMER_FEATURES})
+        stored = unpack_customer_features(fields.get(CUSTOMER_FEATURES_FIELD.encode()), last.txn_id)
+        if stored is None:  # the benchmark's store is loaded whole: every customer has them
+            raise HTTPException(status_code=503, detail=f"no stored features for {user_id}")
+        features.update(stored)
         pipe = client.pipeline(transaction=False)  # the terminal's window counts, one round trip
         for command in terminal_count_commands(last.terminal_id, last.ts_ms):
             pipe.execute_command(*command)

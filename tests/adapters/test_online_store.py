@@ -14,8 +14,12 @@ from fraudstack.adapters.online_store.codecs import (
     LastTransaction,
     customer_history,
     customer_history_fields,
+    pack_customer_features,
+    unpack_customer_features,
 )
 from fraudstack.adapters.online_store.layout import (
+    CUSTOMER_FEATURES_FIELD,
+    RETIRED_FEATURE_FIELDS,
     customer_id_of,
     customer_key,
     event_field,
@@ -33,7 +37,12 @@ from fraudstack.adapters.redis_link import RedisLink
 from fraudstack.devstack.redis_server import PrivateRedis
 from fraudstack.errors import ScriptNotLoaded, StoreRefused
 from fraudstack.features.definitions import MS_PER_DAY, MS_PER_HOUR, TERMINAL_WINDOWS
-from fraudstack.features.online import CustomerHistory, TerminalHistory, history_counts
+from fraudstack.features.online import (
+    CustomerHistory,
+    TerminalHistory,
+    customer_features,
+    history_counts,
+)
 
 T = 1_700_000_000_000
 
@@ -63,11 +72,25 @@ def test_customer_fields_round_trip_as_text_and_bytes() -> None:
     assert fields[event_field("3")] == f"{T + 3_000}:30"
     assert customer_history(fields) == history
     as_redis = {key.encode(): value.encode() for key, value in fields.items()}
-    as_redis |= {b"_event_ts": b"123", b"customer_nb_tx_1d": b"4.0"}
+    # the summary fields are not events, the packed features not even text
+    as_redis |= {b"_event_ts": b"123", b"_customer": b"\xff\xfe" + bytes(158) + b"7"}
     assert customer_history(as_redis) == history
     assert customer_history({}) == CustomerHistory()
     with pytest.raises(ValueError, match="malformed customer event"):
         customer_history({b"e:1": b"12"})
+
+
+def test_packed_customer_features_are_exact_and_only_their_transactions() -> None:
+    history = CustomerHistory()
+    for i in range(40):
+        history.add(str(i), T - i * 3_600_000, 1_000 + 37 * i)
+    features = customer_features(history, "0", T, 1_000)
+    packed = pack_customer_features(features, "0")
+    assert unpack_customer_features(packed, "0") == features  # doubles, bit for bit
+    assert unpack_customer_features(packed, "1") is None  # another transaction's
+    assert unpack_customer_features(None, "0") is None
+    shorter = packed[8:]  # a feature set with one feature fewer
+    assert unpack_customer_features(shorter, "0") is None
 
 
 async def test_an_unknown_script_is_a_typed_error_and_is_loaded_again(store: PrivateRedis) -> None:
@@ -213,6 +236,36 @@ async def test_a_stale_terminal_writer_moves_nothing_back(store: PrivateRedis) -
     for field in (b"_event_ts", b"_pruned_at", b"_dropped", b"_updated_at"):
         assert after[field] == pruned[field], field
     assert int(after[b"_seq"]) > int(pruned[b"_seq"])  # the counter only counts up
+
+
+async def test_a_customer_write_drops_the_fields_of_the_layout_before_packed_features(
+    store: PrivateRedis,
+) -> None:
+    """A hash an older release wrote keeps its events; its per-feature fields go with the next
+    write, which stores the packed ones instead."""
+    link = RedisLink(store.url, timeout=10.0)
+    writer = OnlineStoreWriter(link, "layout-topic", 0)
+    client = redis.Redis.from_url(store.url)
+    key = customer_key("c-layout")
+    old_layout = {name: "1.0" for name in RETIRED_FEATURE_FIELDS}
+    client.hset(
+        key, mapping={event_field("a"): f"{T}:100", "_last_txn": f"a:{T}:100:t", **old_layout}
+    )
+    history = CustomerHistory()
+    history.add("a", T, 100)
+    history.add("b", T + 1, 250)
+    try:
+        last = LastTransaction("b", T + 1, 250, "t")
+        command = writer.customer_write("c-layout", {"b": (T + 1, 250)}, history, last, [], T)
+        assert await writer.execute([command]) == [1]
+        after = client.hgetall(key)
+    finally:
+        await link.close()
+        client.close()
+    assert not {name.encode() for name in RETIRED_FEATURE_FIELDS} & after.keys()
+    assert customer_history(after) == history
+    packed = unpack_customer_features(after[CUSTOMER_FEATURES_FIELD.encode()], "b")
+    assert packed == customer_features(history, "b", T + 1, 250)
 
 
 async def test_an_older_epoch_is_refused_by_the_customer_and_the_watermarks(

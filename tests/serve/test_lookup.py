@@ -14,8 +14,13 @@ import pyarrow as pa
 import pytest
 import redis
 
-from fraudstack.adapters.online_store.codecs import TerminalSnapshot
+from fraudstack.adapters.online_store.codecs import (
+    TerminalSnapshot,
+    pack_customer_features,
+    unpack_customer_features,
+)
 from fraudstack.adapters.online_store.layout import (
+    CUSTOMER_FEATURES_FIELD,
     READY_FIELD,
     STORE_KEY,
     TERMINAL_SNAPSHOT_FIELD,
@@ -88,10 +93,11 @@ async def test_stale_aggregates_of_the_previous_transaction_are_not_used(
     lookup: FeatureLookup, transactions: pa.Table, store: PrivateRedis
 ) -> None:
     newest = busiest_customer(transactions)
-    stored = redis.Redis.from_url(store.url).hget(
-        customer_key(newest["customer_id"]), "customer_nb_tx_1d"
+    packed = redis.Redis.from_url(store.url).hget(
+        customer_key(newest["customer_id"]), CUSTOMER_FEATURES_FIELD
     )
-    assert stored is not None and float(stored) >= 3  # what the last write left behind
+    stored = unpack_customer_features(packed, newest["txn_id"])
+    assert stored is not None and stored["customer_nb_tx_1d"] >= 3  # the last write left them
     event = {
         "txn_id": "probe-late",
         "ts": newest["ts"] + 36 * 3_600_000,
@@ -128,18 +134,32 @@ async def test_predict_reads_the_newest_transaction_with_its_offline_features(
     assert scored.event_ts_ms == newest["ts"]
 
 
-async def test_predict_falls_back_to_the_events_when_stored_features_are_missing(
-    lookup: FeatureLookup, transactions: pa.Table, offline_features: pa.Table, store: PrivateRedis
+@pytest.mark.parametrize("stored", ["missing", "another transaction's"])
+async def test_predict_falls_back_to_the_events_when_stored_features_are_not_its_own(
+    lookup: FeatureLookup,
+    transactions: pa.Table,
+    offline_features: pa.Table,
+    store: PrivateRedis,
+    stored: str,
 ) -> None:
+    """A hash written before the packed features, or whose ``_last_txn`` a writer of that
+    layout moved on without them, is read from its events, not answered with stale values."""
     newest = busiest_customer(transactions)
     client = redis.Redis.from_url(store.url)
     key = customer_key(newest["customer_id"])
-    saved = client.hget(key, "customer_avg_amount_7d")
-    client.hdel(key, "customer_avg_amount_7d")
+    saved = client.hget(key, CUSTOMER_FEATURES_FIELD)
+    assert saved is not None
+    if stored == "missing":
+        client.hdel(key, CUSTOMER_FEATURES_FIELD)
+    else:
+        row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
+        older = {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
+        older["customer_nb_tx_1d"] += 1  # what a previous transaction's would differ in
+        client.hset(key, CUSTOMER_FEATURES_FIELD, pack_customer_features(older, "previous"))
     try:
         _, scored = await lookup.newest(newest["customer_id"])
     finally:
-        client.hset(key, "customer_avg_amount_7d", saved)  # type: ignore[arg-type]
+        client.hset(key, CUSTOMER_FEATURES_FIELD, saved)
     row = offline_features["txn_id"].to_pylist().index(newest["txn_id"])
     assert scored.features == {name: offline_features[name][row].as_py() for name in FEATURE_NAMES}
 

@@ -13,12 +13,11 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client import REGISTRY
 
 from fraudstack.adapters.kafka import make_producer
-from fraudstack.adapters.online_store.layout import STORED_FEATURES
 from fraudstack.aggregate.service import Aggregator
 from fraudstack.aggregate.settings import AggregateSettings
 from fraudstack.collector import YOUNG_THRESHOLD
 from fraudstack.consistency import compare
-from fraudstack.features.definitions import FEATURE_NAMES
+from fraudstack.features.definitions import CUSTOMER_FEATURES, FEATURE_NAMES, TRANSACTION_FEATURES
 from fraudstack.ingest.replay import produce_table
 from support.waiting import eventually_async
 
@@ -72,7 +71,8 @@ async def test_month_streamed_equals_offline(
     # GET /predict scores) and every terminal (6 values) was compared
     customers = len(set(month.transactions["customer_id"].to_pylist()))
     terminals = len(set(month.transactions["terminal_id"].to_pylist()))
-    assert compared == customers * (len(STORED_FEATURES) + len(FEATURE_NAMES)) + terminals * 6
+    per_customer = len(TRANSACTION_FEATURES + CUSTOMER_FEATURES) + len(FEATURE_NAMES)
+    assert compared == customers * per_customer + terminals * 6
 
 
 async def test_two_instances_split_partitions_and_agree(

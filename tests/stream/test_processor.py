@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import orjson
 import redis
 
+from fraudstack.adapters.online_store.codecs import unpack_customer_features
 from fraudstack.adapters.online_store.layout import (
+    CUSTOMER_FEATURES_FIELD,
     customer_key,
     terminal_customers_key,
     terminal_events_key,
@@ -59,7 +61,9 @@ async def test_a_redis_that_forgot_the_terminal_script_gets_it_again(
     assert client.zscore(terminal_events_key("t-1"), "a") == 1522540800000
     assert client.zscore(terminal_events_key("t-1"), "b") == 1522540800001
     assert client.hget(terminal_customers_key("t-1"), "b") == b"c-1"
-    assert client.hget(customer_key("c-1"), "customer_nb_tx_1d") == b"2.0"
+    packed = client.hget(customer_key("c-1"), CUSTOMER_FEATURES_FIELD)
+    stored = unpack_customer_features(packed, "b")
+    assert stored is not None and stored["customer_nb_tx_1d"] == 2.0
     client.close()
 
 
@@ -195,7 +199,9 @@ async def test_an_instance_that_lost_the_partition_is_fenced_off_whole(
         client.close()
     assert late.refused == {"customer": 1, "snapshot": 1, "watermark": 1} and late.fenced
     assert after == owned  # the new owner's hash, byte for byte: no f3, f2's features with f0
-    assert after[b"_last_txn"].startswith(b"f2:") and after[b"customer_nb_tx_1d"] == b"3.0"
+    assert after[b"_last_txn"].startswith(b"f2:")
+    stored = unpack_customer_features(after[CUSTOMER_FEATURES_FIELD.encode()], "f2")
+    assert stored is not None and stored["customer_nb_tx_1d"] == 3.0
     assert b"e:f3" not in after
     assert published_after == published  # not moved ahead of what the new owner replayed
     assert stalled.customers == {}  # it reads the customer again next time

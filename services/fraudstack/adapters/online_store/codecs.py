@@ -6,21 +6,23 @@ feature code in :mod:`fraudstack.features` never sees a byte.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from fraudstack.adapters.online_store.layout import (
+    CUSTOMER_FEATURES_FIELD,
     EVENT_PREFIX,
     EVENT_TS_FIELD,
     LAST_TXN_FIELD,
     UPDATED_AT_FIELD,
 )
+from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import (
     CustomerHistory,
     customer_features,
     terminal_features_from_counts,
-    transaction_features,
 )
 
 HashFields = Mapping[Any, Any]
@@ -83,6 +85,26 @@ def snapshot_features(raw: bytes | str | None, txn_id: str) -> dict[str, float] 
         return None
 
 
+#: The packed customer features: one little-endian double per name, in CUSTOMER_FEATURES order.
+_PACKED_FEATURES: Final = struct.Struct(f"<{len(CUSTOMER_FEATURES)}d")
+
+
+def pack_customer_features(features: Mapping[str, float], txn_id: str) -> bytes:
+    """A transaction's customer features as the ``_customer`` field stores them: the doubles,
+    then the transaction's id, so a reader can tell them from another transaction's (a hash
+    whose ``_last_txn`` an older writer moved on without them)."""
+    return _PACKED_FEATURES.pack(*[features[name] for name in CUSTOMER_FEATURES]) + txn_id.encode()
+
+
+def unpack_customer_features(raw: bytes | None, txn_id: str) -> dict[str, float] | None:
+    """The customer features packed for transaction ``txn_id``; None when the field is missing,
+    another transaction's, or of another feature set (another length). One ``unpack`` of exact
+    doubles: the read ``GET /predict`` makes on every request, with no text to parse."""
+    if raw is None or raw[_PACKED_FEATURES.size :] != txn_id.encode():
+        return None
+    return dict(zip(CUSTOMER_FEATURES, _PACKED_FEATURES.unpack_from(raw), strict=True))
+
+
 def customer_event_value(ts_ms: int, amount_cents: int) -> str:
     return f"{ts_ms}:{amount_cents}"
 
@@ -140,13 +162,14 @@ def customer_record(fields: HashFields) -> CustomerRecord | None:
 
 def customer_summary_fields(
     history: CustomerHistory, last: LastTransaction, now_ms: int
-) -> dict[str, str | int | float]:
-    """A customer hash's fields besides its events: the newest transaction's features (finished
-    at that transaction's time) and the bookkeeping fields."""
-    fields: dict[str, str | int | float] = {}
-    fields.update(transaction_features(last.ts_ms, last.amount_cents))
-    fields.update(customer_features(history, last.txn_id, last.ts_ms, last.amount_cents))
-    fields[LAST_TXN_FIELD] = last.encode()
-    fields[EVENT_TS_FIELD] = last.ts_ms
-    fields[UPDATED_AT_FIELD] = now_ms
-    return fields
+) -> dict[str, bytes | str | int]:
+    """A customer hash's fields besides its events: the newest transaction, its customer
+    features (finished at that transaction's time, packed) and the bookkeeping fields. Its
+    transaction features are not stored: they are its amount and time, in ``_last_txn``."""
+    features = customer_features(history, last.txn_id, last.ts_ms, last.amount_cents)
+    return {
+        LAST_TXN_FIELD: last.encode(),
+        CUSTOMER_FEATURES_FIELD: pack_customer_features(features, last.txn_id),
+        EVENT_TS_FIELD: last.ts_ms,
+        UPDATED_AT_FIELD: now_ms,
+    }

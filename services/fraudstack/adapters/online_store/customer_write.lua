@@ -4,7 +4,7 @@
 -- KEYS[1] the customer hash. ARGV: ttl_s, the newest transaction's txn_id and ts_ms, the number
 -- of event field/value pairs E, the number of expired event fields X, the writer's ownership
 -- epoch of the customer's partition, then the E pairs, the X field names, then the summary's
--- field/value pairs (the newest transaction's features, _last_txn, _event_ts, _updated_at).
+-- field/value pairs (_last_txn, its packed customer features, _event_ts, _updated_at).
 --
 -- The fence: the hash keeps the epoch of its last writer (_epoch); a writer with an older one
 -- lost the customer's partition to the instance that wrote it (epochs are bumped on every
@@ -24,6 +24,10 @@ local first_summary = first_expired + tonumber(ARGV[5])
 
 local fence = tonumber(redis.call('HGET', key, EPOCH) or '0')
 if fence > epoch then return 0 end
+-- a hash of the layout before the packed features: their fields, one per feature, go
+if redis.call('HEXISTS', key, RETIRED_FEATURES[1]) == 1 then
+  redis.call('HDEL', key, unpack(RETIRED_FEATURES))
+end
 
 -- this write's transaction before (other_ts, other)
 local function before(other, other_ts) return txn_before(txn, ts, other, other_ts) end

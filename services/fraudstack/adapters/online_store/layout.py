@@ -6,12 +6,11 @@ one slot::
 
     fs:{customer:<id>}                HASH, the customer (bounded raw history + newest features)
       e:<txn_id>     "<ts_ms>:<amount_cents>"  one per event of the last 30 days + lateness
-      <feature>      the newest transaction's transaction and customer features, finished at
-                     its own time (``amount`` ... ``customer_amount_over_prev_max_30d``,
-                     :data:`STORED_FEATURES`); a hash written before feature set fs-v2
-                     lacks the amount-vs-history ones, and a reader that finds one missing
-                     computes them all from the ``e:`` events instead
       _last_txn      "<txn_id>:<ts_ms>:<amount_cents>:<terminal_id>"  the newest transaction
+      _customer      its customer features, finished at its own time, packed: one
+                     little-endian double per name of ``CUSTOMER_FEATURES`` in that order,
+                     then the transaction's id (see :mod:`.codecs`); a reader that finds it
+                     missing or of another transaction computes them from the ``e:`` events
       _terminal      "<txn_id>:<ts_ms>:<seq>:<events>:<frauds>..."    its terminal windows as
                      whole numbers, counted at terminal write ``seq`` (empty counts: stale)
       _event_ts      newest event time (ms)
@@ -104,8 +103,13 @@ LAST_TXN_FIELD: Final = "_last_txn"
 TERMINAL_SNAPSHOT_FIELD: Final = "_terminal"
 EVENT_TS_FIELD: Final = "_event_ts"
 UPDATED_AT_FIELD: Final = "_updated_at"
-#: The newest transaction's stored features, in the customer hash under their own names.
-STORED_FEATURES: Final = TRANSACTION_FEATURES + CUSTOMER_FEATURES
+#: The newest transaction's customer features, packed (see :mod:`.codecs`).
+CUSTOMER_FEATURES_FIELD: Final = "_customer"
+#: What releases before the packed field stored instead, a field per feature (fs-v2's names, a
+#: superset of fs-v1's; if a feature set ever renames one, freeze these names here): a customer
+#: write deletes them from a hash that still holds the first, so an active customer's hash
+#: does not keep them for ever.
+RETIRED_FEATURE_FIELDS: Final = TRANSACTION_FEATURES + CUSTOMER_FEATURES
 
 #: Terminal hash fields (besides ``_event_ts`` and ``_updated_at``).
 SEQ_FIELD: Final = "_seq"
@@ -231,6 +235,8 @@ def lua_header() -> str:
         "READY": READY_FIELD,
     }
     lines = [f"local {name} = '{value}'" for name, value in names.items()]
+    retired = ", ".join(f"'{name}'" for name in RETIRED_FEATURE_FIELDS)
+    lines.append(f"local RETIRED_FEATURES = {{{retired}}}")
     lines.append(f"local DELAY_MS = {TERMINAL_DELAY_MS}")
     lines.append(f"local PRUNE_EVERY_MS = {PRUNE_EVERY_MS}")
     lines.append(f"local REACHES_MS = {{{reaches}}}")

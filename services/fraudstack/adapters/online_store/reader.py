@@ -25,9 +25,11 @@ from fraudstack.adapters.online_store.codecs import (
     CustomerRecord,
     LastTransaction,
     customer_record,
+    unpack_customer_features,
 )
 from fraudstack.adapters.online_store.generation import READY_READ
 from fraudstack.adapters.online_store.layout import (
+    CUSTOMER_FEATURES_FIELD,
     CUSTOMER_PATTERN,
     EVENT_TS_FIELD,
     LAST_TXN_FIELD,
@@ -46,10 +48,9 @@ from fraudstack.adapters.redis_link import (
     hash_reply,
 )
 from fraudstack.errors import StoreNotReady
-from fraudstack.features.definitions import CUSTOMER_FEATURES
 from fraudstack.features.online import terminal_window_bounds
 
-_NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, TERMINAL_SNAPSHOT_FIELD, *CUSTOMER_FEATURES)
+_NEWEST_FIELDS = (LAST_TXN_FIELD, EVENT_TS_FIELD, TERMINAL_SNAPSHOT_FIELD, CUSTOMER_FEATURES_FIELD)
 # the constant parts of "HMGET <key> <fields...>", encoded once (the request path's hottest read)
 _NEWEST_HEAD = command_head(len(_NEWEST_FIELDS) + 2) + bulk_string("HMGET")
 _NEWEST_TAIL = b"".join(map(bulk_string, _NEWEST_FIELDS))
@@ -68,7 +69,8 @@ class NewestRecord:
 
     last: LastTransaction
     event_ts_ms: int | None
-    #: its customer features by name; None when one is missing (recompute from the events)
+    #: its customer features by name; None when missing or another transaction's (recompute
+    #: them from the events)
     customer_features: dict[str, float] | None
     #: the stored terminal windows, raw (see :func:`~.codecs.snapshot_features`)
     terminal_snapshot: bytes | None
@@ -112,19 +114,14 @@ class OnlineStoreReader:
                 raise StoreNotReady(NOT_READY)
         else:
             (values,) = await self.link.execute(payload)
-        raw_last, raw_event_ts, raw_snapshot = values[0], values[1], values[2]
+        raw_last, raw_event_ts, raw_snapshot, raw_features = values
         if raw_last is None:
             return None
-        stored = values[3:]
-        features = (
-            None
-            if None in stored
-            else {name: float(raw) for name, raw in zip(CUSTOMER_FEATURES, stored, strict=True)}
-        )
+        last = LastTransaction.decode(raw_last)
         return NewestRecord(
-            LastTransaction.decode(raw_last),
+            last,
             int(raw_event_ts) if raw_event_ts is not None else None,
-            features,
+            unpack_customer_features(raw_features, last.txn_id),
             raw_snapshot,
         )
 

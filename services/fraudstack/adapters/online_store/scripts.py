@@ -33,7 +33,9 @@ class Script:
         source = lua_header() + folder.joinpath("common.lua").read_text() + body
         return cls(name, source, hashlib.sha1(source.encode()).hexdigest())
 
-    def call(self, keys: tuple[str, ...], *args: str | int | float) -> list[str | int | float]:
+    def call(
+        self, keys: tuple[str, ...], *args: bytes | str | int | float
+    ) -> list[bytes | str | int | float]:
         """The ``EVALSHA`` command that runs this script on ``keys`` (all of one slot)."""
         return ["EVALSHA", self.sha, len(keys), *keys, *args]
 

@@ -347,7 +347,7 @@ def customer_replacement(
 ) -> list[Command]:
     """Commands that replace a customer's hash with this history, newest transaction and
     terminal windows."""
-    fields: dict[str, str | int | float] = {
+    fields: dict[str, bytes | str | int] = {
         **customer_history_fields(history),
         **customer_summary_fields(history, last, now_ms),
         TERMINAL_SNAPSHOT_FIELD: snapshot.encode(),
@@ -410,6 +410,8 @@ def terminal_replacement(
     return commands
 
 
-def _flat(pairs: Iterable[tuple[str | int | float, str | int | float]]) -> list[str | int | float]:
+def _flat(
+    pairs: Iterable[tuple[str | int | float, bytes | str | int | float]],
+) -> list[bytes | str | int | float]:
     """``[(a, b), (c, d)]`` as ``[a, b, c, d]``: a command's arguments."""
     return list(chain.from_iterable(pairs))
